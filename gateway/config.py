@@ -1,0 +1,650 @@
+"""Site configuration: YAML written by field engineers → validated pydantic models.
+
+Every error names the file, the line and the key path (``site.yaml:14: devices[0].points[3].register:
+...``), all errors at once. Unknown keys are errors (a typo must not be silently ignored) and secrets are
+only accepted by file reference. Each section's model documents its keys; ``docs/configuration.md`` is
+the field engineer's reference and a test keeps it in step with these models.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from gridedge.gateway.model import Point, PointTable, Quantity
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ConfigError",
+    "Duration",
+    "SiteConfig",
+    "Size",
+    "build_point_table",
+    "format_duration",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+]
+
+# --------------------------------------------------------------------------------------------------
+# Durations and sizes as strings ("500ms", "1s", "14d"; "2GiB")
+# --------------------------------------------------------------------------------------------------
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d|w)\s*$")
+_SIZE_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)\s*$", re.IGNORECASE)
+
+
+def parse_duration(v: Any) -> float:
+    """``"500ms"`` → 0.5; bare numbers are seconds. Raises ValueError with the accepted forms."""
+    if isinstance(v, bool):
+        raise ValueError("expected a duration such as 500ms, 1s, 5min, 2h, 14d")
+    if isinstance(v, int | float):
+        secs = float(v)
+    else:
+        m = _DURATION_RE.match(str(v))
+        if not m:
+            raise ValueError(f"{v!r} is not a duration; use e.g. 500ms, 1s, 5min, 2h, 14d")
+        secs = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if secs < 0 or not math.isfinite(secs):
+        raise ValueError("a duration must be zero or positive")
+    return secs
+
+
+def format_duration(secs: float) -> str:
+    """Inverse of :func:`parse_duration` for display."""
+    for unit, mult in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if secs >= mult and secs % mult == 0:
+            return f"{int(secs // mult)}{unit}"
+    return f"{secs * 1000:g}ms"
+
+
+def parse_size(v: Any) -> int:
+    """``"2GiB"`` → 2147483648; bare integers are bytes."""
+    if isinstance(v, bool):
+        raise ValueError("expected a size such as 512MiB or 2GiB")
+    if isinstance(v, int):
+        n = v
+    else:
+        m = _SIZE_RE.match(str(v))
+        if not m:
+            raise ValueError(f"{v!r} is not a size; use e.g. 500MB, 512MiB, 2GiB")
+        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise ValueError("a size must be positive")
+    return n
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": ["string", "number"], "pattern": r"^\d+(\.\d+)?\s*(ms|s|min|m|h|d|w)$",
+                    "description": "duration: 500ms, 1s, 5min, 2h, 14d (bare numbers are seconds)"}),
+]  # fmt: skip
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {"type": ["string", "integer"], "description": "size: 500MB, 512MiB, 2GiB (bare integers are bytes)"}
+    ),
+]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _existing_secret_file(v: str | None) -> str | None:
+    return v  # existence is checked at connect time: the file may be provisioned after check-config
+
+
+class TlsConfig(_Strict):
+    """TLS for a client link. All paths are files on the gateway; nothing inline."""
+
+    ca_file: str | None = Field(None, description="CA bundle (PEM) that signs the server certificate")
+    cert_file: str | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    key_file: str | None = Field(None, description="client private key (PEM) for mutual TLS")
+    server_name: str | None = Field(None, description="expected server name if it differs from host")
+
+
+# --------------------------------------------------------------------------------------------------
+# Site, storage
+# --------------------------------------------------------------------------------------------------
+class SiteSection(_Strict):
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9_.-]+$", description="site name; used in MQTT topics and federation"
+    )
+    timezone: str = Field("UTC", description="IANA time zone for hour-of-week slots (DST aware)")
+    frequency_hz: Literal[50, 60] = Field(50, description="nominal system frequency")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)") from exc
+        return v
+
+
+class RetentionSection(_Strict):
+    raw: Duration = Field(30 * 86400, description="how long raw readings are kept")
+    hourly: Duration = Field(
+        400 * 86400, description="how long hourly aggregates (min/mean/max/count) are kept"
+    )
+    events: Duration = Field(400 * 86400, description="how long events, alerts and audit records are kept")
+
+
+class StorageSection(_Strict):
+    path: str = Field("/var/lib/gridedge/gridedge.db", description="SQLite database file")
+    retention: RetentionSection = RetentionSection()
+    quota: Size = Field(2 * 2**30, description="byte quota for the database; oldest raw readings go first")
+    synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="normal: a power cut may lose the last commits but never corrupts; full: fsync every commit",
+    )
+    commit_interval: Duration = Field(1.0, description="the writer commits at least this often")
+    memory_buffer: int = Field(
+        2_000_000,
+        ge=10_000,
+        description="readings held in memory while the disk is full or failing, then counted drops",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Points and devices
+# --------------------------------------------------------------------------------------------------
+class PointBase(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.:-]+$", description="unique point name")
+    quantity: Quantity = Field(..., description="what it measures")
+    unit: str = Field("", description="engineering unit after scale/offset (kV, A, MW, Hz, °C)")
+    group: str = Field("", description="bay / feeder / transformer / bus the point belongs to")
+    parent: str | None = Field(
+        None, description="group that feeds this point's group (a feeder's transformer)"
+    )
+    nominal: float | None = Field(None, description="nominal value (voltage band and per-unit scaling)")
+    rating: float | None = Field(None, gt=0, description="rated value (overcurrent rule)")
+    weight: float = Field(1.0, ge=0, description="weight in the group's composite score")
+    scale: float = Field(1.0, description="engineering value = raw × scale + offset")
+    offset: float = 0.0
+    deadband: float | None = Field(None, ge=0, description="MQTT: absolute change needed to republish")
+    deadband_pct: float | None = Field(
+        None, ge=0, description="MQTT: change in % of the last published value"
+    )
+
+
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+ModbusType = Literal["int16", "uint16", "int32", "uint32", "float32", "float64", "bool"]
+ModbusTable = Literal["holding", "input", "coil", "discrete"]
+
+
+class ModbusPoint(PointBase):
+    # "register" shadows ABCMeta.register on the class, which pydantic warns about; the key name is the
+    # one field engineers know, so it stays (silenced below, the instance attribute is what we read).
+    register: int = Field(..., ge=0, le=65535, description="0-based register / coil address")
+    table: ModbusTable = Field(
+        "holding", description="holding, input (registers), coil, discrete (input bits)"
+    )
+    type: ModbusType | None = Field(
+        None, description="data type; default uint16 for registers, bool for bits"
+    )
+    word_order: Literal["big", "little"] = Field(
+        "big", description="order of 16-bit words in 32/64-bit values"
+    )
+    byte_order: Literal["big", "little"] = Field("big", description="order of bytes inside each word")
+
+    @model_validator(mode="after")
+    def _type_fits_table(self) -> ModbusPoint:
+        bit_table = self.table in ("coil", "discrete")
+        if self.type is not None and bit_table != (self.type == "bool"):
+            raise ValueError(
+                f"type {self.type} does not fit table {self.table} (coils/discrete inputs are bool, registers are not)"
+            )
+        return self
+
+    @property
+    def data_type(self) -> str:
+        return self.type or ("bool" if self.table in ("coil", "discrete") else "uint16")
+
+    @property
+    def width(self) -> int:
+        """Registers occupied."""
+        return {"int16": 1, "uint16": 1, "bool": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}[
+            self.data_type
+        ]
+
+
+class CoalesceSection(_Strict):
+    max_registers: int = Field(
+        125, ge=1, le=125, description="largest read request (Modbus limit 125 registers)"
+    )
+    max_gap: int = Field(8, ge=0, description="unused registers a request may span to merge two ranges")
+    max_bits: int = Field(2000, ge=1, le=2000, description="largest coil / discrete input read")
+
+
+class ModbusWorkarounds(_Strict):
+    """Quirks of real devices, named so they are easy to find."""
+
+    pause_after_connect: Duration = Field(0.0, description="wait after connecting before the first request")
+    one_request_per_point: bool = Field(
+        False, description="disable coalescing for devices that reject ranges"
+    )
+
+
+class DeviceBase(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="unique device name")
+    enabled: bool = True
+    poll: Duration = Field(1.0, description="poll period (a schedule on the monotonic clock, no drift)")
+    timeout: Duration = Field(1.0, description="per-request timeout")
+    backoff_initial: Duration = Field(1.0, description="first reconnect delay")
+    backoff_max: Duration = Field(60.0, description="reconnect delay cap (exponential backoff with jitter)")
+
+    @field_validator("poll")
+    @classmethod
+    def _poll_positive(cls, v: float) -> float:
+        if v < 0.01:
+            raise ValueError("poll must be at least 10ms")
+        return v
+
+
+class ModbusTcpDevice(DeviceBase):
+    protocol: Literal["modbus_tcp"]
+    host: str = Field(..., description="IP address or host name of the RTU / gateway")
+    port: int = Field(502, ge=1, le=65535)
+    unit_id: int = Field(1, ge=0, le=255, description="Modbus unit / device id")
+    coalesce: CoalesceSection = CoalesceSection()
+    workarounds: ModbusWorkarounds = ModbusWorkarounds()
+    points: list[ModbusPoint] = Field(..., min_length=1)
+
+
+class ModbusRtuDevice(DeviceBase):
+    protocol: Literal["modbus_rtu"]
+    port: str = Field(..., description="serial device, e.g. /dev/ttyS0 or /dev/ttyUSB0")
+    baudrate: int = Field(9600, description="bits per second")
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit_id: int = Field(1, ge=0, le=247)
+    coalesce: CoalesceSection = CoalesceSection()
+    workarounds: ModbusWorkarounds = ModbusWorkarounds()
+    points: list[ModbusPoint] = Field(..., min_length=1)
+
+
+class Iec61850Point(PointBase):
+    ref: str = Field(..., description='object reference, e.g. "IED1LD0/MMXU1.TotW.mag.f"')
+    fc: Literal["MX", "ST", "CF", "SP", "SV", "DC", "EX"] = Field("MX", description="functional constraint")
+
+
+class Iec61850Report(_Strict):
+    rcb: str = Field(
+        ..., description='report control block reference, e.g. "IED1LD0/LLN0.RP.urcbMeas01" (BR = buffered)'
+    )
+    integrity_period: Duration = Field(60.0, description="integrity report period (0 = off)")
+    gi_on_connect: bool = Field(True, description="general interrogation after every (re)connect")
+
+
+class Iec61850Device(DeviceBase):
+    protocol: Literal["iec61850"]
+    host: str
+    port: int = Field(102, ge=1, le=65535)
+    reports: list[Iec61850Report] = Field(
+        default_factory=list, description="reports to enable; points they carry are pushed"
+    )
+    points: list[Iec61850Point] = Field(..., min_length=1)
+
+
+Iec104Type = Literal[
+    "M_ME_NC_1", "M_ME_TF_1", "M_ME_NA_1", "M_ME_TD_1", "M_ME_NB_1", "M_ME_TE_1",
+    "M_SP_NA_1", "M_SP_TB_1", "M_DP_NA_1", "M_DP_TB_1", "M_ST_NA_1", "M_ST_TB_1", "M_IT_NA_1", "M_IT_TB_1",
+]  # fmt: skip
+
+
+class Iec104Point(PointBase):
+    ioa: int = Field(..., ge=0, le=16777215, description="information object address")
+    type: Iec104Type = Field("M_ME_NC_1", description="ASDU type the station sends for this point")
+    common_address: int | None = Field(None, ge=1, le=65534, description="station, if not the device's")
+
+
+class Iec104Device(DeviceBase):
+    protocol: Literal["iec104"]
+    host: str
+    port: int = Field(2404, ge=1, le=65535)
+    common_address: int = Field(1, ge=1, le=65534)
+    poll: Duration = Field(
+        60.0, description="general interrogation period (spontaneous updates arrive between)"
+    )
+    counter_interrogation: bool = Field(False, description="periodic counter interrogation")
+    clock_sync: bool = Field(False, description="send clock synchronisation after connect")
+    tls: TlsConfig | None = None
+    points: list[Iec104Point] = Field(..., min_length=1)
+
+
+Device = Annotated[
+    ModbusTcpDevice | ModbusRtuDevice | Iec61850Device | Iec104Device,
+    Field(discriminator="protocol"),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring, alerts, MQTT, federation, metrics
+# --------------------------------------------------------------------------------------------------
+class SuppressionWindow(_Strict):
+    target: str = Field(..., description="group or point name ('*' for the whole site)")
+    start: str = Field(..., description="ISO 8601 start (UTC unless an offset is given)")
+    end: str = Field(..., description="ISO 8601 end")
+    reason: str = ""
+
+
+class ScoringSection(_Strict):
+    enabled: bool = True
+    memory: Duration = Field(30 * 86400, description="memory of the exponentially weighted baselines")
+    min_samples: int = Field(20, ge=1, description="samples a slot needs before it leaves observation mode")
+    target_false_alerts_per_week: float = Field(
+        1.0, gt=0, description="calibration target for adaptive thresholds"
+    )
+    min_duration: int = Field(2, ge=1, description="consecutive anomalous cycles before an event")
+    voltage_band_pct: tuple[float, float] = Field(
+        (5.0, 10.0), description="warning / alarm band around nominal voltage"
+    )
+    frequency_band_hz: tuple[float, float] = Field(
+        (0.2, 0.5), description="warning / alarm deviation from nominal"
+    )
+    stale_after: Duration = Field(
+        0.0, description="a point that has not refreshed for this long is stale (0 = 5 polls)"
+    )
+    suppress: list[SuppressionWindow] = Field(default_factory=list)
+
+
+class AlertsSection(_Strict):
+    anomaly_cooldown: Duration = Field(3600.0, description="one anomaly alert per group per this period")
+    anomaly_per_hour: int = Field(2, ge=0, description="site-wide cap on anomaly alerts per hour")
+    trip_cooldown: Duration = Field(1800.0, description="one feeder-trip alert per feeder per this period")
+    trip_per_hour: int = Field(3, ge=0, description="site-wide cap on trip alerts per hour")
+    sensor_cooldown: Duration = Field(3600.0, description="one sensor-fault alert per point per this period")
+
+
+class MqttSection(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = Field(None, description="default gridedge-<site>")
+    username: str | None = None
+    password_file: str | None = Field(None, description="file holding the broker password (never inline)")
+    tls: TlsConfig | None = None
+    topic_root: str = Field("gridedge/{site}", description="topic prefix; {site} is replaced by site.name")
+    keepalive: Duration = 30.0
+    publish_values: bool = Field(True, description="publish live point values")
+    values_in_outbox: bool = Field(
+        False, description="queue live values in the outbox while the broker is down"
+    )
+    integrity_period: Duration = Field(
+        300.0, description="republish a point at least this often despite deadband"
+    )
+    outbox_quota: int = Field(
+        100_000, ge=100, description="messages the outbox may hold; values are dropped first"
+    )
+    command_users: list[str] = Field(
+        default_factory=list, description="broker users allowed to send cmd/# (empty = commands off)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError(
+                "secrets are not accepted inline: put the password in a file and set password_file"
+            )
+        return data
+
+
+class FederationSection(_Strict):
+    enabled: bool = False
+    model_dir: str = Field("/var/lib/gridedge/models", description="where pulled global models are kept")
+    use_prior: bool = Field(
+        True, description="start cold slots from the fleet baseline prior when one is present"
+    )
+
+
+class MetricsSection(_Strict):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="bind address (loopback by default)")
+    port: int = Field(9108, ge=0, le=65535, description="0 picks a free port")
+
+
+class LoggingSection(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SiteConfig(_Strict):
+    """The whole site file."""
+
+    site: SiteSection
+    storage: StorageSection = StorageSection()
+    devices: list[Device] = Field(..., min_length=1)
+    scoring: ScoringSection = ScoringSection()
+    alerts: AlertsSection = AlertsSection()
+    mqtt: MqttSection | None = None
+    federation: FederationSection = FederationSection()
+    metrics: MetricsSection = MetricsSection()
+    logging: LoggingSection = LoggingSection()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SiteConfig:
+        errors: list[str] = []
+        seen_dev: set[str] = set()
+        seen_pt: dict[str, str] = {}
+        groups: set[str] = set()
+        for d in self.devices:
+            if d.name in seen_dev:
+                errors.append(f"device name {d.name!r} is used twice")
+            seen_dev.add(d.name)
+            for p in d.points:
+                if p.name in seen_pt:
+                    errors.append(
+                        f"point name {p.name!r} of device {d.name!r} is already used by device {seen_pt[p.name]!r}"
+                    )
+                seen_pt[p.name] = d.name
+                groups.add(p.group)
+        for d in self.devices:
+            for p in d.points:
+                if p.parent is not None and p.parent not in groups:
+                    errors.append(f"point {p.name!r}: parent {p.parent!r} is not the group of any point")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading with file:line:key errors
+# --------------------------------------------------------------------------------------------------
+class ConfigError(Exception):
+    """Invalid configuration; ``errors`` holds one ``FILE:LINE: KEY.PATH: message`` line per problem."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _line_index(
+    node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int], dup: list[str], fname: str
+) -> None:
+    """Map every key path in the YAML document to its 1-based line; report duplicate keys."""
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for knode, vnode in node.value:
+            key = knode.value
+            if key in seen:
+                dup.append(f"{fname}:{knode.start_mark.line + 1}: {_fmt_path((*path, key))}: duplicate key")
+            seen.add(key)
+            out[(*path, key)] = knode.start_mark.line + 1
+            _line_index(vnode, (*path, key), out, dup, fname)
+            out[(*path, key)] = knode.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*path, i), out, dup, fname)
+
+
+def _fmt_path(path: tuple[Any, ...]) -> str:
+    s = ""
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
+    return s or "(top)"
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Drop pydantic's union tags (e.g. 'modbus_tcp') that are not keys of the document."""
+    path: list[Any] = []
+    cur = data
+    for part in loc:
+        if (isinstance(cur, dict) and part in cur) or (
+            isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
+        ):
+            cur = cur[part]
+            path.append(part)
+        elif (
+            isinstance(cur, dict)
+            and not isinstance(part, int)
+            and part not in cur
+            and part in _all_field_names()
+        ):
+            path.append(part)  # a missing required key: report it at its parent's line
+            break
+    return tuple(path)
+
+
+_FIELD_NAMES: set[str] | None = None
+
+
+def _all_field_names() -> set[str]:
+    global _FIELD_NAMES
+    if _FIELD_NAMES is None:
+        names: set[str] = set()
+        stack: list[type[BaseModel]] = [SiteConfig]
+        seen: set[type] = set()
+        while stack:
+            m = stack.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            for fname, f in m.model_fields.items():
+                names.add(fname)
+                for t in _model_types(f.annotation):
+                    stack.append(t)
+        _FIELD_NAMES = names
+    return _FIELD_NAMES
+
+
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
+    out: list[type[BaseModel]] = []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    for a in getattr(annotation, "__args__", ()) or ():
+        out.extend(_model_types(a))
+    meta = getattr(annotation, "__metadata__", None)
+    if meta is not None:
+        out.extend(_model_types(annotation.__origin__))
+    return out
+
+
+def validate_text(text: str, fname: str) -> SiteConfig:
+    """Parse and validate YAML text; raise :class:`ConfigError` with every problem found."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([f"{fname}:{line}: (yaml): {exc.problem or exc}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{fname}:1: (yaml): {exc}"]) from exc
+    if node is None or data is None:
+        raise ConfigError([f"{fname}:1: (top): the file is empty"])
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [
+                f"{fname}:{node.start_mark.line + 1}: (top): expected a mapping of sections (site:, devices:, ...)"
+            ]
+        )
+    lines: dict[tuple[Any, ...], int] = {}
+    dups: list[str] = []
+    _line_index(node, (), lines, dups, fname)
+    errors = list(dups)
+    try:
+        cfg = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            path = _data_path(tuple(err["loc"]), data)
+            line = lines.get(path)
+            probe = path
+            while line is None and probe:
+                probe = probe[:-1]
+                line = lines.get(probe)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see docs/configuration.md)"
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            errors.append(f"{fname}:{line or 1}: {_fmt_path(path)}: {msg}")
+        raise ConfigError(errors) from exc
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load_config(path: str | Path) -> SiteConfig:
+    """Read and validate a site file. Raises :class:`ConfigError` (all problems, file:line:key each)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}:0: (file): cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}:0: (file): not UTF-8 text: {exc}"]) from exc
+    return validate_text(text, str(p))
+
+
+def build_point_table(cfg: SiteConfig) -> PointTable:
+    """Dense point indices in configuration order (devices, then their points)."""
+    pts: list[Point] = []
+    for d in cfg.devices:
+        for p in d.points:
+            pts.append(
+                Point(
+                    index=len(pts),
+                    name=p.name,
+                    quantity=p.quantity,
+                    unit=p.unit,
+                    group=p.group,
+                    device=d.name,
+                    parent=p.parent,
+                    nominal=p.nominal,
+                    rating=p.rating,
+                    weight=p.weight,
+                )
+            )
+    return PointTable(pts)

@@ -1,0 +1,1 @@
+"""gridedge protocols/simulators."""
