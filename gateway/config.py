@@ -385,6 +385,16 @@ class AlertsSection(_Strict):
     sensor_cooldown: Duration = Field(3600.0, description="one sensor-fault alert per point per this period")
 
 
+class MqttPointPolicy(_Strict):
+    """Publishing policy for the points matched by one key of ``mqtt.points`` (point, group or quantity)."""
+
+    deadband: float | None = Field(None, ge=0, description="absolute change (in the unit) that triggers a publish")
+    deadband_pct: float | None = Field(
+        None, ge=0, le=100, description="change in % of nominal (else of the last published value)"
+    )
+    integrity_period: Duration | None = Field(None, description="republish at least this often")
+
+
 class MqttSection(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -407,6 +417,19 @@ class MqttSection(_Strict):
     )
     command_users: list[str] = Field(
         default_factory=list, description="broker users allowed to send cmd/# (empty = commands off)"
+    )
+    deadband: float = Field(0.0, ge=0, description="default absolute deadband for point values")
+    deadband_pct: float = Field(0.0, ge=0, le=100, description="default percent deadband for point values")
+    points: dict[str, MqttPointPolicy] = Field(
+        default_factory=dict,
+        description="per point/group/quantity overrides of deadband, deadband_pct, integrity_period "
+        "(point name wins over group, group over quantity)",
+    )
+    max_inflight: int = Field(20, ge=1, le=65535, description="QoS 1 messages in flight before a PUBACK")
+    reconnect_min: Duration = Field(0.5, description="first reconnect delay (doubles, with jitter)")
+    reconnect_max: Duration = Field(30.0, description="longest reconnect delay")
+    outbox_synchronous: Literal["full", "normal"] = Field(
+        "full", description="SQLite synchronous mode of the outbox: full survives power loss, normal is faster"
     )
 
     @model_validator(mode="before")
