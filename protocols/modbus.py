@@ -1,0 +1,320 @@
+"""Modbus TCP / RTU driver: polls holding/input registers, coils and discrete inputs. Read-only.
+
+Session logic only: the request plan comes from :mod:`gridedge.protocols.coalesce` (computed once at
+construction) and decoding from :mod:`gridedge.protocols.modbus_codec` (vectorised). This module never
+sends a write request: the only client calls are the four read functions in :data:`READ_FUNCTIONS`
+(a test inspects the module to prove it).
+
+Quality mapping
+    * exception response (ILLEGAL_ADDRESS, DEVICE_BUSY, ...) → the request's points are ``INVALID``;
+      logged once per change with device, unit, function, address range and exception name; never raises.
+      When a *coalesced* request is refused with ILLEGAL_ADDRESS / ILLEGAL_VALUE, its points are re-read one
+      by one in the same cycle and the request stays split from then on, so one bad address does not blank
+      its neighbours.
+    * a request that times out → its points are ``INVALID``; if every request of the cycle timed out
+      the link is considered dead: :class:`ConnectionLost`.
+    * closed / refused / reset connection → :class:`ConnectionLost` (the runtime reconnects with backoff).
+    * a float register holding NaN / inf → ``INVALID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from gridedge.gateway.config import ModbusRtuDevice, ModbusTcpDevice
+from gridedge.gateway.model import Quality, ReadingBatch
+from gridedge.protocols.base import ConfigurationError, ConnectionLost
+from gridedge.protocols.coalesce import ReadRequest, Span, plan_requests
+from gridedge.protocols.modbus_codec import PointFormat, RegisterDecoder
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.framer import FramerType
+
+__all__ = ["READ_FUNCTIONS", "ModbusDriver", "build_plan", "point_formats"]
+
+log = logging.getLogger("gridedge.protocols.modbus")
+
+#: The only client calls this driver makes, per table, with the Modbus function code.
+READ_FUNCTIONS: dict[str, tuple[str, int]] = {
+    "holding": ("read_holding_registers", 3),
+    "input": ("read_input_registers", 4),
+    "coil": ("read_coils", 1),
+    "discrete": ("read_discrete_inputs", 2),
+}
+
+# Refusals that mean "this address range is wrong", where reading the points one by one can help.
+_SPLIT_CODES = frozenset({int(ExcCodes.ILLEGAL_ADDRESS), int(ExcCodes.ILLEGAL_VALUE)})
+_OK, _REFUSED, _TIMEOUT = 0, 1, 2
+
+
+def _exc_name(code: int) -> str:
+    try:
+        return ExcCodes(code).name
+    except ValueError:
+        return f"UNKNOWN_{code}"
+
+
+def point_formats(cfg: ModbusTcpDevice | ModbusRtuDevice) -> list[PointFormat]:
+    """The storage format of every configured point, in configuration order."""
+    return [
+        PointFormat(
+            table=p.table,
+            address=p.register,
+            type=p.data_type,
+            word_order=p.word_order,
+            byte_order=p.byte_order,
+            scale=p.scale,
+            offset=p.offset,
+        )
+        for p in cfg.points
+    ]
+
+
+def build_plan(cfg: ModbusTcpDevice | ModbusRtuDevice) -> list[ReadRequest]:
+    """The device's read requests (coalesced unless ``workarounds.one_request_per_point``)."""
+    spans = [Span(f.table, f.address, f.width) for f in point_formats(cfg)]
+    for s, p in zip(spans, cfg.points, strict=True):
+        if s.address + s.width > 65536:
+            raise ConfigurationError(
+                cfg.name, f"point {p.name}: register {s.address} + {s.width} words passes 65535"
+            )
+    return plan_requests(
+        spans,
+        max_registers=cfg.coalesce.max_registers,
+        max_gap=cfg.coalesce.max_gap,
+        max_bits=cfg.coalesce.max_bits,
+        one_request_per_point=cfg.workarounds.one_request_per_point,
+    )
+
+
+class ModbusDriver:
+    """A Modbus TCP or RTU device; implements :class:`gridedge.protocols.base.Driver`.
+
+    ``point_index`` maps point name → dense index (from ``gateway.config.build_point_table``). One
+    instance never has two requests in flight: requests of a cycle are sent one after another.
+    """
+
+    def __init__(self, cfg: ModbusTcpDevice | ModbusRtuDevice, point_index: dict[str, int]):
+        self.name: str = cfg.name
+        self.cfg = cfg
+        try:
+            self._point_idx = np.array([point_index[p.name] for p in cfg.points], dtype=np.int32)
+        except KeyError as exc:
+            raise ConfigurationError(
+                cfg.name, f"point {exc.args[0]!r} has no index in the point table"
+            ) from exc
+        self._formats = point_formats(cfg)
+        self.plan: list[ReadRequest] = build_plan(cfg)
+        self._decoder = RegisterDecoder(self._formats, self.plan)
+        # Requests the device refused as a range: read their points one by one from then on.
+        self._split = np.zeros(len(self.plan), dtype=bool)
+        self._last_status = np.full(len(self.plan), _OK, dtype=np.int8)
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self.requests_sent = 0  # counters for metrics and tests
+        self.cycles = 0
+
+    # ------------------------------------------------------------------------------------------ link
+    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        cfg = self.cfg
+        # retries=0 and reconnect_delay=0: the runtime owns retry and reconnect policy, not pymodbus.
+        common: dict[str, Any] = {
+            "name": cfg.name,
+            "timeout": cfg.timeout,
+            "retries": 0,
+            "reconnect_delay": 0,
+        }
+        if isinstance(cfg, ModbusTcpDevice):
+            client: AsyncModbusTcpClient | AsyncModbusSerialClient = AsyncModbusTcpClient(
+                cfg.host, port=cfg.port, **common
+            )
+        else:
+            client = AsyncModbusSerialClient(
+                cfg.port,
+                framer=FramerType.RTU,
+                baudrate=cfg.baudrate,
+                bytesize=cfg.bytesize,
+                parity=cfg.parity,
+                stopbits=cfg.stopbits,
+                **common,
+            )
+        # pymodbus would drop the link itself after a few unanswered requests; we decide that per cycle.
+        client.set_max_no_responses(1 << 30)
+        return client
+
+    def _where(self) -> str:
+        cfg = self.cfg
+        return f"{cfg.host}:{cfg.port}" if isinstance(cfg, ModbusTcpDevice) else str(cfg.port)
+
+    async def connect(self) -> None:
+        """Open the TCP connection / serial port. Raises :class:`ConnectionLost` when it fails."""
+        await self.close()
+        client = self._make_client()
+        try:
+            ok = await client.connect()
+        except asyncio.CancelledError:
+            client.close()
+            raise
+        except (OSError, ModbusException) as exc:
+            client.close()
+            raise ConnectionLost(self.name, f"cannot connect to {self._where()}: {exc}") from exc
+        if not ok:
+            client.close()
+            raise ConnectionLost(self.name, f"cannot connect to {self._where()}")
+        self._client = client
+        log.info(
+            "modbus connected device=%s at=%s unit=%d requests=%d",
+            self.name,
+            self._where(),
+            self.cfg.unit_id,
+            len(self.plan),
+        )
+        if self.cfg.workarounds.pause_after_connect > 0:
+            await asyncio.sleep(self.cfg.workarounds.pause_after_connect)
+
+    async def close(self) -> None:
+        """Close the link; never raises."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception as exc:  # closing must not fail the caller
+                log.debug("modbus close device=%s error=%r", self.name, exc)
+
+    # ------------------------------------------------------------------------------------------ poll
+    async def _read(self, table: str, address: int, count: int) -> tuple[int, Any]:
+        """One read request → (_OK, values) | (_REFUSED, exception code) | (_TIMEOUT, reason)."""
+        client = self._client
+        if client is None or not client.connected:
+            raise ConnectionLost(self.name, "not connected")
+        fn_name, _fc = READ_FUNCTIONS[table]
+        fn = getattr(client, fn_name)
+        self.requests_sent += 1
+        try:
+            # pymodbus applies cfg.timeout; the outer guard only catches a transport that never returns.
+            rr = await asyncio.wait_for(
+                fn(address, count=count, device_id=self.cfg.unit_id), timeout=2 * self.cfg.timeout + 1.0
+            )
+        except ConnectionException as exc:
+            raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+        except (TimeoutError, ModbusException) as exc:
+            if not client.connected:
+                raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+            return _TIMEOUT, str(exc) or type(exc).__name__
+        except OSError as exc:
+            raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+        if rr.isError():
+            return _REFUSED, int(getattr(rr, "exception_code", 0))
+        data = rr.bits if table in ("coil", "discrete") else rr.registers
+        if len(data) < count:
+            return _REFUSED, -1  # short answer: treat like a refusal
+        return _OK, data
+
+    def _note(self, r: int, status: int, req: ReadRequest, detail: Any) -> None:
+        """Log a request's state change once (not every cycle)."""
+        if status == self._last_status[r]:
+            return
+        self._last_status[r] = status
+        fn_name, fc = READ_FUNCTIONS[req.table]
+        where = f"device={self.name} unit={self.cfg.unit_id} function={fn_name}({fc}) address={req.address} count={req.count}"
+        if status == _REFUSED:
+            name = "SHORT_RESPONSE" if detail == -1 else _exc_name(detail)
+            log.warning(
+                "modbus exception %s exception=%s code=%s points=%d quality=invalid",
+                where,
+                name,
+                detail,
+                len(req.members),
+            )
+        elif status == _TIMEOUT:
+            log.warning(
+                "modbus timeout %s timeout=%.3gs reason=%r points=%d quality=invalid",
+                where,
+                self.cfg.timeout,
+                detail,
+                len(req.members),
+            )
+        else:
+            log.info("modbus recovered %s", where)
+
+    async def _read_split(
+        self, req: ReadRequest, base: int, regs: np.ndarray, bits: np.ndarray, point_q: np.ndarray
+    ) -> tuple[int, int]:
+        """Read a refused range point by point; returns (requests sent, requests timed out)."""
+        sent = timed_out = 0
+        for m, off in zip(req.members, req.offsets, strict=True):
+            width = self._formats[m].width
+            status, data = await self._read(req.table, req.address + off, width)
+            sent += 1
+            if status == _OK:
+                buf = bits if req.table in ("coil", "discrete") else regs
+                buf[base + off : base + off + width] = data[:width]
+            else:
+                timed_out += status == _TIMEOUT
+                point_q[m] |= Quality.INVALID
+                if status == _REFUSED:
+                    p = self.cfg.points[m]
+                    log.debug(
+                        "modbus exception device=%s point=%s address=%d code=%s",
+                        self.name,
+                        p.name,
+                        p.register,
+                        data,
+                    )
+        return sent, timed_out
+
+    async def poll(self) -> ReadingBatch:
+        """One cycle over all points. Raises :class:`ConnectionLost` when the link broke."""
+        if self._client is None:
+            raise ConnectionLost(self.name, "not connected")
+        dec = self._decoder
+        regs = np.zeros(dec.n_registers, dtype=np.uint16)
+        bits = np.zeros(dec.n_bits, dtype=np.uint8)
+        req_q = np.zeros(len(self.plan), dtype=np.uint8)
+        point_q = np.zeros(dec.n_points, dtype=np.uint8)
+        sent = timed_out = 0
+        for r, req in enumerate(self.plan):
+            base = int(dec.buffer_base[r])
+            if self._split[r]:
+                s, t = await self._read_split(req, base, regs, bits, point_q)
+                sent, timed_out = sent + s, timed_out + t
+                continue
+            status, data = await self._read(req.table, req.address, req.count)
+            sent += 1
+            if status == _OK:
+                if req.table in ("coil", "discrete"):
+                    bits[base : base + req.count] = data[: req.count]
+                else:
+                    regs[base : base + req.count] = data
+            elif status == _REFUSED and data in _SPLIT_CODES and len(req.members) > 1:
+                # The device rejects the range (a hole or a protected register inside it): find out
+                # which points are really unreadable instead of blanking the whole range.
+                self._split[r] = True
+                fn_name, fc = READ_FUNCTIONS[req.table]
+                log.warning(
+                    "modbus range refused, reading points singly device=%s unit=%d function=%s(%d) address=%d count=%d exception=%s points=%d",
+                    self.name, self.cfg.unit_id, fn_name, fc, req.address, req.count, _exc_name(data), len(req.members),
+                )  # fmt: skip
+                s, t = await self._read_split(req, base, regs, bits, point_q)
+                sent, timed_out = sent + s, timed_out + t
+                continue
+            else:
+                req_q[r] = Quality.INVALID
+                timed_out += status == _TIMEOUT
+            self._note(r, status, req, data)
+        ts = time.time()  # the cycle's responses have all arrived
+        self.cycles += 1
+        if sent and timed_out == sent:
+            await self.close()
+            raise ConnectionLost(
+                self.name, f"no response to any of {sent} requests within {self.cfg.timeout:g}s"
+            )
+        values, quality = dec.decode(regs, bits, req_q)
+        if point_q.any():
+            quality |= point_q
+            values[point_q != 0] = np.nan
+        return ReadingBatch.uniform(self._point_idx, values, quality, ts=ts, device=self.name)
