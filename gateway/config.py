@@ -338,6 +338,12 @@ class Iec104Device(DeviceBase):
     counter_interrogation: bool = Field(False, description="periodic counter interrogation")
     clock_sync: bool = Field(False, description="send clock synchronisation after connect")
     tls: TlsConfig | None = None
+    tls_pinned_cert: str | None = Field(
+        None, description="TLS: accept only this station certificate (PEM file); c104 does not check names"
+    )
+    gi_timeout: Duration = Field(
+        10.0, description="how long poll waits for the end (ACT_TERM) of a general interrogation"
+    )
     points: list[Iec104Point] = Field(..., min_length=1)
 
 
@@ -388,7 +394,9 @@ class AlertsSection(_Strict):
 class MqttPointPolicy(_Strict):
     """Publishing policy for the points matched by one key of ``mqtt.points`` (point, group or quantity)."""
 
-    deadband: float | None = Field(None, ge=0, description="absolute change (in the unit) that triggers a publish")
+    deadband: float | None = Field(
+        None, ge=0, description="absolute change (in the unit) that triggers a publish"
+    )
     deadband_pct: float | None = Field(
         None, ge=0, le=100, description="change in % of nominal (else of the last published value)"
     )
@@ -429,17 +437,22 @@ class MqttSection(_Strict):
     reconnect_min: Duration = Field(0.5, description="first reconnect delay (doubles, with jitter)")
     reconnect_max: Duration = Field(30.0, description="longest reconnect delay")
     outbox_synchronous: Literal["full", "normal"] = Field(
-        "full", description="SQLite synchronous mode of the outbox: full survives power loss, normal is faster"
+        "full",
+        description="SQLite synchronous mode of the outbox: full survives power loss, normal is faster",
     )
 
-    @model_validator(mode="before")
+    password: str | None = Field(
+        None, description="not accepted: secrets only by file reference (password_file)"
+    )
+
+    @field_validator("password")
     @classmethod
-    def _no_inline_secret(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
+    def _no_inline_secret(cls, v: str | None) -> None:
+        if v is not None:
             raise ValueError(
                 "secrets are not accepted inline: put the password in a file and set password_file"
             )
-        return data
+        return None
 
 
 class FederationSection(_Strict):
@@ -473,30 +486,39 @@ class SiteConfig(_Strict):
     metrics: MetricsSection = MetricsSection()
     logging: LoggingSection = LoggingSection()
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> SiteConfig:
-        errors: list[str] = []
-        seen_dev: set[str] = set()
-        seen_pt: dict[str, str] = {}
-        groups: set[str] = set()
-        for d in self.devices:
-            if d.name in seen_dev:
-                errors.append(f"device name {d.name!r} is used twice")
-            seen_dev.add(d.name)
-            for p in d.points:
-                if p.name in seen_pt:
-                    errors.append(
-                        f"point name {p.name!r} of device {d.name!r} is already used by device {seen_pt[p.name]!r}"
+
+def cross_check(cfg: SiteConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """Checks across sections that a single model cannot see: (key path, message) per problem."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    seen_dev: dict[str, int] = {}
+    seen_pt: dict[str, str] = {}
+    groups = {p.group for d in cfg.devices for p in d.points}
+    for i, d in enumerate(cfg.devices):
+        if d.name in seen_dev:
+            problems.append(
+                (
+                    ("devices", i, "name"),
+                    f"device name {d.name!r} is already used by devices[{seen_dev[d.name]}]",
+                )
+            )
+        seen_dev.setdefault(d.name, i)
+        for j, p in enumerate(d.points):
+            if p.name in seen_pt:
+                problems.append(
+                    (
+                        ("devices", i, "points", j, "name"),
+                        f"point name {p.name!r} is already used by device {seen_pt[p.name]!r}",
                     )
-                seen_pt[p.name] = d.name
-                groups.add(p.group)
-        for d in self.devices:
-            for p in d.points:
-                if p.parent is not None and p.parent not in groups:
-                    errors.append(f"point {p.name!r}: parent {p.parent!r} is not the group of any point")
-        if errors:
-            raise ValueError("; ".join(errors))
-        return self
+                )
+            seen_pt.setdefault(p.name, d.name)
+            if p.parent is not None and p.parent not in groups:
+                problems.append(
+                    (
+                        ("devices", i, "points", j, "parent"),
+                        f"parent {p.parent!r} is not the group of any point",
+                    )
+                )
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------
@@ -620,6 +642,8 @@ def validate_text(text: str, fname: str) -> SiteConfig:
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             path = _data_path(tuple(err["loc"]), data)
+            if err["type"] == "union_tag_invalid":
+                path = (*path, "protocol")
             line = lines.get(path)
             probe = path
             while line is None and probe:
@@ -634,6 +658,8 @@ def validate_text(text: str, fname: str) -> SiteConfig:
                 msg = "required key is missing"
             errors.append(f"{fname}:{line or 1}: {_fmt_path(path)}: {msg}")
         raise ConfigError(errors) from exc
+    for path, msg in cross_check(cfg):
+        errors.append(f"{fname}:{lines.get(path, 1)}: {_fmt_path(path)}: {msg}")
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -1,0 +1,577 @@
+"""The daemon's runtime: one asyncio task per device, the scoring/store/MQTT pipeline, health and reload.
+
+Scheduling runs on the monotonic clock against absolute deadlines, so a 100 ms period gives 10 polls/s
+rather than drifting; a poll slower than its period skips the missed cycles (counted) instead of queueing
+them, so memory stays flat under overload. Reconnects use capped exponential backoff with full jitter,
+and the points of a device that is down are marked ``comm_lost`` once per outage. One dead device never
+delays another: each has its own task and its own timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gridedge.gateway.alert_policy import AlertPolicy
+from gridedge.gateway.config import ConfigError, SiteConfig, build_point_table, load_config
+from gridedge.gateway.logs import kv
+from gridedge.gateway.model import BAD_QUALITY_MASK, Event, EventKind, PointTable, Quality, ReadingBatch
+from gridedge.gateway.store import Store
+from gridedge.protocols.base import ConfigurationError, Driver, DriverError, PushDriver
+from gridedge.scoring.detector import Detector
+
+__all__ = ["DeviceState", "DeviceStats", "Runtime", "make_driver"]
+
+log = logging.getLogger("gridedge.runtime")
+
+SCORER_STATE_NAME = "detector"
+
+
+class DeviceState(enum.StrEnum):
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass
+class DeviceStats:
+    """Per-device counters, exported to metrics, status and MQTT."""
+
+    name: str
+    points: int
+    state: DeviceState = DeviceState.CONNECTING
+    polls: int = 0
+    poll_errors: int = 0
+    skipped_cycles: int = 0
+    reconnects: int = 0
+    good: int = 0
+    last_error: str | None = None
+    backoff: float | None = None
+    last_poll_duration: float = 0.0
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+def make_driver(dev: Any, point_index: dict[str, int], store: Store | None = None) -> Driver:
+    """Build the driver for one configured device (imports protocol modules lazily)."""
+    if dev.protocol in ("modbus_tcp", "modbus_rtu"):
+        from gridedge.protocols.modbus import ModbusDriver
+
+        return ModbusDriver(dev, point_index)
+    if dev.protocol == "iec61850":
+        from gridedge.protocols.iec61850 import Iec61850Driver
+
+        return Iec61850Driver(dev, point_index, resume_store=store)
+    if dev.protocol == "iec104":
+        from gridedge.protocols.iec104 import Iec104Driver
+
+        return Iec104Driver(dev, point_index)
+    raise ValueError(f"unknown protocol {dev.protocol!r}")
+
+
+class Runtime:
+    """Composition of drivers, detector, alert policy, store, MQTT and health for one site config.
+
+    Use :meth:`prepare` (opens the store, builds the detector and restores its state), then
+    :meth:`run` until :meth:`request_stop`. The demo calls ``prepare`` first to warm the detector.
+    """
+
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        *,
+        config_path: Path | None = None,
+        driver_factory: Callable[..., Driver] = make_driver,
+        on_event: Callable[[Event, str], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.points: PointTable = build_point_table(cfg)
+        self._driver_factory = driver_factory
+        self._on_event = on_event
+        self.store: Store | None = None
+        self.detector: Detector | None = None
+        self.policy = AlertPolicy(cfg.alerts)
+        self.mqtt: Any = None
+        self.metrics: Any = None
+        self.notifier: Any = None
+        self.watchdog: Any = None
+        self.devices: dict[str, DeviceStats] = {}
+        self.drivers: dict[str, Driver] = {}
+        self.events_total: dict[str, int] = {}
+        self.alerts_published = 0
+        self._last_value = np.full(len(self.points), np.nan)
+        self._last_quality = np.full(len(self.points), Quality.COMM_LOST, np.uint8)
+        self._stop = asyncio.Event()
+        self._reload_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scoring_lag = 0.0
+        self._started = time.time()
+
+    # ------------------------------------------------------------------ set-up
+    def prepare(self) -> None:
+        """Open the store and build the detector (restoring persisted state so a restart does not relearn)."""
+        if self.store is None:
+            st = self.cfg.storage
+            Path(st.path).parent.mkdir(parents=True, exist_ok=True)
+            self.store = Store(
+                st.path,
+                points=self.points,
+                quota_bytes=st.quota,
+                retention_raw=st.retention.raw,
+                retention_hourly=st.retention.hourly,
+                retention_events=st.retention.events,
+                synchronous=st.synchronous,
+                commit_interval=st.commit_interval,
+                memory_buffer=st.memory_buffer,
+            )
+            self.store.open()
+        if self.detector is None and self.cfg.scoring.enabled:
+            self.detector = Detector(
+                self.points,
+                timezone=self.cfg.site.timezone,
+                frequency_hz=float(self.cfg.site.frequency_hz),
+                config=self.cfg.scoring,
+            )
+            saved = self.store.load_scorer_state(SCORER_STATE_NAME)
+            if saved is not None:
+                arrays, meta = saved
+                try:
+                    self.detector.load_state(arrays, meta)
+                    log.info(kv("scorer_state_restored", points=len(meta.get("points", []))))
+                except Exception as exc:  # a corrupt/old state must not stop the gateway; relearn instead
+                    log.error(kv("scorer_state_unusable", error=exc))
+            for w in self.cfg.scoring.suppress:
+                self._apply_config_suppression(w)
+
+    def _apply_config_suppression(self, w: Any) -> None:
+        from datetime import datetime
+
+        def parse(s: str) -> float:
+            return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+        until = parse(w.end)
+        if until > time.time() and self.detector is not None:
+            self.detector.suppress(w.target, until, w.reason or "config")
+            self.policy.suppress(w.target, until, w.reason or "config")
+
+    def _start_optional_services(self) -> None:
+        """MQTT, metrics, sd_notify: each optional, each failing soft with a clear log line."""
+        if self.cfg.mqtt is not None and self.cfg.mqtt.enabled:
+            from gridedge.gateway.mqtt import MqttBridge
+
+            self.mqtt = MqttBridge(
+                self.cfg.mqtt,
+                site=self.cfg.site.name,
+                db_path=self.cfg.storage.path,
+                points=self.points,
+                command_handler=self.handle_command,
+                audit=self.store.audit if self.store else None,
+            )
+            self.mqtt.start()
+        if self.cfg.metrics.enabled:
+            try:
+                from gridedge.gateway.metrics import Metrics
+
+                self.metrics = Metrics()
+                port = self.metrics.start_server(self.cfg.metrics.host, self.cfg.metrics.port)
+                log.info(kv("metrics_listening", host=self.cfg.metrics.host, port=port))
+            except Exception as exc:
+                log.error(kv("metrics_unavailable", error=exc))
+                self.metrics = None
+        try:
+            from gridedge.gateway.sdnotify import SdNotifier
+            from gridedge.gateway.watchdog import ProgressWatchdog
+
+            self.notifier = SdNotifier()
+            interval = self.notifier.watchdog_interval() if self.notifier.enabled else None
+            self.watchdog = ProgressWatchdog(stall_after=max(10.0, (interval or 30.0)))
+        except Exception as exc:
+            log.warning(kv("sd_notify_unavailable", error=exc))
+
+    # ------------------------------------------------------------------ pipeline
+    def handle_batch(self, batch: ReadingBatch) -> None:
+        """Poll result → store, scoring, alert policy, MQTT. Runs on the event loop; never raises."""
+        if len(batch) == 0:
+            return
+        t0 = time.perf_counter()
+        assert self.store is not None
+        self.store.submit(batch)
+        self._last_value[batch.point_idx] = batch.value
+        self._last_quality[batch.point_idx] = batch.quality
+        if self.detector is not None:
+            try:
+                events = self.detector.process(batch)
+            except Exception:
+                log.exception(kv("scoring_failed", device=batch.device, readings=len(batch)))
+                events = []
+            for ev in events:
+                self._dispatch_event(ev)
+            if hasattr(self.detector, "ended_events"):
+                for ev in self.detector.ended_events():
+                    if self.mqtt is not None and getattr(ev, "_published", True):
+                        self.mqtt.publish_alert_cleared(ev)
+        if self.mqtt is not None:
+            try:
+                self.mqtt.publish_values(batch)
+            except Exception:
+                log.exception(kv("mqtt_values_failed"))
+        self._scoring_lag = time.perf_counter() - t0
+        if self.watchdog is not None:
+            self.watchdog.beat("scorer")
+
+    def _dispatch_event(self, ev: Event) -> None:
+        decision = self.policy.decide(ev, time.time())
+        assert self.store is not None
+        self.store.add_events([ev], {ev.id: decision})
+        self.events_total[str(ev.kind)] = self.events_total.get(str(ev.kind), 0) + 1
+        published = decision == "published"
+        log.log(
+            logging.WARNING if published else logging.INFO,
+            kv(
+                "alert" if published else "event",
+                kind=str(ev.kind),
+                group=ev.group,
+                points=",".join(ev.points),
+                score=round(ev.score, 2) if ev.score == ev.score else None,
+                policy=decision,
+                why=ev.explanation.get("summary"),
+            ),
+        )
+        if published:
+            self.alerts_published += 1
+            seq = 0
+            if self.mqtt is not None:
+                severity = "critical" if ev.kind in (EventKind.FEEDER_TRIP,) else "warning"
+                seq = self.mqtt.publish_alert(ev, severity=severity)
+            import json
+
+            self.store.add_alert(ev.id, seq, str(ev.kind), json.dumps(ev.to_dict(), default=str))
+        if self._on_event is not None:
+            self._on_event(ev, decision)
+
+    def _push_from_thread(self, batch: ReadingBatch) -> None:
+        """Callback for push drivers (C/library threads): hand the batch to the event loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.handle_batch, batch)
+
+    # ------------------------------------------------------------------ commands (MQTT)
+    def handle_command(self, cmd: Any) -> dict:
+        """Apply an operator command (already authenticated and parsed by the MQTT bridge)."""
+        verb, args = cmd.verb, cmd.args
+        assert self.store is not None
+        if verb == "ack":
+            ok = self.store.ack_event(args["event_id"], cmd.user)
+            if not ok:
+                raise ValueError(f"no event with id {args['event_id']!r}")
+            return {"acked": args["event_id"]}
+        if verb == "label":
+            ok = self.store.set_event_label(args["event_id"], args["label"], cmd.user)
+            if not ok:
+                raise ValueError(f"no event with id {args['event_id']!r}")
+            return {"labelled": args["event_id"], "label": args["label"]}
+        if verb == "suppress":
+            target = args["target"]
+            if target != "*" and target not in self.points.by_name and target not in self.points.groups:
+                raise ValueError(f"unknown group or point {target!r}")
+            until = time.time() + float(args["duration"])
+            if self.detector is not None:
+                self.detector.suppress(target, until, args.get("reason", ""))
+            self.policy.suppress(target, until, args.get("reason", ""))
+            return {"suppressed": target, "until": until}
+        if verb == "silence":
+            until = time.time() + float(args["duration"])
+            self.policy.silence(until)
+            return {"silenced_until": until}
+        raise ValueError(f"unknown command {verb!r}")
+
+    # ------------------------------------------------------------------ device tasks
+    def _comm_lost_batch(self, dev_name: str) -> ReadingBatch:
+        idx = np.array([p.index for p in self.points if p.device == dev_name], np.int32)
+        return ReadingBatch.uniform(idx, np.full(len(idx), np.nan), int(Quality.COMM_LOST), device=dev_name)
+
+    async def _device_loop(self, dev: Any) -> None:
+        stats = self.devices[dev.name]
+        point_index = {p.name: p.index for p in self.points if p.device == dev.name}
+        backoff = dev.backoff_initial
+        marked_lost = False
+        while not self._stop.is_set():
+            driver = self._driver_factory(dev, point_index, self.store)
+            self.drivers[dev.name] = driver
+            try:
+                if isinstance(driver, PushDriver):
+                    driver.set_push_callback(self._push_from_thread)
+                await asyncio.wait_for(driver.connect(), timeout=max(dev.timeout * 5, 5.0))
+                if stats.state != DeviceState.UP:
+                    log.info(kv("device_up", device=dev.name, points=stats.points))
+                stats.state, stats.last_error, stats.backoff = DeviceState.UP, None, None
+                backoff = dev.backoff_initial
+                marked_lost = False
+                self._device_status_changed(dev.name)
+                await self._poll_schedule(dev, driver, stats)
+            except asyncio.CancelledError:
+                raise
+            except (DriverError, OSError, TimeoutError, ConnectionError) as exc:
+                msg = str(exc) or type(exc).__name__
+                stats.poll_errors += 1
+                stats.reconnects += 1
+                if stats.state != DeviceState.DOWN or stats.last_error != msg:
+                    log.error(kv("device_down", device=dev.name, error=msg, retry_in=round(backoff, 2)))
+                stats.state, stats.last_error = DeviceState.DOWN, msg
+                if not marked_lost:
+                    self.handle_batch(self._comm_lost_batch(dev.name))
+                    marked_lost = True
+                # A configuration mismatch will not fix itself quickly: retry at the cap.
+                delay = dev.backoff_max if isinstance(exc, ConfigurationError) else backoff
+                delay = random.uniform(delay / 2, delay)  # jitter: gateways restarting together spread out
+                stats.backoff = delay
+                self._device_status_changed(dev.name)
+                backoff = min(backoff * 2, dev.backoff_max)
+                with contextlib.suppress(Exception):
+                    await driver.close()
+                if self.watchdog is not None:
+                    self.watchdog.beat(f"poll:{dev.name}")  # a device legitimately down is progress
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            except Exception as exc:  # a driver bug: report with traceback, keep the daemon alive
+                log.exception(kv("driver_crashed", device=dev.name, error=exc))
+                stats.state, stats.last_error = DeviceState.DOWN, f"internal error: {exc}"
+                with contextlib.suppress(Exception):
+                    await driver.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=dev.backoff_max)
+        with contextlib.suppress(Exception):
+            await self.drivers[dev.name].close()
+
+    async def _poll_schedule(self, dev: Any, driver: Driver, stats: DeviceStats) -> None:
+        period = dev.poll
+        next_t = time.monotonic()
+        poll_timeout = max(dev.timeout * 3, period, 1.0)
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            batch = await asyncio.wait_for(driver.poll(), timeout=poll_timeout)
+            stats.last_poll_duration = time.monotonic() - t0
+            stats.polls += 1
+            stats.good = (
+                int(np.count_nonzero((batch.quality & BAD_QUALITY_MASK) == 0)) if len(batch) else stats.good
+            )
+            stats.last_progress = time.monotonic()
+            self.handle_batch(batch)
+            if self.metrics is not None:
+                self.metrics.poll_duration(dev.name, stats.last_poll_duration)
+            if self.watchdog is not None:
+                self.watchdog.beat(f"poll:{dev.name}")
+            next_t += period
+            now = time.monotonic()
+            if now > next_t:
+                missed = int((now - next_t) // period) + 1
+                stats.skipped_cycles += missed
+                next_t += missed * period
+                log.warning(
+                    kv(
+                        "poll_overrun",
+                        device=dev.name,
+                        skipped=missed,
+                        duration=round(stats.last_poll_duration, 3),
+                    )
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, next_t - time.monotonic()))
+
+    def _device_status_changed(self, name: str) -> None:
+        st = self.devices[name]
+        if self.store is not None:
+            self.store.update_device_status(
+                name, state="up" if st.state == DeviceState.UP else "down", points=st.points, good=st.good,
+                last_error=st.last_error, backoff=st.backoff,
+            )  # fmt: skip
+        if self.mqtt is not None:
+            self.mqtt.publish_device_status(
+                name,
+                state="up" if st.state == DeviceState.UP else "down",
+                last_error=st.last_error,
+                backoff=st.backoff,
+            )
+        if self.metrics is not None:
+            self.metrics.device_state(name, st.state == DeviceState.UP, st.backoff or 0.0)
+
+    # ------------------------------------------------------------------ housekeeping
+    def health_line(self) -> str:
+        up = sum(1 for d in self.devices.values() if d.state == DeviceState.UP)
+        s = self.store.stats() if self.store else {}
+        return (
+            f"devices {up}/{len(self.devices)} up; readings {s.get('readings_committed', 0)}; "
+            f"queue {s.get('queue_depth', 0)}; events {sum(self.events_total.values())}; alerts {self.alerts_published}"
+            + ("; DISK FULL" if s.get("disk_full") else "")
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything `status` and metrics show, from the running daemon's view."""
+        return {
+            "devices": {n: {"state": str(d.state), "points": d.points, "good": d.good, "polls": d.polls,
+                            "skipped_cycles": d.skipped_cycles, "reconnects": d.reconnects,
+                            "last_error": d.last_error} for n, d in self.devices.items()},
+            "events": dict(self.events_total),
+            "alerts_published": self.alerts_published,
+            "store": self.store.stats() if self.store else {},
+            "mqtt": self.mqtt.stats() if self.mqtt else None,
+        }  # fmt: skip
+
+    async def _housekeeping(self) -> None:
+        last_status = last_state_save = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self.watchdog is not None and self.store is not None:
+                s = self.store.stats()
+                if s.get("queue_depth", 0) == 0 or s.get("last_commit_ts", 0) > time.time() - 10:
+                    self.watchdog.beat("writer")
+                healthy, stalled = self.watchdog.healthy(now)
+                if self.notifier is not None and self.notifier.enabled:
+                    if healthy:
+                        self.notifier.watchdog()
+                    else:
+                        log.error(kv("watchdog_withheld", stalled=",".join(stalled)))
+                if self.metrics is not None:
+                    self.metrics.watchdog_state(healthy)
+            if self.metrics is not None:
+                self._update_metrics()
+            if now - last_status >= 5.0:
+                last_status = now
+                for name in self.devices:
+                    self._device_status_changed(name)
+                if self.notifier is not None and self.notifier.enabled:
+                    self.notifier.status(self.health_line())
+                if self.mqtt is not None and self.detector is not None:
+                    with contextlib.suppress(Exception):
+                        self.mqtt.publish_group_scores(self.detector.group_status())
+            if now - last_state_save >= 60.0:
+                last_state_save = now
+                self.save_scorer_state()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+
+    def _update_metrics(self) -> None:
+        m = self.metrics
+        for name, d in self.devices.items():
+            m.points_quality(name, d.good, d.points - d.good)
+        m.scoring_lag(self._scoring_lag)
+        if self.store is not None:
+            m.store_stats(self.store.stats())
+        if self.mqtt is not None:
+            s = self.mqtt.stats()
+            m.outbox_stats(s.get("outbox_depth", 0), s.get("oldest_unsent_age"), s.get("drops", {}))
+
+    def save_scorer_state(self) -> None:
+        if self.detector is not None and self.store is not None:
+            try:
+                arrays, meta = self.detector.state_arrays()
+                self.store.save_scorer_state(SCORER_STATE_NAME, arrays, meta)
+            except Exception:
+                log.exception(kv("scorer_state_save_failed"))
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: validate the config file again; only a valid one replaces the running one."""
+        if self.config_path is None:
+            log.warning(kv("reload_ignored", reason="no config file"))
+            return
+        try:
+            new_cfg = load_config(self.config_path)
+        except ConfigError as exc:
+            for line in exc.errors:
+                log.error(kv("reload_rejected", error=line))
+            log.error(kv("reload_rejected", result="keeping the running configuration"))
+            return
+        if self.store is not None:
+            self.store.audit("config", "reload", str(self.config_path), {"result": "accepted"})
+        self.cfg = new_cfg
+        self._reload_requested = True
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until stopped; a valid reload rebuilds the pipeline in-process."""
+        while True:
+            self._reload_requested = False
+            await self._run_once()
+            if not self._reload_requested:
+                return
+            log.info(kv("reloading", config=self.config_path))
+            # Rebuild on the new config: scorer state is saved and reloaded by point name.
+            self.save_scorer_state()
+            self._shutdown_components()
+            self.__init__(
+                self.cfg,
+                config_path=self.config_path,
+                driver_factory=self._driver_factory,
+                on_event=self._on_event,
+            )  # type: ignore[misc]
+
+    async def _run_once(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.prepare()
+        self._start_optional_services()
+        self._install_signals()
+        enabled = [d for d in self.cfg.devices if d.enabled]
+        for d in self.cfg.devices:
+            self.devices[d.name] = DeviceStats(d.name, len(d.points))
+        log.info(
+            kv(
+                "started",
+                site=self.cfg.site.name,
+                devices=len(enabled),
+                points=len(self.points),
+                db=self.cfg.storage.path,
+            )
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for d in enabled:
+                    tg.create_task(self._device_loop(d), name=f"device:{d.name}")
+                    if self.watchdog is not None:
+                        self.watchdog.beat(f"poll:{d.name}")
+                tg.create_task(self._housekeeping(), name="housekeeping")
+                if self.notifier is not None and self.notifier.enabled:
+                    self.notifier.ready()
+                    self.notifier.status(self.health_line())
+                await self._stop.wait()
+                # Device loops and housekeeping watch _stop; give them a moment, then cancel stragglers.
+                await asyncio.sleep(0)
+        finally:
+            if not self._reload_requested:
+                if self.notifier is not None and self.notifier.enabled:
+                    self.notifier.stopping()
+                self.save_scorer_state()
+                self._shutdown_components()
+
+    def _shutdown_components(self) -> None:
+        if self.mqtt is not None:
+            with contextlib.suppress(Exception):
+                self.mqtt.stop(timeout=5.0)
+            self.mqtt = None
+        if self.store is not None:
+            ok = self.store.flush(timeout=30.0)
+            self.store.close()
+            log.info(kv("stopped", flushed=ok, readings=self.store.stats().get("readings_committed")))
+            self.store = None
+        self.detector = None
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite, slow durability tests included. Installs what it needs (Debian packages, venv).
+# Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"` for a quick run.
+source "$(dirname "$0")/_env.sh"
+apt_install mosquitto:/usr/sbin/mosquitto socat:socat systemd:systemd-analyze dpkg-dev:dpkg-buildpackage
+ruff check .
+exec python -m pytest -q -p no:cacheprovider "$@"
