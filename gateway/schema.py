@@ -7,7 +7,10 @@ names fixed here. Changing a column means a new migration in the store, never an
 
 from __future__ import annotations
 
-__all__ = ["SHARED_DDL"]
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SHARED_DDL", "STORE_DDL", "STORE_INDEXES"]
 
 SHARED_DDL: dict[str, str] = {
     # Messages that must reach the broker; deleted only after PUBACK. seq orders replay; kind decides
@@ -86,3 +89,90 @@ SHARED_DDL: dict[str, str] = {
             updated REAL NOT NULL
         )""",
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# The store's own tables and the forward migrations (owned by gateway/store.py)
+# --------------------------------------------------------------------------------------------------
+#: Readings live in two tables (layout chosen by measurement, docs/storage.md): ``chunks`` holds each
+#: writer commit's readings as one row of numpy blobs (fast appends); compaction moves them into
+#: ``series``, one row per point and time span (fast per-point history), and folds them into ``hourly``.
+STORE_DDL: dict[str, str] = {
+    "points": """
+        CREATE TABLE IF NOT EXISTS points (
+            id INTEGER PRIMARY KEY,        -- stable id in the file, never reused (config indices may change)
+            name TEXT NOT NULL UNIQUE,
+            quantity TEXT NOT NULL,
+            unit TEXT NOT NULL DEFAULT '',
+            grp TEXT NOT NULL DEFAULT '',
+            device TEXT NOT NULL DEFAULT '',
+            parent TEXT,
+            nominal REAL,
+            rating REAL,
+            weight REAL NOT NULL DEFAULT 1.0,
+            active INTEGER NOT NULL DEFAULT 1,   -- 0: no longer in the site config, history kept
+            updated REAL NOT NULL
+        )""",
+    "chunks": """
+        CREATE TABLE IF NOT EXISTS chunks (
+            id INTEGER PRIMARY KEY,
+            t_min REAL NOT NULL,
+            t_max REAL NOT NULL,
+            n INTEGER NOT NULL,
+            flags INTEGER NOT NULL,        -- 1: all readings share one ts (stored once)
+            data BLOB NOT NULL             -- point_id int32[n] | ts float64[n or 1] | value float64[n] | quality uint8[n]
+        )""",
+    "series": """
+        CREATE TABLE IF NOT EXISTS series (
+            id INTEGER PRIMARY KEY,
+            point INTEGER NOT NULL,        -- points.id
+            t_min REAL NOT NULL,
+            t_max REAL NOT NULL,
+            n INTEGER NOT NULL,
+            data BLOB NOT NULL             -- ts float64[n] | value float64[n] | quality uint8[n], sorted by ts
+        )""",
+    "hourly": """
+        CREATE TABLE IF NOT EXISTS hourly (
+            point INTEGER NOT NULL,
+            hour INTEGER NOT NULL,         -- UTC epoch seconds of the hour start
+            n INTEGER NOT NULL,            -- good readings
+            n_bad INTEGER NOT NULL,        -- readings with a bad quality flag or no value
+            min REAL,
+            max REAL,
+            sum REAL NOT NULL,             -- mean = sum / n
+            PRIMARY KEY (point, hour)
+        ) WITHOUT ROWID""",
+    # Running totals so `gridedge status` never counts blobs.
+    "store_counters": """
+        CREATE TABLE IF NOT EXISTS store_counters (
+            name TEXT PRIMARY KEY,
+            value NUMERIC NOT NULL
+        )""",
+}
+
+STORE_INDEXES: tuple[str, ...] = (
+    "CREATE INDEX IF NOT EXISTS chunks_t_min ON chunks(t_min)",
+    "CREATE INDEX IF NOT EXISTS series_point_t ON series(point, t_min)",
+    "CREATE INDEX IF NOT EXISTS series_t_max ON series(t_max)",
+    "CREATE INDEX IF NOT EXISTS hourly_hour ON hourly(hour)",
+    "CREATE INDEX IF NOT EXISTS events_start ON events(start)",
+    "CREATE INDEX IF NOT EXISTS alerts_ts ON alerts(ts)",
+    "CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts)",
+)
+
+
+def _m1_initial(db: Any) -> None:
+    for ddl in (*SHARED_DDL.values(), *STORE_DDL.values(), *STORE_INDEXES):
+        db.execute(ddl)
+    db.execute(
+        "INSERT OR IGNORE INTO store_counters(name, value) VALUES "
+        "('readings', 0), ('readings_total', 0), ('max_block_span', 0)"
+    )
+
+
+#: Forward migrations: (version, name, function(sqlite_utils.Database)). Append only; never edit a released one.
+MIGRATIONS: list[tuple[int, str, Callable[[Any], None]]] = [
+    (1, "initial", _m1_initial),
+]
+
+SCHEMA_VERSION: int = MIGRATIONS[-1][0]
