@@ -1,0 +1,697 @@
+"""MQTT bridge to the local operators: status, point values, group scores, alerts, commands.
+
+Topics under ``<root>`` = ``mqtt.topic_root`` (``gridedge/<site>``); payloads are JSON, one schema each in
+``docs/mqtt-schemas/`` (see docs/mqtt.md):
+
+- ``status`` (retained, QoS 1): ``online`` on connect, ``offline`` on stop and as the last will.
+- ``device/<name>/status`` (retained, QoS 1, via the outbox): up/down, last error, backoff.
+- ``point/<name>`` (QoS 0): value, quality, source and gateway timestamps; deadband (absolute and percent)
+  and an integrity period per point, decided for the whole batch with numpy.
+- ``group/<name>/score`` (QoS 0): composite score, threshold, state.
+- ``alert`` / ``alert/cleared`` (QoS 1, via the outbox): the event with its explanation and a sequence
+  number.
+- ``cmd/<user>/<verb>`` in, ``cmd/reply`` out (QoS 1, via the outbox); see :mod:`gateway.commands`.
+
+Delivery: whatever must not be lost is committed to the :class:`~gridedge.gateway.outbox.Outbox` first.
+One pump thread publishes outbox rows in id order, at most ``window`` without a PUBACK, and deletes a row
+when its PUBACK arrives (``on_publish``). paho keeps unacknowledged QoS 1 messages across a reconnect and
+resends them first, so order holds across outages; after a process restart the pump starts again from the
+oldest row. Consumers drop duplicates by ``seq``.
+
+Threads: paho's network thread (``loop_start``) runs the callbacks; the pump thread owns the mid → row
+map. ``on_publish`` runs while paho holds its message lock, so it only appends to a deque: taking a
+lock there could deadlock with a ``publish()`` from the pump.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import json
+import logging
+import math
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gridedge.gateway.commands import Command, CommandError, parse_command
+from gridedge.gateway.config import MqttSection
+from gridedge.gateway.model import Event, PointTable, Quality, ReadingBatch
+from gridedge.gateway.outbox import Outbox
+
+__all__ = ["GROUP_STATES", "SEVERITIES", "ConnState", "MqttBridge", "explanation_payload", "topic_safe"]
+
+log = logging.getLogger("gridedge.mqtt")
+
+GROUP_STATES = ("normal", "elevated", "anomaly", "observing")
+SEVERITIES = ("info", "warning", "critical")
+_QUALITY_NAMES = [Quality.describe(b) for b in range(256)]
+_QUALITY_FLAGS = [[] if b == 0 else _QUALITY_NAMES[b].split("|") for b in range(256)]
+
+
+class ConnState(enum.Enum):
+    """Connection state of the bridge."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+def topic_safe(name: str) -> str:
+    """A name usable as one topic level (no separators or wildcards)."""
+    return name.replace("/", "_").replace("+", "_").replace("#", "_") or "_"
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf → None, numpy scalars/arrays → Python."""
+    if isinstance(obj, float | np.floating):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return [_clean(x) for x in obj.tolist()]
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(x) for x in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False).encode()
+
+
+def explanation_payload(event: Event) -> dict[str, Any]:
+    """The alert's explanation: ``rule``, ``summary``, ``slot`` and per point ``z``, ``value``,
+    ``expected``, ``baseline_mean``, ``baseline_std`` and ``band`` ([low, high]).
+
+    Scoring may give per-point details under ``points`` (a dict by name) or flat ``z``/``expected``/…
+    dicts keyed by point; both are folded into ``points``. ``band`` is kept when given, else derived as
+    mean ± k·std with k = ``band_k`` (default 3).
+    """
+    ex = dict(event.explanation or {})
+    per: dict[str, dict[str, Any]] = {}
+    given = ex.pop("points", None)
+    if isinstance(given, dict):
+        for name, d in given.items():
+            per[str(name)] = dict(d) if isinstance(d, dict) else {"z": d}
+    for key in ("z", "value", "expected", "baseline_mean", "baseline_std", "band", "slot"):
+        v = ex.get(key)
+        if isinstance(v, dict):
+            ex.pop(key)
+            for name, x in v.items():
+                per.setdefault(str(name), {})[key] = x
+    k = float(ex.get("band_k", 3.0))
+    for d in per.values():
+        m, s = d.get("baseline_mean"), d.get("baseline_std")
+        if "band" not in d and isinstance(m, int | float) and isinstance(s, int | float):
+            d["band"] = [m - k * s, m + k * s]
+    for name in event.points:
+        per.setdefault(name, {})
+    out = {"rule": ex.pop("rule", None), "summary": ex.pop("summary", None), "slot": ex.pop("slot", None)}
+    out["points"] = per
+    out.update(ex)  # anything else scoring said, kept verbatim
+    return out
+
+
+class MqttBridge:
+    """The gateway's MQTT client. See the module docstring for topics and delivery."""
+
+    def __init__(
+        self,
+        cfg: MqttSection,
+        *,
+        site: str,
+        db_path: str | Path,
+        points: PointTable,
+        command_handler: Callable[[Command], dict] | None = None,
+        audit: Callable[[str, str, str | None, dict], None] | None = None,
+        window: int = 1000,
+    ):
+        self.cfg = cfg
+        self.site = site
+        self.root = cfg.topic_root.replace("{site}", site).rstrip("/")
+        self.points = points
+        self.command_handler = command_handler
+        self._audit_fn = audit
+        self.window = window
+        self.outbox = Outbox(db_path, quota=cfg.outbox_quota, synchronous=cfg.outbox_synchronous)
+        self.client_id = cfg.client_id or f"gridedge-{site}"
+        self.state = ConnState.IDLE
+        self._connected = threading.Event()
+        self._stopping = False
+        self._attempts = 0
+        self.backoff: float | None = None
+        self.reconnects = 0
+        self.published = 0  # outbox rows acknowledged by the broker
+        self.published_direct = 0  # QoS 0 values/scores handed to the socket
+        self.refused = 0  # PUBACKs with a failure reason (e.g. ACL); the row is dropped, not retried
+        # Pump state (owned by the pump thread): mid → outbox id, last id handed to paho.
+        self._inflight: dict[int, int] = {}
+        self._last_sent_id = 0
+        self._acks: collections.deque[tuple[int, bool]] = collections.deque()
+        self._wake = threading.Event()
+        self._pump_thread: threading.Thread | None = None
+        self._values_lock = threading.Lock()
+        self._init_value_state()
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _init_value_state(self) -> None:
+        """Per-point policy and last-published state as arrays (dense point index)."""
+        n = len(self.points)
+        self._db_abs = np.full(n, float(self.cfg.deadband))
+        self._db_pct = np.full(n, float(self.cfg.deadband_pct))
+        self._integrity = np.full(n, float(self.cfg.integrity_period))
+        pol = self.cfg.points
+        for p in self.points:
+            # Quantity, then group, then point name: the most specific key wins.
+            for key in (str(p.quantity), p.group, p.name):
+                rule = pol.get(key)
+                if rule is None:
+                    continue
+                if rule.deadband is not None:
+                    self._db_abs[p.index] = rule.deadband
+                if rule.deadband_pct is not None:
+                    self._db_pct[p.index] = rule.deadband_pct
+                if rule.integrity_period is not None:
+                    self._integrity[p.index] = rule.integrity_period
+        self._ref = np.abs(self.points.nominal) if n else np.empty(0)
+        self._last_val = np.full(n, np.nan)
+        self._last_q = np.full(n, -1, np.int16)
+        self._last_pub = np.full(n, -np.inf)
+        self._point_topic = [f"{self.root}/point/{topic_safe(p.name)}" for p in self.points]
+        self._point_unit = [p.unit for p in self.points]
+
+    def _make_client(self) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        c.max_inflight_messages_set(self.cfg.max_inflight)
+        c.max_queued_messages_set(0)
+        if self.cfg.password_file and not self.cfg.username:
+            raise ValueError("mqtt.password_file needs mqtt.username")
+        if self.cfg.username:
+            pw = None
+            if self.cfg.password_file:
+                pw = Path(self.cfg.password_file).read_text().rstrip("\r\n")
+            c.username_pw_set(self.cfg.username, pw)
+        tls = self.cfg.tls
+        if tls is not None:
+            if tls.server_name:
+                log.warning(
+                    "event=mqtt_tls_server_name_ignored name=%s host=%s", tls.server_name, self.cfg.host
+                )
+            c.tls_set(
+                ca_certs=tls.ca_file,
+                certfile=tls.cert_file,
+                keyfile=tls.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        self._set_will(c)
+        c.on_pre_connect = self._on_pre_connect
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        return c
+
+    def _status_payload(self, state: str, reason: str) -> bytes:
+        return _dumps(
+            {
+                "state": state,
+                "reason": reason,
+                "ts": time.time(),
+                "site": self.site,
+                "client_id": self.client_id,
+            }
+        )
+
+    def _set_will(self, c: mqtt.Client) -> None:
+        c.will_set(
+            f"{self.root}/status", self._status_payload("offline", "connection lost"), qos=1, retain=True
+        )
+
+    # ---------------------------------------------------------------------------------------- control
+    def start(self) -> None:
+        """Connect in the background (backoff with jitter) and start the outbox pump."""
+        if self._pump_thread is not None:
+            return
+        self.state = ConnState.CONNECTING
+        self._arm_backoff(reset=True)
+        self._client.connect_async(
+            self.cfg.host, self.cfg.port, keepalive=max(1, round(self.cfg.keepalive)), clean_start=True
+        )
+        self._client.loop_start()
+        self._pump_thread = threading.Thread(target=self._pump, name="gridedge-mqtt-outbox", daemon=True)
+        self._pump_thread.start()
+        log.info(
+            "event=mqtt_start host=%s port=%d root=%s client_id=%s",
+            self.cfg.host,
+            self.cfg.port,
+            self.root,
+            self.client_id,
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Drain what can be drained within ``timeout``, publish ``offline`` (retained), disconnect."""
+        if self.state is ConnState.STOPPED:
+            return
+        deadline = time.monotonic() + timeout
+        if self._connected.is_set():
+            self.flush(timeout=max(0.0, (deadline - time.monotonic()) * 0.8))
+            info = self._client.publish(
+                f"{self.root}/status", self._status_payload("offline", "stopped"), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                pass  # lost the link meanwhile: the last will says offline instead
+        self._stopping = True
+        self._wake.set()
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self._pump_thread is not None:
+            self._pump_thread.join(timeout=2.0)
+        self._drain_acks()
+        self.state = ConnState.STOPPED
+        self._connected.clear()
+        log.info("event=mqtt_stop outbox_depth=%d published=%d", self.outbox.depth(), self.published)
+        self.outbox.close()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Block until the broker accepted the connection (True) or ``timeout`` passed (False)."""
+        return self._connected.wait(timeout)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until the outbox is empty (True) or ``timeout`` passed (False)."""
+        deadline = time.monotonic() + timeout
+        while self.outbox.depth() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.01)
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for health/metrics."""
+        return {
+            "connected": self.connected,
+            "state": self.state.value,
+            "outbox_depth": self.outbox.depth(),
+            "oldest_unsent_age": self.outbox.oldest_age(),
+            "published": self.published,
+            "published_direct": self.published_direct,
+            "refused": self.refused,
+            "inflight": len(self._inflight),
+            "drops": dict(self.outbox.drops),
+            "over_quota": self.outbox.over_quota,
+            "reconnects": self.reconnects,
+            "backoff": self.backoff,
+        }
+
+    # -------------------------------------------------------------------------------------- callbacks
+    def _arm_backoff(self, *, reset: bool = False) -> None:
+        """Next reconnect delay: capped exponential with "equal jitter" (half fixed, half random).
+
+        paho's own backoff has no jitter; setting min = max = our delay before each wait gives us ours.
+        """
+        if reset:
+            self._attempts = 0
+        n = self._attempts
+        self._attempts += 1
+        base = min(self.cfg.reconnect_max, self.cfg.reconnect_min * 2.0 ** min(n, 30))
+        delay = base * (0.5 + 0.5 * random.random())
+        self.backoff = delay
+        self._client_or_none_delay(delay)
+
+    def _client_or_none_delay(self, delay: float) -> None:
+        c = getattr(self, "_client", None)
+        if c is not None:
+            c.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        self._set_will(client)  # a fresh timestamp in the will
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self.state = ConnState.BACKOFF
+            self._arm_backoff()
+            log.warning("event=mqtt_connect_refused reason=%s next_retry_s=%.2f", reason_code, self.backoff)
+            return
+        if self._ever_connected:
+            self.reconnects += 1
+        self._ever_connected = True
+        self._arm_backoff(reset=True)
+        self.backoff = None
+        self.state = ConnState.CONNECTED
+        client.publish(f"{self.root}/status", self._status_payload("online", "connected"), qos=1, retain=True)
+        client.subscribe(f"{self.root}/cmd/#", options=SubscribeOptions(qos=1, noLocal=True))
+        with self._values_lock:
+            self._last_pub[:] = -np.inf  # a fresh connection gets every point once
+        self._connected.set()
+        self._wake.set()
+        log.info(
+            "event=mqtt_connected host=%s port=%d reconnects=%d outbox_depth=%d",
+            self.cfg.host,
+            self.cfg.port,
+            self.reconnects,
+            self.outbox.depth(),
+        )
+
+    _ever_connected = False
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.state = ConnState.BACKOFF
+        self._arm_backoff()
+        log.warning(
+            "event=mqtt_connect_failed host=%s port=%d next_retry_s=%.2f",
+            self.cfg.host,
+            self.cfg.port,
+            self.backoff,
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if self._stopping:
+            return
+        self.state = ConnState.BACKOFF
+        if was:
+            self._arm_backoff(reset=True)
+            log.warning("event=mqtt_disconnected reason=%s next_retry_s=%.2f", reason_code, self.backoff)
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # paho holds its message lock here: only hand the ack over, never take a lock.
+        self._acks.append((mid, bool(reason_code.is_failure)))
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------------------- pump
+    def _drain_acks(self) -> None:
+        done: list[int] = []
+        while self._acks:
+            mid, failed = self._acks.popleft()
+            oid = self._inflight.pop(mid, None)
+            if oid is None:
+                continue  # a direct publish (status), not an outbox row
+            if failed:
+                self.refused += 1
+                self.outbox.count_drop("refused_by_broker")
+                log.error("event=mqtt_publish_refused outbox_id=%d", oid)
+            done.append(oid)
+        if done:
+            self.outbox.ack(done)
+            self.published += len(done)
+
+    def _pump(self) -> None:
+        while not self._stopping:
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            try:
+                self._drain_acks()
+                if self._connected.is_set() and len(self._inflight) < self.window:
+                    self._send_batch()
+            except Exception:  # the pump must outlive a bad row or a locked DB; the row stays queued
+                log.exception("event=mqtt_pump_error")
+                time.sleep(0.5)
+
+    def _send_batch(self) -> None:
+        room = self.window - len(self._inflight)
+        rows = self.outbox.peek(limit=min(room, 200), after_id=self._last_sent_id)
+        for row in rows:
+            if not self._connected.is_set():
+                return
+            # QoS ≥ 1 always: a QoS 0 row would never get a PUBACK and never leave the outbox.
+            info = self._client.publish(row.topic, row.payload, qos=max(1, row.qos), retain=row.retain)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.error("event=mqtt_publish_error rc=%s outbox_id=%d", info.rc, row.id)
+                return
+            # NO_CONN: paho keeps the QoS 1 message and sends it first after the reconnect.
+            self._inflight[info.mid] = row.id
+            self._last_sent_id = row.id
+        if len(rows) == min(room, 200):
+            self._wake.set()
+
+    # -------------------------------------------------------------------------------------- publishing
+    def publish_values(self, batch: ReadingBatch) -> None:
+        """Publish the readings that passed deadband / quality change / integrity period (QoS 0).
+
+        When a batch holds a point more than once, only its newest reading is considered.
+        """
+        if not self.cfg.publish_values or len(batch) == 0:
+            return
+        idx = batch.point_idx
+        sel_all = np.arange(len(idx))
+        if len(np.unique(idx)) != len(idx):
+            order = np.lexsort((batch.ts, idx))
+            last_of_run = np.r_[idx[order][1:] != idx[order][:-1], True]
+            sel_all = order[last_of_run]
+            idx = idx[sel_all]
+        v = batch.value[sel_all]
+        q = batch.quality[sel_all]
+        ts = batch.ts[sel_all]
+        gw = batch.received[sel_all]
+        online = self._connected.is_set()
+        with self._values_lock:
+            last = self._last_val[idx]
+            ref = np.where(np.isnan(self._ref[idx]), np.abs(last), self._ref[idx])
+            thr = np.maximum(self._db_abs[idx], self._db_pct[idx] * 0.01 * np.nan_to_num(ref))
+            with np.errstate(invalid="ignore"):
+                moved = np.abs(v - last) > thr
+            moved |= np.isnan(v) != np.isnan(last)
+            send = (
+                moved
+                | (q.astype(np.int16) != self._last_q[idx])
+                | ((gw - self._last_pub[idx]) >= self._integrity[idx])
+            )
+            chosen = np.flatnonzero(send)
+            if len(chosen) == 0:
+                return
+            if not online and not self.cfg.values_in_outbox:
+                # Not marked as published: after the reconnect these points go out at once.
+                self.outbox.count_drop("offline_value", len(chosen))
+                return
+            pi = idx[chosen]
+            self._last_val[pi] = v[chosen]
+            self._last_q[pi] = q[chosen]
+            self._last_pub[pi] = gw[chosen]
+        vals = v[chosen].tolist()
+        qs = q[chosen].tolist()
+        tss = ts[chosen].tolist()
+        gws = gw[chosen].tolist()
+        for k, p in enumerate(pi.tolist()):
+            val = vals[k]
+            body = {
+                "value": val if math.isfinite(val) else None,
+                "quality": qs[k],
+                "flags": _QUALITY_FLAGS[qs[k]],
+                "ts": tss[k],
+                "gateway_ts": gws[k],
+                "unit": self._point_unit[p],
+            }
+            topic = self._point_topic[p]
+            if self.cfg.values_in_outbox:
+                self.outbox.put("value", topic, lambda seq, b=body: _dumps({**b, "seq": seq}), qos=1)
+            else:
+                self._client.publish(topic, json.dumps(body, separators=(",", ":")), qos=0)
+                self.published_direct += 1
+        if self.cfg.values_in_outbox:
+            self._wake.set()
+
+    def publish_group_scores(self, status: dict[str, dict]) -> None:
+        """Publish ``group/<name>/score`` for each group: ``score``, ``threshold``, ``state`` (+ extras)."""
+        now = time.time()
+        for group, st in status.items():
+            state = str(st.get("state", "normal"))
+            if state not in GROUP_STATES:
+                log.warning("event=mqtt_bad_group_state group=%s state=%s", group, state)
+            body = {"group": group, "ts": now, **st, "state": state}
+            body.setdefault("score", None)
+            body.setdefault("threshold", None)
+            topic = f"{self.root}/group/{topic_safe(group)}/score"
+            if self._connected.is_set():
+                self._client.publish(topic, _dumps(body), qos=0)
+                self.published_direct += 1
+            elif self.cfg.values_in_outbox:
+                self.outbox.put("score", topic, lambda seq, b=body: _dumps({**b, "seq": seq}), qos=1)
+            else:
+                self.outbox.count_drop("offline_score")
+
+    def _alert_body(self, event: Event, severity: str, seq: int) -> bytes:
+        d = event.to_dict()
+        return _dumps(
+            {
+                "id": event.id,
+                "seq": seq,
+                "site": self.site,
+                "kind": d["kind"],
+                "severity": severity,
+                "group": event.group,
+                "points": list(event.points),
+                "start": event.start,
+                "score": d["score"],
+                "threshold": (event.explanation or {}).get("threshold"),
+                "model_version": event.model_version,
+                "explanation": explanation_payload(event),
+                "ts": time.time(),
+            }
+        )
+
+    def publish_alert(self, event: Event, *, severity: str = "warning") -> int:
+        """Queue an alert (QoS 1, via the outbox); returns its sequence number on the alert stream."""
+        if severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
+        seq = self.outbox.put(
+            "alert", f"{self.root}/alert", lambda s: self._alert_body(event, severity, s), qos=1
+        )
+        self._wake.set()
+        return seq
+
+    def publish_alert_cleared(self, event: Event) -> int:
+        """Queue ``alert/cleared`` for an event whose condition ended; returns its sequence number."""
+        end = event.end if event.end is not None else time.time()
+
+        def body(seq: int) -> bytes:
+            return _dumps(
+                {
+                    "id": event.id,
+                    "seq": seq,
+                    "site": self.site,
+                    "kind": str(event.kind),
+                    "group": event.group,
+                    "points": list(event.points),
+                    "start": event.start,
+                    "end": end,
+                    "duration": max(0.0, end - event.start),
+                    "score": event.score,
+                    "ts": time.time(),
+                }
+            )
+
+        seq = self.outbox.put("alert_cleared", f"{self.root}/alert/cleared", body, qos=1)
+        self._wake.set()
+        return seq
+
+    def publish_device_status(
+        self, name: str, *, state: str, last_error: str | None, backoff: float | None
+    ) -> None:
+        """Queue ``device/<name>/status`` (retained, QoS 1, via the outbox)."""
+        if state not in ("up", "down"):
+            raise ValueError("device state must be 'up' or 'down'")
+        body = {
+            "device": name,
+            "state": state,
+            "last_error": last_error,
+            "backoff": backoff,
+            "ts": time.time(),
+        }
+        self.outbox.put(
+            "status",
+            f"{self.root}/device/{topic_safe(name)}/status",
+            lambda seq: _dumps({**body, "seq": seq}),
+            qos=1,
+            retain=True,
+        )
+        self._wake.set()
+
+    # --------------------------------------------------------------------------------------- commands
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == f"{self.root}/cmd/reply":
+            return  # our own replies (noLocal should already keep them away)
+        try:
+            self.handle_command(msg.topic, msg.payload)
+        except Exception:  # a command must never take the network thread down
+            log.exception("event=mqtt_command_crash topic=%s", msg.topic)
+
+    def handle_command(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """Validate, apply (via ``command_handler``), reply on ``cmd/reply`` and audit one command."""
+        try:
+            cmd = parse_command(
+                topic, payload, allowed_users=self.cfg.command_users, root=self.root, points=self.points
+            )
+        except CommandError as exc:
+            reply = {"correlation_id": exc.correlation_id, "ok": False, "error": str(exc)}
+            self._reply(reply)
+            self._audit(
+                exc.user or "unknown",
+                exc.verb or "unknown",
+                None,
+                {"ok": False, "error": str(exc), "topic": topic, "correlation_id": exc.correlation_id},
+            )
+            log.warning("event=mqtt_command_refused user=%s verb=%s error=%r", exc.user, exc.verb, str(exc))
+            return reply
+        if self.command_handler is None:
+            reply = {
+                "correlation_id": cmd.correlation_id,
+                "ok": False,
+                "error": "commands are not handled here",
+            }
+        else:
+            try:
+                result = self.command_handler(cmd)
+                reply = {"correlation_id": cmd.correlation_id, "ok": True, "result": result or {}}
+            except Exception as exc:  # process boundary: an exception becomes an error reply
+                log.exception("event=mqtt_command_failed user=%s verb=%s", cmd.user, cmd.verb)
+                reply = {
+                    "correlation_id": cmd.correlation_id,
+                    "ok": False,
+                    "error": str(exc) or type(exc).__name__,
+                }
+        self._reply(reply)
+        details = {"correlation_id": cmd.correlation_id, "args": cmd.args, "ok": reply["ok"]}
+        details["result" if reply["ok"] else "error"] = reply.get("result", reply.get("error"))
+        self._audit(cmd.user, cmd.verb, cmd.target, details)
+        log.info(
+            "event=mqtt_command user=%s verb=%s target=%s ok=%s", cmd.user, cmd.verb, cmd.target, reply["ok"]
+        )
+        return reply
+
+    def _reply(self, reply: dict[str, Any]) -> None:
+        self.outbox.put("reply", f"{self.root}/cmd/reply", lambda seq: _dumps({**reply, "seq": seq}), qos=1)
+        self._wake.set()
+
+    def _audit(self, actor: str, action: str, target: str | None, details: dict[str, Any]) -> None:
+        if self._audit_fn is not None:
+            self._audit_fn(actor, action, target, details)
+        else:
+            self.outbox.write_audit(actor, action, target, json.dumps(_clean(details)))
