@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gridedge.gateway.alert_policy import AlertPolicy
@@ -28,7 +28,9 @@ from gridedge.gateway.logs import kv
 from gridedge.gateway.model import BAD_QUALITY_MASK, Event, EventKind, PointTable, Quality, ReadingBatch
 from gridedge.gateway.store import Store
 from gridedge.protocols.base import ConfigurationError, Driver, DriverError, PushDriver
-from gridedge.scoring.detector import Detector
+
+if TYPE_CHECKING:
+    from gridedge.scoring.detector import Detector
 
 __all__ = ["DeviceState", "DeviceStats", "Runtime", "make_driver"]
 
@@ -136,6 +138,8 @@ class Runtime:
             )
             self.store.open()
         if self.detector is None and self.cfg.scoring.enabled:
+            from gridedge.scoring.detector import Detector
+
             self.detector = Detector(
                 self.points,
                 timezone=self.cfg.site.timezone,
