@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from scipy.signal import lfilter
 
-__all__ = ["GRID_KINDS", "SENSOR_KINDS", "Scenario", "generate", "points_spec", "to_csv"]
+__all__ = ["GRID_KINDS", "SENSOR_KINDS", "Scenario", "generate", "points_spec", "readings", "to_csv"]
 
 GRID_KINDS = ("overload_trip", "overload_trip", "thermal", "frequency", "load_drop")
 SENSOR_KINDS = ("stuck", "drift", "scale", "dropout", "spike", "spike")
@@ -527,6 +527,21 @@ def _fault_point(rng: np.random.Generator, kind: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Interchange
 # ------------------------------------------------------------------------------------------------
+def readings(
+    scenario: Scenario, t_from: float | None = None, t_to: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Long-format (point_idx int32, ts, value, quality uint8), time-sorted, no entry for missing readings."""
+    sel = np.ones(len(scenario.ts), bool)
+    if t_from is not None:
+        sel &= scenario.ts >= t_from
+    if t_to is not None:
+        sel &= scenario.ts < t_to
+    ts = scenario.ts[sel]
+    vals = scenario.values[sel]
+    ti, pj = np.nonzero(~np.isnan(vals))  # row-major: time-sorted, points in table order
+    return pj.astype(np.int32), ts[ti], vals[ti, pj], scenario.quality[sel][ti, pj]
+
+
 def to_csv(
     scenario: Scenario,
     readings_path: str | Path,
@@ -543,28 +558,21 @@ def to_csv(
     """
     import pandas as pd
 
-    sel = np.ones(len(scenario.ts), bool)
-    if t_from is not None:
-        sel &= scenario.ts >= t_from
-    if t_to is not None:
-        sel &= scenario.ts < t_to
-    ts = scenario.ts[sel]
-    vals = scenario.values[sel]
-    qual = scenario.quality[sel]
-    present = ~np.isnan(vals)
-    ti, pj = np.nonzero(present)  # row-major: time-sorted, points in table order
+    pj, ts, val, qual = readings(scenario, t_from, t_to)
     names = np.array(scenario.names, dtype=object)
+    tcol: Any
     if epoch:
-        tcol: Any = ts[ti]
+        tcol = ts
     else:
-        uniq = np.datetime_as_string(ts.astype("datetime64[s]"), unit="s")
-        tcol = np.char.add(uniq.astype(str), "Z")[ti]
-    frame = {"timestamp": tcol, "point": names[pj], "value": vals[ti, pj]}
+        uniq, inv = np.unique(ts, return_inverse=True)
+        iso = np.char.add(np.datetime_as_string(uniq.astype("datetime64[s]"), unit="s").astype(str), "Z")
+        tcol = iso[inv]
+    frame: dict[str, Any] = {"timestamp": tcol, "point": names[pj], "value": val}
     if with_quality:
-        frame["quality"] = qual[ti, pj]
+        frame["quality"] = qual
     pd.DataFrame(frame).to_csv(readings_path, index=False, float_format="%.10g")
     Path(points_path).write_text(json.dumps(scenario.points, indent=1, ensure_ascii=False) + "\n")
-    return len(ti)
+    return len(ts)
 
 
 def iso_utc(t: float) -> str:

@@ -1,0 +1,613 @@
+"""``gridedge replay``: offline scoring of a readings CSV through the live Detector and AlertPolicy.
+
+Contract (DESIGN.md)::
+
+    gridedge replay READINGS.csv --points POINTS --alerts-out ALERTS.csv [--timezone TZ] [--state PATH]
+
+- READINGS.csv: header ``timestamp,point,value`` (+ optional ``quality``), ISO 8601 (``2026-01-01T00:00:00Z``)
+  or epoch seconds, long format, sorted by time; a missing row means no reading.
+- POINTS: JSON or YAML list of ``{name, quantity, unit, group, parent?, nominal?, rating?}``.
+- ALERTS.csv: ``time,kind,point,group,score,explanation`` (time ISO 8601 UTC, explanation a JSON string),
+  one row per event the alert policy published.
+- ``--state PATH``: detector (and alert policy) state from this ``.npz`` if it exists, saved there after.
+- ``--plot N``: a PNG of the N-th alert (1-based row of ALERTS.csv) — or of the first alert naming a point
+  when given a point name — showing the point against its baseline band (expected ± k·std of its slots).
+
+Offline equals live: the readings go through the same :class:`~gridedge.scoring.detector.Detector` and
+:class:`~gridedge.gateway.alert_policy.AlertPolicy` as in the daemon, in time order, one batch per
+timestamp, with the replay clock (the batch time) as the policy's "now".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gridedge.gateway.alert_policy import PUBLISHED, AlertPolicy
+from gridedge.gateway.config import AlertsSection, ScoringSection
+from gridedge.gateway.model import Event, PointTable, ReadingBatch
+
+__all__ = [
+    "ALERT_HEADER",
+    "ParsedReadings",
+    "ReplayError",
+    "ReplaySummary",
+    "add_replay_arguments",
+    "feed",
+    "load_points",
+    "parse_readings",
+    "replay_command",
+    "run_replay",
+]
+
+log = logging.getLogger("gridedge.replay")
+
+ALERT_HEADER = ("time", "kind", "point", "group", "score", "explanation")
+_STATE_META_KEY = "__meta__"
+_POLICY_KEY = "__alert_policy__"
+
+
+class ReplayError(Exception):
+    """Bad input for a replay (message is for the user: file, row, what to fix)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Input
+# --------------------------------------------------------------------------------------------------
+def load_points(path: Path) -> PointTable:
+    """POINTS file (JSON or YAML list of point dicts) → PointTable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReplayError(f"{path}: cannot read points file: {exc.strerror or exc}") from exc
+    try:
+        if Path(path).suffix.lower() == ".json":
+            specs = json.loads(text)
+        else:
+            import yaml
+
+            specs = yaml.safe_load(text)
+    except Exception as exc:
+        raise ReplayError(f"{path}: not valid JSON/YAML: {exc}") from exc
+    if isinstance(specs, dict) and "points" in specs:
+        specs = specs["points"]
+    if not isinstance(specs, list) or not specs:
+        raise ReplayError(f"{path}: expected a non-empty list of points")
+    for i, s in enumerate(specs):
+        if not isinstance(s, dict) or "name" not in s or "quantity" not in s:
+            raise ReplayError(f"{path}: point #{i + 1}: needs at least 'name' and 'quantity'")
+    try:
+        return PointTable.from_specs(specs)
+    except (ValueError, KeyError) as exc:
+        raise ReplayError(f"{path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ParsedReadings:
+    """A readings file as parallel arrays, time-sorted."""
+
+    point_idx: np.ndarray  # int32
+    ts: np.ndarray  # float64 epoch s
+    value: np.ndarray  # float64
+    quality: np.ndarray  # uint8
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def parse_readings(path: Path, points: PointTable) -> ParsedReadings:
+    """Read READINGS.csv vectorised (pandas C engine; names and timestamps parsed once per distinct value)."""
+    import pandas as pd
+
+    try:
+        header = pd.read_csv(path, nrows=0).columns.tolist()
+    except FileNotFoundError as exc:
+        raise ReplayError(f"{path}: no such file") from exc
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ReplayError(f"{path}: not a readable CSV file: {exc}") from exc
+    header = [str(h).strip() for h in header]
+    missing = [c for c in ("timestamp", "point", "value") if c not in header]
+    if missing:
+        raise ReplayError(
+            f"{path}: missing column(s) {', '.join(missing)}; the header must be timestamp,point,value[,quality]"
+            f" (found: {','.join(header)})"
+        )
+    has_q = "quality" in header
+    dtype: dict[str, Any] = {"timestamp": "category", "point": "category", "value": "float64"}
+    if has_q:
+        dtype["quality"] = "float64"  # read as float to report bad values clearly, then narrowed
+    try:
+        df = pd.read_csv(
+            path,
+            usecols=["timestamp", "point", "value", *(["quality"] if has_q else [])],
+            dtype=dtype,
+            engine="c",
+            skipinitialspace=True,
+        )
+    except ValueError as exc:
+        raise ReplayError(f"{path}: {exc}") from exc
+    n = len(df)
+    if n == 0:
+        return ParsedReadings(np.empty(0, np.int32), np.empty(0), np.empty(0), np.empty(0, np.uint8))
+
+    # points: look each distinct name up once
+    pcat = df["point"].cat
+    lut = np.array(
+        [points.by_name[c].index if c in points.by_name else -1 for c in pcat.categories], np.int32
+    )
+    codes = pcat.codes.to_numpy()
+    if (codes < 0).any():
+        row = int(np.flatnonzero(codes < 0)[0])
+        raise ReplayError(f"{path}:{row + 2}: empty point name")
+    idx = lut[codes]
+    if (idx < 0).any():
+        unknown = sorted(str(c) for c, i in zip(pcat.categories, lut, strict=True) if i < 0)
+        row = int(np.flatnonzero(idx < 0)[0])
+        raise ReplayError(
+            f"{path}:{row + 2}: unknown point {unknown[0]!r}"
+            + (f" (and {len(unknown) - 1} more: {', '.join(unknown[1:6])})" if len(unknown) > 1 else "")
+            + "; every point must be listed in the points file"
+        )
+
+    # timestamps: parse the distinct strings only (a poll cycle shares one timestamp)
+    tcat = df["timestamp"].cat
+    tcodes = tcat.codes.to_numpy()
+    if (tcodes < 0).any():
+        row = int(np.flatnonzero(tcodes < 0)[0])
+        raise ReplayError(f"{path}:{row + 2}: empty timestamp")
+    uniq_t = _parse_timestamps(np.asarray(tcat.categories, dtype=object), path)
+    ts = uniq_t[tcodes]
+    bad = np.diff(ts) < 0
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0]) + 1
+        raise ReplayError(
+            f"{path}:{row + 2}: readings are not sorted by time ({df['timestamp'].iloc[row]} after "
+            f"{df['timestamp'].iloc[row - 1]}); sort the file by timestamp first"
+        )
+    value = df["value"].to_numpy(np.float64)
+    if has_q:
+        qf = df["quality"].to_numpy(np.float64)
+        qf = np.where(np.isnan(qf), 0.0, qf)
+        badq = (qf < 0) | (qf > 255) | (qf != np.floor(qf))
+        if badq.any():
+            row = int(np.flatnonzero(badq)[0])
+            raise ReplayError(f"{path}:{row + 2}: quality must be an integer 0..255 (Quality bit flags)")
+        quality = qf.astype(np.uint8)
+    else:
+        quality = np.zeros(n, np.uint8)
+    return ParsedReadings(idx, ts, value, quality)
+
+
+def _parse_timestamps(uniq: np.ndarray, path: Path) -> np.ndarray:
+    """Distinct timestamp strings → epoch seconds; all epoch numbers or all ISO 8601."""
+    import pandas as pd
+
+    s = pd.Series(uniq, dtype=object).astype(str).str.strip()
+    num = pd.to_numeric(s, errors="coerce")
+    if not num.isna().any():
+        return num.to_numpy(np.float64)
+    if not num.isna().all():
+        bad = s[num.isna()].iloc[0]
+        raise ReplayError(f"{path}: mixed timestamp formats ({bad!r} among epoch seconds); use one format")
+    try:
+        dt = pd.to_datetime(s, utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        # find the first offending value for the message
+        for v in s:
+            try:
+                pd.to_datetime(v, utc=True, format="ISO8601")
+            except (ValueError, TypeError):
+                raise ReplayError(
+                    f"{path}: timestamp {v!r} is neither ISO 8601 (2026-01-01T00:00:00Z) nor epoch seconds"
+                ) from exc
+        raise ReplayError(f"{path}: cannot parse timestamps: {exc}") from exc
+    # naive ISO strings are taken as UTC (utc=True); nanoseconds → seconds
+    return dt.to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring loop (shared with bench/detection_eval.py: offline equals live)
+# --------------------------------------------------------------------------------------------------
+def iter_batches(r: ParsedReadings, max_rows: int = 0) -> Iterator[ReadingBatch]:
+    """One ReadingBatch per distinct timestamp (a poll cycle), in time order."""
+    n = len(r)
+    if n == 0:
+        return
+    cuts = np.flatnonzero(r.ts[1:] != r.ts[:-1]) + 1
+    starts = np.concatenate(([0], cuts))
+    ends = np.concatenate((cuts, [n]))
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        yield ReadingBatch(r.point_idx[a:b], r.ts[a:b], r.value[a:b], r.quality[a:b])
+
+
+def feed(
+    detector: Any,
+    policy: AlertPolicy,
+    readings: ParsedReadings,
+    *,
+    on_event: Callable[[Event, str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[Event, str]]:
+    """Run readings through detector and policy in time order; returns (event, decision) pairs.
+
+    ``progress(rows_done)`` is called every few thousand batches.
+    """
+    out: list[tuple[Event, str]] = []
+    done = 0
+    for k, batch in enumerate(iter_batches(readings)):
+        events = detector.process(batch)
+        if events:
+            now = float(batch.ts[-1])
+            for ev in events:
+                decision = policy.decide(ev, now)
+                out.append((ev, decision))
+                if on_event is not None:
+                    on_event(ev, decision)
+        done += len(batch)
+        if progress is not None and k % 2048 == 0:
+            progress(done)
+    if progress is not None:
+        progress(done)
+    return out
+
+
+def make_detector(points: PointTable, *, timezone: str, frequency_hz: float, config: Any = None) -> Any:
+    """The live Detector (import deferred so the CLI loads fast)."""
+    from gridedge.scoring.detector import Detector
+
+    return Detector(points, timezone=timezone, frequency_hz=frequency_hz, config=config)
+
+
+# --------------------------------------------------------------------------------------------------
+# State
+# --------------------------------------------------------------------------------------------------
+def load_state(path: Path, detector: Any, policy: AlertPolicy) -> bool:
+    """Load detector + policy state from an .npz written by :func:`save_state`; False if absent."""
+    if not path.exists():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k not in (_STATE_META_KEY, _POLICY_KEY)}
+            meta = json.loads(str(z[_STATE_META_KEY]))
+            pol = json.loads(str(z[_POLICY_KEY])) if _POLICY_KEY in z.files else None
+    except Exception as exc:
+        raise ReplayError(f"{path}: not a gridedge state file: {exc}") from exc
+    try:
+        detector.load_state(arrays, meta)
+    except Exception as exc:
+        raise ReplayError(f"{path}: state does not fit these points/detector: {exc}") from exc
+    if pol is not None:
+        policy.load(pol)
+    return True
+
+
+def save_state(path: Path, detector: Any, policy: AlertPolicy) -> None:
+    """Write detector arrays + JSON meta + policy state into one .npz (atomically via rename)."""
+    arrays, meta = detector.state_arrays()
+    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    payload[_STATE_META_KEY] = np.array(json.dumps(meta, default=_json_default))
+    payload[_POLICY_KEY] = np.array(json.dumps(policy.state()))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **payload)
+    tmp.replace(path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------
+def iso_utc(t: float) -> str:
+    """Epoch seconds → ISO 8601 UTC with a ``Z`` (milliseconds only when present)."""
+    ms = round((t - math.floor(t)) * 1000)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(math.floor(t)))
+    return f"{base}.{ms:03d}Z" if ms else f"{base}Z"
+
+
+def alert_row(ev: Event) -> list[str]:
+    score = "" if ev.score != ev.score else f"{ev.score:.4g}"
+    expl = json.dumps(ev.explanation, default=_json_default, separators=(",", ":"), allow_nan=False)
+    return [iso_utc(ev.start), str(ev.kind), ev.points[0] if ev.points else "", ev.group, score, expl]
+
+
+def write_alerts(path: Path, events: Sequence[Event]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(ALERT_HEADER)
+        for ev in events:
+            w.writerow(alert_row(ev))
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ReplaySummary:
+    """What a replay did and how fast."""
+
+    readings: int = 0
+    points: int = 0
+    first_ts: float | None = None
+    last_ts: float | None = None
+    events: int = 0
+    alerts: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)
+    state_loaded: bool = False
+    seconds_parse: float = 0.0
+    seconds_score: float = 0.0
+    seconds_write: float = 0.0
+    plot_path: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_parse + self.seconds_score + self.seconds_write
+
+    @property
+    def readings_per_s(self) -> float:
+        return self.readings / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["seconds"] = self.seconds
+        d["readings_per_s"] = self.readings_per_s
+        return d
+
+
+def run_replay(
+    readings: Path,
+    points: Path,
+    alerts_out: Path,
+    *,
+    timezone: str = "UTC",
+    state: Path | None = None,
+    plot: str | None = None,
+    plot_out: Path | None = None,
+    progress: bool = True,
+    frequency_hz: float = 50.0,
+    scoring: ScoringSection | None = None,
+    alerts: AlertsSection | None = None,
+) -> ReplaySummary:
+    """Score ``readings`` with the live Detector + AlertPolicy and write the published alerts."""
+    readings, points, alerts_out = Path(readings), Path(points), Path(alerts_out)
+    summary = ReplaySummary()
+    t0 = time.perf_counter()
+    table = load_points(points)
+    parsed = parse_readings(readings, table)
+    summary.seconds_parse = time.perf_counter() - t0
+    summary.readings, summary.points = len(parsed), len(table)
+    if len(parsed):
+        summary.first_ts, summary.last_ts = float(parsed.ts[0]), float(parsed.ts[-1])
+
+    t1 = time.perf_counter()
+    detector = make_detector(table, timezone=timezone, frequency_hz=frequency_hz, config=scoring)
+    policy = AlertPolicy(alerts)
+    if state is not None:
+        summary.state_loaded = load_state(Path(state), detector, policy)
+    with _progress_bar(progress and len(parsed) >= 1_000_000, len(parsed)) as tick:
+        results = feed(detector, policy, parsed, progress=tick)
+    summary.seconds_score = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    published = [ev for ev, d in results if d == PUBLISHED]
+    write_alerts(alerts_out, published)
+    if state is not None:
+        save_state(Path(state), detector, policy)
+    summary.events = len(results)
+    summary.alerts = len(published)
+    summary.decisions = dict(Counter(d for _, d in results))
+    summary.by_kind = dict(Counter(str(ev.kind) for ev in published))
+    if plot is not None:
+        out = plot_out or alerts_out.with_name(f"{alerts_out.stem}_alert_{plot}.png")
+        plot_alert(published, plot, parsed, table, detector, out, timezone=timezone)
+        summary.plot_path = str(out)
+    summary.seconds_write = time.perf_counter() - t2
+    log.info(
+        "replay_done readings=%d alerts=%d events=%d seconds=%.2f rate=%.0f",
+        summary.readings, summary.alerts, summary.events, summary.seconds, summary.readings_per_s,
+    )  # fmt: skip
+    return summary
+
+
+class _progress_bar:
+    """A rich progress bar on stderr for long files; a no-op otherwise."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+        self._p: Any = None
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(
+            TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )  # fmt: skip
+        self._p.start()
+        task = self._p.add_task("replay", total=self.total)
+        return lambda done: self._p.update(task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Plot
+# --------------------------------------------------------------------------------------------------
+def _select_alert(published: Sequence[Event], which: str, table: PointTable) -> Event:
+    if which.isdigit():
+        k = int(which)
+        if not 1 <= k <= len(published):
+            raise ReplayError(f"--plot {which}: there are {len(published)} alerts (use 1..{len(published)})")
+        return published[k - 1]
+    if which in table.by_name:
+        for ev in published:
+            if which in ev.points:
+                return ev
+        raise ReplayError(f"--plot {which}: no alert names point {which!r}")
+    for ev in published:
+        if ev.id == which:
+            return ev
+    raise ReplayError(f"--plot {which!r}: give an alert number (1-based row of ALERTS.csv) or a point name")
+
+
+def baseline_band(
+    detector: Any, point: int, ts: np.ndarray, timezone: str, k: float = 3.0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Expected value and std of ``point`` at times ``ts`` from the detector's per-slot state, if present."""
+    arrays, _meta = detector.state_arrays()
+    mean = arrays.get("mean")
+    var = arrays.get("var")
+    if mean is None or var is None:
+        return None
+    mean, var = np.asarray(mean, float), np.asarray(var, float)
+    n_slots = 168
+    if mean.ndim != 2:
+        return None
+    # layout [slot, point] (fast path) or [point, slot]
+    by_slot = mean.shape[0] == n_slots and mean.shape[1] != n_slots
+    slots = _hour_of_week(ts, timezone)
+    if by_slot:
+        m, v = mean[slots, point], var[slots, point]
+    else:
+        m, v = mean[point, slots], var[point, slots]
+    return m, np.sqrt(np.maximum(v, 0.0))
+
+
+def _hour_of_week(ts: np.ndarray, timezone: str) -> np.ndarray:
+    import pandas as pd
+
+    idx = pd.to_datetime(ts, unit="s", utc=True).tz_convert(timezone)
+    return (idx.day_of_week.to_numpy() * 24 + idx.hour.to_numpy()).astype(np.int64)
+
+
+def plot_alert(
+    published: Sequence[Event],
+    which: str,
+    parsed: ParsedReadings,
+    table: PointTable,
+    detector: Any,
+    out: Path,
+    *,
+    timezone: str = "UTC",
+    window: float = 6 * 3600.0,
+    k: float = 3.0,
+) -> Path:
+    """PNG of the alert's first point ±``window`` around the alert, with the baseline band (± k·std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    ev = _select_alert(published, which, table)
+    if not ev.points or ev.points[0] not in table.by_name:
+        raise ReplayError(f"--plot {which}: the alert names no plottable point")
+    pidx = table.index_of(ev.points[0])
+    sel = (parsed.point_idx == pidx) & (np.abs(parsed.ts - ev.start) <= window)
+    ts, val = parsed.ts[sel], parsed.value[sel]
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    x = ts.astype("datetime64[s]")
+    band = baseline_band(detector, pidx, ts, timezone, k) if len(ts) else None
+    if band is not None:
+        m, s = band
+        ax.fill_between(x, m - k * s, m + k * s, color="tab:blue", alpha=0.15, label=f"baseline ± {k:g}σ")
+        ax.plot(x, m, color="tab:blue", lw=0.8, ls="--", label="expected")
+    ax.plot(x, val, color="black", lw=1.0, label=ev.points[0])
+    ax.axvline(
+        np.datetime64(int(ev.start), "s"), color="tab:red", lw=1.2, label=f"{ev.kind} {iso_utc(ev.start)}"
+    )
+    pt = table.by_name[ev.points[0]]
+    ax.set_ylabel(f"{pt.name} [{pt.unit}]" if pt.unit else pt.name)
+    ax.set_title(
+        f"{ev.kind} group={ev.group} score={ev.score:.2f}: {ev.explanation.get('summary', '')}"[:120]
+    )
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the replay options on an argparse (sub)parser."""
+    parser.add_argument("readings", type=Path, metavar="READINGS.csv", help="timestamp,point,value[,quality]")
+    parser.add_argument(
+        "--points", type=Path, required=True, metavar="POINTS", help="points list (JSON or YAML)"
+    )
+    parser.add_argument(
+        "--alerts-out", type=Path, required=True, metavar="ALERTS.csv", help="published alerts"
+    )
+    parser.add_argument("--timezone", default="UTC", metavar="TZ", help="IANA zone for hour-of-week slots")
+    parser.add_argument(
+        "--frequency-hz", type=float, default=50.0, choices=(50.0, 60.0), help="nominal frequency"
+    )
+    parser.add_argument(
+        "--state", type=Path, metavar="PATH", help="detector state .npz: loaded if present, saved after"
+    )
+    parser.add_argument(
+        "--plot", metavar="N|POINT",
+        help="PNG of alert N (1-based row of ALERTS.csv) or of the first alert naming POINT, against its baseline band",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plot-out", type=Path, metavar="PNG", help="where the plot goes (default next to ALERTS.csv)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """CLI entry: 0 on success, 2 on bad input (message on stderr)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(args.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        print(f"gridedge replay: error: unknown time zone {args.timezone!r}", file=sys.stderr)
+        return 2
+    try:
+        s = run_replay(
+            args.readings, args.points, args.alerts_out, timezone=args.timezone, state=args.state,
+            plot=args.plot, plot_out=args.plot_out, progress=not args.no_progress,
+            frequency_hz=args.frequency_hz,
+        )  # fmt: skip
+    except ReplayError as exc:
+        print(f"gridedge replay: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(s.to_dict(), default=_json_default))
+    else:
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(s.by_kind.items())) or "none"
+        held = ", ".join(f"{k}={v}" for k, v in sorted(s.decisions.items()) if k != PUBLISHED) or "none"
+        print(
+            f"replayed {s.readings} readings of {s.points} points in {s.seconds:.2f} s "
+            f"({s.readings_per_s:,.0f}/s: parse {s.seconds_parse:.2f} s, score {s.seconds_score:.2f} s, "
+            f"write {s.seconds_write:.2f} s)\n"
+            f"events {s.events}, alerts {s.alerts} ({kinds}); held back: {held}\n"
+            f"alerts written to {args.alerts_out}" + (f"; plot {s.plot_path}" if s.plot_path else "")
+        )
+    return 0
