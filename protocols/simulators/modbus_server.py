@@ -20,11 +20,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from gridedge.protocols.modbus_codec import TYPE_WIDTH, encode_registers
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from gridedge.protocols.modbus_codec import TYPE_WIDTH, encode_registers
 
 __all__ = ["ModbusSimServer", "register_map"]
 
@@ -87,7 +88,9 @@ class ModbusSimServer:
         self.holes_invalid = holes_invalid
         self.requests: Counter[int] = Counter()  # function code → requests received
         self._faults: list[tuple[str, int, int, int]] = []  # (table, first, last, exception code)
-        self._delay = 0.0
+        self._delay: dict[int, float] = {}  # function code (0 = all) → response delay
+        self._in_flight = 0
+        self.max_in_flight = 0  # most requests the server handled at once (the driver must keep it 1)
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._build_layout()
 
@@ -170,16 +173,22 @@ class ModbusSimServer:
         """Per-request hook: injected exceptions and stalls (server-side updates pass untouched)."""
         if set_values is not None:
             return None
-        if self._delay > 0:
-            await asyncio.sleep(self._delay)
-        table = _FC_TABLE.get(func_code)
-        if table is not None and self._faults:
-            # For bit tables pymodbus hands over a register count; a bit range is at most 16× that.
-            last = address + (count * 16 if table in _BIT_TABLES else count) - 1
-            for t, first, f_last, code in self._faults:
-                if t == table and address <= f_last and first <= last:
-                    return ExcCodes(code)
-        return None
+        self._in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            delay = self._delay.get(func_code, self._delay.get(0, 0.0))
+            if delay > 0:
+                await asyncio.sleep(delay)
+            table = _FC_TABLE.get(func_code)
+            if table is not None and self._faults:
+                # For bit tables pymodbus hands over a register count; a bit range is at most 16× that.
+                last = address + (count * 16 if table in _BIT_TABLES else count) - 1
+                for t, first, f_last, code in self._faults:
+                    if t == table and address <= f_last and first <= last:
+                        return ExcCodes(code)
+            return None
+        finally:
+            self._in_flight -= 1
 
     def _trace_pdu(self, sending: bool, pdu: Any) -> Any:
         if not sending:
@@ -238,13 +247,15 @@ class ModbusSimServer:
         """Answer every read touching ``table[address .. address+count-1]`` with exception ``code``."""
         self._faults.append((table, address, address + count - 1, int(code)))
 
-    def stall(self, seconds: float) -> None:
-        """Delay every response by ``seconds`` (0 to stop stalling)."""
-        self._delay = max(0.0, float(seconds))
+    def stall(self, seconds: float, table: str | None = None) -> None:
+        """Delay responses (of one ``table``, or all) by ``seconds``; 0 stops stalling."""
+        fc = 0 if table is None else _TABLE_FC[table]
+        self._delay[fc] = max(0.0, float(seconds))
 
     def clear_faults(self) -> None:
+        """Remove exception ranges and stalls."""
         self._faults.clear()
-        self._delay = 0.0
+        self._delay.clear()
 
     # ---------------------------------------------------------------------------------------- values
     async def update(self, values: np.ndarray | Mapping[str, float]) -> None:

@@ -276,7 +276,7 @@ class SubstationModel:
         c = self._index
         p, open_ = self._feeder_load(t)
         q = p * self._tanphi
-        tp, tq, k = self._transformer_load(p)
+        tp, tq, _k = self._transformer_load(p)
         s_pu = (np.hypot(tp.sum(1), tq.sum(1))) / (2 * _S_RATED)
         # Tap changer holds the bus near 1.0 pu: one step per 1.25 % of voltage drop (quantised, no memory).
         drop = 0.07 * s_pu
@@ -296,8 +296,7 @@ class SubstationModel:
                 f = f - fault["depth"] * np.where((x >= 0) & (x < 1), prof, 0.0)
         out[:, c["FREQ"]] = f
         out[:, c["BUS_INC_CB"]] = 1.0
-        _hour, _we, doy = self._local(t)
-        hour = _hour
+        hour, _we, doy = self._local(t)
         ambient = (
             11.0
             + 8.0 * np.cos(2 * np.pi * (doy - 200.0) / 365.25)
