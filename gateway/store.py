@@ -109,14 +109,17 @@ class Store:
         compact_readings: int = 1_000_000,
         compact_age: float = 900.0,
         retention_batch: int = 500,
+        retention_interval: float = 10.0,
         retry_backoff: tuple[float, float] = (0.05, 5.0),
+        max_db_pages: int | None = None,
         clock: Callable[[], float] = time.time,
     ):
         """Configure; nothing touches the file before :meth:`open`.
 
         ``compact_readings``/``compact_age``: hot chunks are compacted into per-point blocks once they hold
         that many readings or their oldest reading is that much older (in data time) than the newest.
-        ``clock`` gives "now" for retention (UTC epoch seconds).
+        ``clock`` gives "now" for retention (UTC epoch seconds). ``max_db_pages`` caps the file with
+        SQLite's ``max_page_count`` (a hard stop that behaves like a full disk; tests use it).
         """
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
@@ -132,8 +135,11 @@ class Store:
         self.compact_readings = int(compact_readings)
         self.compact_age = float(compact_age)
         self.retention_batch = int(retention_batch)
+        self.retention_interval = float(retention_interval)
         self.retry_backoff = retry_backoff
         self.clock = clock
+        self._max_db_pages = max_db_pages
+        self._applied_max_pages: int | None = None
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # writer waits here for work
@@ -459,6 +465,12 @@ class Store:
             )
             self._wake.notify()
 
+    def set_max_db_pages(self, pages: int | None) -> None:
+        """Change the hard page cap (None: SQLite's default); applied before the writer's next transaction."""
+        with self._lock:
+            self._max_db_pages = pages
+            self._wake.notify()
+
     def _settle(self, timeout: float = 5.0) -> None:
         """Let earlier small writes commit so a read from this process sees them."""
         if self._thread is not None and self._last_op_seq > self._committed_seq:
@@ -660,6 +672,7 @@ class Store:
             try:
                 conn.close()
                 self._conn = connect_writer(self.path, synchronous=self.synchronous)
+                self._applied_max_pages = -1  # re-apply the page cap on the new connection
             except sqlite3.Error as exc2:
                 log.error("event=store_reopen_failed error=%r", str(exc2))
                 self._conn = conn
@@ -673,6 +686,10 @@ class Store:
         n_sub = sum(len(b) for _, b in held if isinstance(b, ReadingBatch))
         chunk_rows, n_good, bad = self._encode(batches)
         top_seq = held[-1][0] if held else self._committed_seq
+        if self._max_db_pages != self._applied_max_pages:
+            cap = self._max_db_pages if self._max_db_pages is not None else 4294967294
+            conn.execute(f"PRAGMA max_page_count={int(cap)}")
+            self._applied_max_pages = self._max_db_pages
         t_start = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -798,8 +815,8 @@ class Store:
         if self._quota_busy or now >= self._next_quota:
             self._next_quota = now + self.commit_interval
             self._enforce_quota(conn)
-        elif self._retention_busy or now >= self._next_retention:
-            self._next_retention = now + max(self.commit_interval, 10.0)
+        if self._retention_busy or now >= self._next_retention:
+            self._next_retention = now + self.retention_interval
             self._retention_busy = self._retention_step(conn)
 
     def compact_now(self, timeout: float = 30.0) -> bool:
@@ -873,7 +890,6 @@ class Store:
         b = self.retention_batch
         steps = (
             ("series", "t_max", now - self.retention_raw, True),
-            ("chunks", "t_max", now - self.retention_raw, True),
             ("hourly", "hour", now - self.retention_hourly, False),
             ("events", "start", now - self.retention_events, False),
             ("alerts", "ts", now - self.retention_events, False),
@@ -907,8 +923,6 @@ class Store:
                 raise
             if deleted:
                 self._c.retention_deleted[table] = self._c.retention_deleted.get(table, 0) + deleted
-                if table == "chunks":
-                    self._refresh_hot(conn)
                 log.debug("event=store_retention table=%s rows=%d", table, deleted)
                 return True  # one small transaction per call; come back for the rest
         self._reclaim(conn)

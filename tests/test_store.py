@@ -1,0 +1,397 @@
+"""Store round trips on real SQLite files: readings, history, hourly aggregates, small tables, retention,
+quota, read-only status while the writer runs, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gridedge.gateway.model import BAD_QUALITY_MASK, Event, EventKind, PointTable, Quality, ReadingBatch
+from gridedge.gateway.schema import SCHEMA_VERSION, SHARED_DDL
+from gridedge.gateway.store import Store, StoreError, open_readonly, read_status
+from gridedge.gateway.store_codec import compact, decode_chunk, encode_chunk
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, hour aligned
+
+
+def make_points(n: int, prefix: str = "P") -> PointTable:
+    return PointTable.from_specs(
+        [
+            {"name": f"{prefix}{i}", "quantity": "voltage", "unit": "kV", "group": f"G{i % 3}"}
+            for i in range(n)
+        ]
+    )
+
+
+def cycle(k: int, n: int, t0: float = T0, period: float = 1.0) -> ReadingBatch:
+    """Deterministic poll cycle k: value = k + point/1000, one bad reading every 7th cycle."""
+    idx = np.arange(n, dtype=np.int32)
+    q = np.zeros(n, np.uint8)
+    if k % 7 == 0:
+        q[0] = Quality.INVALID
+    return ReadingBatch.uniform(idx, k + idx / 1000.0, q, ts=t0 + k * period)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(
+        tmp_path / "g.db",
+        points=make_points(10),
+        retention_raw=1e12,
+        retention_hourly=1e12,
+        retention_events=1e12,
+        commit_interval=0.05,
+    )
+    s.open()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_codec_roundtrip_and_const_ts():
+    rng = np.random.default_rng(1)
+    pid = rng.integers(0, 50, 100).astype(np.int32)
+    ts = np.full(100, 5.0)
+    val = rng.normal(size=100)
+    q = rng.integers(0, 255, 100).astype(np.uint8)
+    flags, blob = encode_chunk(pid, ts, val, q)
+    assert flags == 1 and len(blob) == 100 * 13 + 8  # ts stored once
+    out = decode_chunk(100, flags, blob)
+    for a, b in zip(out, (pid, ts, val, q), strict=True):
+        np.testing.assert_array_equal(a, b)
+    ts2 = np.arange(100.0)
+    flags, blob = encode_chunk(pid, ts2, val, q)
+    assert flags == 0
+    np.testing.assert_array_equal(decode_chunk(100, flags, blob)[1], ts2)
+
+
+def test_compact_aggregates_match_slow_oracle():
+    rng = np.random.default_rng(7)
+    n = 5000
+    pid = rng.integers(0, 20, n).astype(np.int32)
+    ts = T0 + rng.uniform(0, 3 * 3600, n)
+    val = rng.normal(10, 2, n)
+    val[rng.integers(0, n, 50)] = np.nan
+    q = np.where(rng.random(n) < 0.05, Quality.COMM_LOST, 0).astype(np.uint8)
+    res = compact(pid, ts, val, q, BAD_QUALITY_MASK)
+    assert sum(b[3] for b in res.blocks) == n
+    assert len(res.blocks) == len(np.unique(pid))
+    got = {(p, h): (c, nb, mn, mx, sm) for p, h, c, nb, mn, mx, sm in res.hourly}
+    for p, h in [(3, int(T0)), (11, int(T0) + 3600), (19, int(T0) + 7200)]:
+        m = (pid == p) & (np.floor(ts / 3600) * 3600 == h)
+        good = m & ((q & BAD_QUALITY_MASK) == 0) & np.isfinite(val)
+        c, nb, mn, mx, sm = got[(p, h)]
+        assert c == good.sum() and nb == m.sum() - good.sum()
+        assert mn == pytest.approx(val[good].min()) and mx == pytest.approx(val[good].max())
+        assert sm == pytest.approx(val[good].sum())
+
+
+def test_roundtrip_history_before_and_after_compaction(store):
+    seqs = [store.submit(cycle(k, 10)) for k in range(500)]
+    assert seqs == sorted(seqs) and seqs[0] > 0
+    assert store.flush(10)
+    assert store.committed_seq >= seqs[-1]
+    ts, val, q = store.history("P3", T0, T0 + 499)
+    assert len(ts) == 500
+    np.testing.assert_array_equal(ts, T0 + np.arange(500))
+    np.testing.assert_allclose(val, np.arange(500) + 0.003)
+    # point index and name give the same series; a sub-range is cut exactly
+    ts2, _, _ = store.history(3, T0 + 100, T0 + 199.5)
+    np.testing.assert_array_equal(ts2, T0 + np.arange(100, 200))
+    q0 = store.history("P0", T0, T0 + 499)[2]
+    assert (q0[::7] == Quality.INVALID).all()
+
+    assert store.compact_now()
+    ts3, val3, q3 = store.history("P3", T0, T0 + 499)
+    np.testing.assert_array_equal(ts3, ts)
+    np.testing.assert_array_equal(val3, val)
+    h = store.hourly("P0", T0, T0 + 3600)
+    assert h["n"][0] + h["n_bad"][0] == 500
+    assert h["n_bad"][0] == len(range(0, 500, 7))
+    good = np.array([k for k in range(500) if k % 7])
+    assert h["min"][0] == pytest.approx(good.min()) and h["max"][0] == pytest.approx(good.max())
+    assert h["mean"][0] == pytest.approx(good.mean())
+    st = store.stats()
+    assert st["readings_committed"] == 5000 and st["compactions"] >= 1 and st["queue_depth"] == 0
+
+
+def test_late_readings_and_restart_keep_history(tmp_path):
+    path = tmp_path / "g.db"
+    pts = make_points(4)
+    with Store(path, points=pts, retention_raw=1e12, retention_hourly=1e12) as s:
+        for k in range(100):
+            s.submit(cycle(k, 4))
+        assert s.compact_now()
+        s.submit(cycle(1000, 4, t0=T0 - 1000 - 3600))  # a late, out-of-order reading (previous hour)
+        assert s.flush(5)
+    # Reopen with a changed config: a point removed, one added; ids in the file stay stable.
+    pts2 = PointTable.from_specs([{"name": n, "quantity": "voltage"} for n in ("NEW", "P2", "P0", "P1")])
+    with Store(path, points=pts2, retention_raw=1e12, retention_hourly=1e12) as s:
+        ts, val, _ = s.history("P2", T0 - 7200, T0 + 100)
+        assert len(ts) == 101 and ts[0] == T0 - 3600 and (np.diff(ts) > 0).all()
+        s.submit(ReadingBatch.uniform(np.array([1], np.int32), np.array([42.0]), ts=T0 + 500))  # index 1 = P2
+        assert s.flush(5)
+        ts, val, _ = s.history("P2", T0 + 400, T0 + 600)
+        assert list(val) == [42.0]
+        assert s.history("P3", T0, T0 + 100)[0].size == 100  # inactive point keeps its history
+    st = read_status(path)
+    assert st["points"] == 4 and st["readings"] == 100 * 4 + 4 + 1
+
+
+def test_small_tables_roundtrip(store):
+    ev = Event(EventKind.GRID_ANOMALY, "G1", ["P1", "P2"], T0, 7.5, {"z": {"P1": 4.2}, "np": np.float64(1.5)})
+    store.add_events([ev], {ev.id: "published"})
+    store.add_alert(ev.id, 1, "grid_anomaly", '{"id": "%s"}' % ev.id)
+    store.audit("operator1", "suppress", "G1", {"for": 600})
+    state = {"mean": np.arange(12.0).reshape(3, 4), "n": np.arange(3, dtype=np.int64)}
+    store.save_scorer_state("detector", state, {"version": 2, "points": ["P0", "P1", "P2"]})
+    store.set_meta("iec61850.entry_id", "00ab")
+    store.update_device_status("rtu1", state="up", points=10, good=9, last_error=None, backoff=None)
+    store.update_device_status("rtu1", state="down", points=10, good=0, last_error="timeout", backoff=2.0)
+
+    loaded = store.load_scorer_state("detector")
+    assert loaded is not None
+    arrays, meta = loaded
+    np.testing.assert_array_equal(arrays["mean"], state["mean"])
+    assert arrays["n"].dtype == np.int64 and meta["version"] == 2
+    assert store.load_scorer_state("nope") is None
+    assert store.get_meta("iec61850.entry_id") == "00ab"
+    assert store.get_meta("missing") is None
+    store.set_meta("iec61850.entry_id", "00ac")
+    assert store.get_meta("iec61850.entry_id") == "00ac"
+
+    assert store.ack_event(ev.id, "operator1") is True
+    assert store.set_event_label(ev.id, "incident", "operator1") is True
+    assert store.ack_event("unknown", "operator1") is False
+    # updating the event (end time) keeps the operator's ack and label
+    ev.end = T0 + 60
+    store.add_events([ev])
+    assert store.flush(5)
+
+    st = read_status(store.path)
+    assert st["events"] == 1 and st["alerts"] == 1 and st["outbox"] == 0
+    assert st["devices"] == {
+        "rtu1": {
+            "state": "down",
+            "points": 10,
+            "good": 0,
+            "last_error": "timeout",
+            "backoff": 2.0,
+            "updated": st["devices"]["rtu1"]["updated"],
+        }
+    }
+    e = st["last_events"][0]
+    assert e["id"] == ev.id and e["acked_by"] == "operator1" and e["label"] == "incident"
+    assert e["policy"] == "published" and e["points"] == ["P1", "P2"]
+    conn = open_readonly(store.path)
+    try:
+        actions = [r[0] for r in conn.execute("SELECT action FROM audit ORDER BY id")]
+        assert actions == ["suppress", "ack", "label"]
+        assert conn.execute("SELECT end FROM events").fetchone()[0] == T0 + 60
+        with pytest.raises(sqlite3.OperationalError):  # read-only really is read-only
+            conn.execute("DELETE FROM audit")
+    finally:
+        conn.close()
+
+
+def test_outbox_table_is_shared_ddl_and_other_writer_coexists(store):
+    """The MQTT outbox writes through its own connection; both writers must succeed (busy_timeout)."""
+    conn = sqlite3.connect(store.path, timeout=5, isolation_level=None, check_same_thread=False)
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(outbox)")]
+    assert cols == ["id", "seq", "created", "kind", "topic", "payload", "qos", "retain"]
+    assert "CREATE TABLE" in SHARED_DDL["outbox"]
+    stop = threading.Event()
+
+    def other_writer() -> None:
+        i = 0
+        while not stop.is_set():
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO outbox(seq, created, kind, topic, payload) VALUES (?,?,?,?,?)",
+                (i, time.time(), "value", "t", b"x"),
+            )
+            time.sleep(0.002)  # hold the write lock a little
+            conn.execute("COMMIT")
+            i += 1
+
+    th = threading.Thread(target=other_writer)
+    th.start()
+    try:
+        for k in range(300):
+            store.submit(cycle(k, 10))
+        assert store.flush(10)
+    finally:
+        stop.set()
+        th.join()
+        conn.close()
+    assert store.stats()["write_errors"] == 0
+    assert read_status(store.path)["outbox"] > 0
+    assert store.history("P1", T0, T0 + 1000)[0].size == 300
+
+
+def test_retention_in_small_batches_keeps_hourly(tmp_path):
+    now = [T0 + 10 * 3600]
+    s = Store(
+        tmp_path / "r.db",
+        points=make_points(5),
+        retention_raw=3 * 3600,
+        retention_hourly=8 * 3600,
+        retention_events=5 * 3600,
+        retention_batch=7,
+        retention_interval=0.05,
+        compact_readings=1000,
+        compact_age=60,
+        commit_interval=0.05,
+        clock=lambda: now[0],
+    )
+    s.open()
+    try:
+        # 10 hours of data at one cycle per minute
+        for k in range(600):
+            s.submit(cycle(k, 5, period=60.0))
+        old = Event(EventKind.STALE, "G0", ["P0"], T0, 1.0)
+        new = Event(EventKind.STALE, "G0", ["P0"], T0 + 9 * 3600, 1.0)
+        s.add_events([old, new])
+        assert s.compact_now()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            ts, _, _ = s.history("P1", T0, T0 + 11 * 3600)
+            st = s.stats()
+            if ts.size and ts[0] >= now[0] - 3 * 3600 - 60 and st["retention_deleted"].get("events"):
+                break
+            time.sleep(0.05)
+        ts, _, _ = s.history("P1", T0, T0 + 11 * 3600)
+        assert ts.size and ts.min() >= now[0] - 3 * 3600 - 3600  # blocks go whole (t_max < cutoff)
+        assert ts.max() == T0 + 599 * 60
+        h = s.hourly("P1", T0, T0 + 11 * 3600)
+        assert h["hour"][0] == T0 + 2 * 3600 and h["hour"][-1] == T0 + 9 * 3600  # hourly kept longer (8 h)
+        assert (h["n"] == 60).all()
+        st = s.stats()
+        assert st["retention_deleted"]["series"] > 7  # several small transactions
+        assert read_status(s.path)["events"] == 1
+        # the running total matches what is really stored
+        conn = open_readonly(s.path)
+        stored = conn.execute(
+            "SELECT (SELECT coalesce(sum(n),0) FROM series) + (SELECT coalesce(sum(n),0) FROM chunks)"
+        ).fetchone()[0]
+        conn.close()
+        assert read_status(s.path)["readings"] == stored
+    finally:
+        s.close()
+
+
+def test_quota_deletes_oldest_raw_first(tmp_path):
+    s = Store(
+        tmp_path / "q.db",
+        points=make_points(200),
+        quota_bytes=1_500_000,
+        retention_raw=1e12,
+        retention_hourly=1e12,
+        compact_readings=20_000,
+        compact_age=30,
+        commit_interval=0.02,
+    )
+    s.open()
+    try:
+        for k in range(800):  # 160k readings ≈ 3.4 MB raw
+            s.submit(cycle(k, 200))
+            if k % 50 == 0:
+                s.flush(5)
+        assert s.flush(10)
+        deadline = time.time() + 20
+        while time.time() < deadline and (
+            s.stats()["db_used_bytes"] > 1_500_000 or s.stats()["hot_readings"]
+        ):
+            s.compact_now(5)
+            time.sleep(0.05)
+        st = s.stats()
+        assert st["db_used_bytes"] <= 1_500_000
+        assert st["drops"]["quota"] > 0
+        ts, _, _ = s.history("P5", T0, T0 + 1000)
+        assert ts.max() == T0 + 799  # newest kept
+        assert ts.min() > T0  # oldest went first
+        assert (np.diff(ts) == 1).all()  # no holes in what is kept
+        status = read_status(s.path)
+        assert status["readings"] + st["drops"]["quota"] == 160_000
+        assert s.hourly("P5", T0, T0 + 1000)["n"].sum() + s.hourly("P5", T0, T0 + 1000)["n_bad"].sum() == 800
+    finally:
+        s.close()
+
+
+def test_read_status_while_writing(tmp_path):
+    path = tmp_path / "s.db"
+    s = Store(
+        path,
+        points=make_points(50),
+        compact_readings=5000,
+        compact_age=20,
+        commit_interval=0.02,
+        retention_raw=1e12,
+        retention_hourly=1e12,
+    )
+    s.open()
+    seen = []
+    try:
+        for k in range(2000):
+            s.submit(cycle(k, 50))
+            if k % 200 == 0:
+                st = read_status(path)  # a separate read-only connection, mid-write
+                seen.append(st["readings"])
+                assert st["points"] == 50 and st["schema_version"] == SCHEMA_VERSION
+        assert s.flush(10)
+        final = read_status(path)
+    finally:
+        s.close()
+    assert seen == sorted(seen)
+    assert final["readings"] == 100_000 and final["readings_total"] == 100_000
+    assert final["oldest_reading"] == T0 and final["newest_reading"] == T0 + 1999
+
+
+def test_memory_bound_refuses_and_counts(tmp_path):
+    s = Store(tmp_path / "m.db", points=make_points(10), memory_buffer=10_000)
+    s.open()
+    try:
+        s.set_max_db_pages(1)  # nothing can be written: everything stays in memory
+        accepted = refused = 0
+        for k in range(2000):
+            seq = s.submit(cycle(k, 10))
+            if seq < 0:
+                refused += 10
+            else:
+                accepted += 10
+        assert refused > 0 and accepted <= 10_000
+        st = s.stats()
+        assert st["drops"]["memory_bound"] == refused
+        assert st["queue_depth"] == accepted
+    finally:
+        s.set_max_db_pages(None)
+        s.close()
+    assert read_status(s.path)["readings"] == accepted
+
+
+def test_submit_after_close_raises(tmp_path):
+    s = Store(tmp_path / "c.db", points=make_points(2))
+    s.open()
+    s.close()
+    with pytest.raises(StoreError):
+        s.submit(cycle(0, 2))
+
+
+def test_migrations_are_recorded_once(tmp_path):
+    path = tmp_path / "v.db"
+    for _ in range(2):
+        with Store(path, points=make_points(2)):
+            pass
+    conn = open_readonly(path)
+    try:
+        rows = conn.execute("SELECT version, name FROM schema_version").fetchall()
+        assert rows == [(1, "initial")]
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    finally:
+        conn.close()
