@@ -43,7 +43,7 @@ def typed_points() -> tuple[list[dict], dict[str, float]]:
                     pts.append({"name": name, "quantity": "counter", "group": "G", "register": addr[table],
                                 "table": table, "type": typ, "word_order": wo, "byte_order": bo})  # fmt: skip
                     addr[table] += width
-                    expect[name] = samples[typ] * (1 if bo == "big" else 1)
+                    expect[name] = samples[typ]
     # scale and offset: raw int16 2305 → 230.5 V; raw uint16 → temperature with offset
     pts.append({"name": "scaled_v", "quantity": "voltage", "group": "G", "register": addr["holding"], "type": "int16",
                 "scale": 0.1})  # fmt: skip
@@ -137,7 +137,7 @@ def test_coalescing_counts_requests_against_server() -> None:
 
 
 def test_exception_response_marks_only_affected_points(caplog: pytest.LogCaptureFixture) -> None:
-    pts = _measurement_points(6) + [{"name": "CB", "quantity": "status", "group": "F0"}]
+    pts = [*_measurement_points(6), {"name": "CB", "quantity": "status", "group": "F0"}]
 
     async def body() -> None:
         async with served(pts) as srv:
@@ -206,7 +206,7 @@ def test_refused_range_is_split_so_one_bad_register_blanks_only_its_point(caplog
 
 
 def test_timeouts_partial_and_total() -> None:
-    pts = _measurement_points(4) + [{"name": "CB", "quantity": "status", "group": "F0"}]
+    pts = [*_measurement_points(4), {"name": "CB", "quantity": "status", "group": "F0"}]
 
     async def body() -> None:
         async with served(pts) as srv:
@@ -298,7 +298,7 @@ def test_driver_is_read_only() -> None:
     assert {fc for _fn, fc in READ_FUNCTIONS.values()} == {1, 2, 3, 4}
 
     # At run time: everything the server receives from a polling driver is a read function code.
-    pts = _measurement_points(3) + [{"name": "CB", "quantity": "status", "group": "F0"}]
+    pts = [*_measurement_points(3), {"name": "CB", "quantity": "status", "group": "F0"}]
     pts = [*pts, {"name": "IN", "quantity": "current", "group": "F0", "register": 0, "table": "input", "type": "float32"},
            {"name": "DI", "quantity": "status", "group": "F0", "register": 3, "table": "discrete"}]  # fmt: skip
     pts = register_map(pts[:4]) + pts[4:]

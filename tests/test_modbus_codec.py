@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import numpy as np
@@ -93,7 +94,7 @@ def test_decoder_scale_offset_bits_and_request_quality() -> None:
     np.testing.assert_allclose(values, [230.5, 1234 * 0.1 - 5.0, 70000, 1.0, -2.5])
     assert quality.tolist() == [0] * 5
     # The request holding the coil fails: only the coil is invalid.
-    rq[[r for r, req in enumerate(plan) if req.table == "coil"][0]] = Quality.INVALID
+    rq[next(r for r, req in enumerate(plan) if req.table == "coil")] = Quality.INVALID
     values, quality = dec.decode(regs, bits, rq)
     assert quality.tolist() == [0, 0, 0, Quality.INVALID, 0]
     assert np.isnan(values[3]) and not np.isnan(values[:3]).any()
@@ -172,6 +173,6 @@ def test_plan_properties(raw: list[tuple[str, int, int]], max_regs: int, max_gap
             s = spans[m]
             assert s.table == r.table and s.address == r.address + off and off + s.width <= r.count
     # Two requests of a table are never mergeable under the rules (the planner is greedy but complete).
-    for a, b in zip(plan, plan[1:], strict=False):
+    for a, b in itertools.pairwise(plan):
         if a.table == b.table:
             assert b.address - a.end > max_gap or max(a.end, b.end) - a.address > max_regs
