@@ -215,7 +215,11 @@ class Iec61850SimServer:
             if intg_pd > 0:
                 trg |= iec.TRG_OPT_INTEGRITY
             for name, buffered in _RCB_NAMES:
-                iec.ReportControlBlock_create(name, lln0, name, buffered, "ds", 1, trg, opts, buf_tm, intg_pd)
+                # RptIDs are unique per server: clients match incoming reports by RptID.
+                rpt_id = f"{self.ied_name}{inst}_{name}"
+                iec.ReportControlBlock_create(
+                    name, lln0, rpt_id, buffered, "ds", 1, trg, opts, buf_tm, intg_pd
+                )
         self._served = plan
         self._by_name = {s.name: s for s in plan}
 
@@ -283,7 +287,7 @@ class Iec61850SimServer:
         else:
             arr = np.asarray(values, dtype=np.float64)
             items = [(s, float(arr[i])) for i, s in enumerate(self._served) if i < len(arr)]
-        t_ms = int(round((time.time() if ts is None else ts) * 1000))
+        t_ms = round((time.time() if ts is None else ts) * 1000)
         quality = quality or {}
         srv = self._server
         with self._lock:

@@ -1,0 +1,286 @@
+"""IEC 61850 MMS client driver (libiec61850 via pyiec61850-ng), read-only.
+
+* Points are object references + functional constraint (``IED1LD0/MMXU1.TotW.mag.f``, ``MX``). Polled
+  points cost one ``readObject`` per (logical node, FC), not one request per attribute; ``q`` and ``t``
+  are taken from the same read.
+* Reports: the configured URCB/BRCB are enabled (integrity period, general interrogation on every
+  (re)connect); the points their dataset carries are pushed through :meth:`set_push_callback`. For
+  buffered reports the last EntryID is persisted (``resume_store.set_meta``) after each report was
+  handed over, and written to the BRCB before enabling it, so a restart neither misses nor repeats.
+* ``q`` → gridedge quality flags (:mod:`.iec61850_quality`); ``t`` is the reading's ``ts``, the receive
+  time is ``gateway_ts``. Double points (Dbpos): on → 1.0, off → 0.0, intermediate/bad → NaN with
+  INVALID|QUESTIONABLE.
+* The C calls run in a worker process per device (:mod:`.iec61850_worker`): the SWIG layer keeps the GIL
+  during blocking calls, so a thread would not keep a stalled peer from freezing the gateway. A peer that
+  stalls or vanishes costs a timeout and a :class:`ConnectionLost`; the worker is then killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import numpy as np
+
+from gridedge.gateway.model import ReadingBatch
+from gridedge.protocols.base import BatchCallback, ConfigurationError, ConnectionLost, DriverError
+
+__all__ = [
+    "Iec61850Driver",
+    "ResumeStore",
+    "add_discover_arguments",
+    "discover",
+    "discover_command",
+    "discovery_yaml",
+]
+
+log = logging.getLogger("gridedge.protocols.iec61850")
+
+_STARTUP_S = 10.0  # worker start (python + numpy + libiec61850 import) on a slow box
+
+
+class ResumeStore(Protocol):
+    """Where BRCB EntryIDs survive a restart (the gridedge Store provides these two methods)."""
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+
+def _attr(obj: Any, key: str, default: Any = None) -> Any:
+    return obj.get(key, default) if isinstance(obj, Mapping) else getattr(obj, key, default)
+
+
+class Iec61850Driver:
+    """One IEC 61850 server (IED). Implements ``Driver`` and ``PushDriver`` of :mod:`protocols.base`.
+
+    ``cfg`` is an :class:`~gridedge.gateway.config.Iec61850Device`; ``point_index`` maps point names to
+    their dense gridedge index.
+    """
+
+    def __init__(self, cfg: Any, point_index: Mapping[str, int], *, resume_store: ResumeStore | None = None):
+        self.cfg = cfg
+        self.name: str = cfg.name
+        self._store = resume_store
+        self._points = [
+            {"index": int(point_index[p.name]), "name": p.name, "ref": p.ref, "fc": p.fc} for p in cfg.points
+        ]
+        self._reports = list(cfg.reports)
+        self._callback: BatchCallback | None = None
+        self._entry_ids: dict[str, str] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._reader: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._seq = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._dead = threading.Event()
+        self.info: dict[str, Any] = {}
+        self.pushed = 0  # readings pushed by reports since construction (metrics, bench)
+
+    # ------------------------------------------------------------------ API
+    def set_push_callback(self, callback: BatchCallback) -> None:
+        """Reports call ``callback(ReadingBatch)`` from the driver's reader thread."""
+        self._callback = callback
+
+    def _meta_key(self, rcb: str) -> str:
+        return f"iec61850.entry_id.{self.name}.{rcb.replace('$', '.')}"
+
+    async def connect(self) -> None:
+        """Start the worker, associate, resolve every point, enable reports (GI, resume)."""
+        await self.close()
+        self._loop = asyncio.get_running_loop()
+        entry_ids: dict[str, str] = {}
+        for r in self._reports:
+            ref = r.rcb.replace("$", ".")
+            eid = self._entry_ids.get(ref)
+            if eid is None and self._store is not None:
+                eid = self._store.get_meta(self._meta_key(ref))
+            if eid:
+                entry_ids[ref] = eid
+        spec = {
+            "name": self.name,
+            "host": self.cfg.host,
+            "port": int(self.cfg.port),
+            "timeout": float(self.cfg.timeout),
+            "points": self._points,
+            "reports": [{"rcb": r.rcb} for r in self._reports],
+            "report_opts": {
+                r.rcb.replace("$", "."): {
+                    "integrity_period": float(r.integrity_period),
+                    "gi_on_connect": bool(r.gi_on_connect),
+                }
+                for r in self._reports
+            },
+            "entry_ids": entry_ids,
+        }
+        self._spawn()
+        # connect timeout + one request per RCB / dataset / LN type, plus the worker's own start-up
+        budget = _STARTUP_S + float(self.cfg.timeout) * (3 + 3 * len(self._reports) + len(self._points))
+        try:
+            self.info = await self._request(("connect", spec), budget)
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "event=connected device=%s host=%s port=%s polled=%d reported=%d",
+            self.name,
+            self.cfg.host,
+            self.cfg.port,
+            self.info["polled"],
+            self.info["reported"],
+        )
+
+    async def poll(self) -> ReadingBatch:
+        """Read every polled point (one request per logical node and FC); checks the link for reports."""
+        if self._conn is None or self._dead.is_set():
+            raise ConnectionLost(self.name, "not connected")
+        n_reads = max(1, len({(p["ref"].split(".", 1)[0], p["fc"]) for p in self._points}))
+        idx, ts, val, q, gw = await self._request(("poll",), float(self.cfg.timeout) * n_reads + 2.0)
+        return ReadingBatch(idx, ts, val, q, np.full(len(idx), gw), device=self.name)
+
+    async def close(self) -> None:
+        """Stop the worker (politely, then SIGKILL); never raises."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            with contextlib.suppress(Exception), self._send_lock:
+                conn.send(("close", 0))
+        if proc is not None:
+            try:
+                await asyncio.to_thread(proc.wait, 1.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    proc.kill()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await asyncio.to_thread(reader.join, 2.0)
+        self._fail_pending(ConnectionLost(self.name, "connection closed"))
+
+    # ------------------------------------------------------------ internals
+    def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "gridedge.protocols.iec61850_worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        self._dead = threading.Event()
+        self._reader = threading.Thread(
+            target=self._read_loop, args=(self._conn, self._dead), name=f"iec61850-{self.name}", daemon=True
+        )
+        self._reader.start()
+
+    async def _request(self, msg: tuple[Any, ...], timeout: float) -> Any:
+        conn, loop = self._conn, self._loop
+        if conn is None or loop is None:
+            raise ConnectionLost(self.name, "not connected")
+        seq = next(self._seq)
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending[seq] = fut
+        try:
+            with self._send_lock:
+                conn.send((msg[0], seq, *msg[1:]))
+        except OSError as exc:
+            self._pending.pop(seq, None)
+            raise ConnectionLost(self.name, f"worker gone: {exc}") from exc
+        try:
+            ok, payload = await asyncio.wait_for(fut, timeout)
+        except TimeoutError as exc:
+            # A stalled peer: libiec61850's own request timeout did not fire in time. Give up on the
+            # worker (close() kills it) rather than wait.
+            raise ConnectionLost(
+                self.name, f"no answer to {msg[0]} within {timeout:.1f}s (peer stalled)"
+            ) from exc
+        finally:
+            self._pending.pop(seq, None)
+        if ok:
+            return payload
+        kind, text = payload
+        if kind == "config":
+            raise ConfigurationError(self.name, text)
+        raise ConnectionLost(self.name, text)
+
+    def _fail_pending(self, exc: DriverError) -> None:
+        loop = self._loop
+        for fut in list(self._pending.values()):
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_exception(exc))
+
+    def _read_loop(self, conn: Connection, dead: threading.Event) -> None:
+        """Reader thread: replies resolve futures on the loop; reports go straight to the callback."""
+        loop = self._loop
+        try:
+            while True:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    break
+                if msg[0] == "reply":
+                    fut = self._pending.get(msg[1])
+                    if fut is not None and loop is not None and not loop.is_closed():
+                        loop.call_soon_threadsafe(
+                            lambda f=fut, r=(msg[2], msg[3]): f.done() or f.set_result(r)
+                        )
+                elif msg[0] == "push":
+                    self._on_push(*msg[1:])
+        finally:
+            dead.set()
+            self._fail_pending(ConnectionLost(self.name, "worker ended (peer lost or crashed)"))
+
+    def _on_push(self, rcb: str, arrays: tuple[np.ndarray, ...], gw: float, entry_id: str | None) -> None:
+        idx, ts, val, q = arrays
+        if len(idx):
+            batch = ReadingBatch(idx, ts, val, q, np.full(len(idx), gw), device=self.name)
+            self.pushed += len(idx)
+            cb = self._callback
+            if cb is not None:
+                try:
+                    cb(batch)
+                except Exception:
+                    log.exception("event=push_callback_error device=%s", self.name)
+        if entry_id is not None:
+            # Persist only after the batch was handed over: a crash before this line repeats at most
+            # this one report, never loses one.
+            # On the loop (FIFO after the runtime's hand-over of the batch), where the Store lives.
+            self._entry_ids[rcb] = entry_id
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._persist, rcb, entry_id)
+
+    def _persist(self, rcb: str, entry_id: str) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.set_meta(self._meta_key(rcb), entry_id)
+        except Exception:
+            log.exception("event=entry_id_persist_failed device=%s rcb=%s", self.name, rcb)
+
+
+def __getattr__(name: str) -> Any:
+    # Discovery lives in its own module (it runs in the CLI process, not in the daemon).
+    if name in ("discover", "discovery_yaml", "discover_command", "add_discover_arguments"):
+        from gridedge.protocols import iec61850_discover
+
+        return getattr(iec61850_discover, name)
+    raise AttributeError(name)
