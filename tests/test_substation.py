@@ -57,14 +57,14 @@ def test_points_api(model: SubstationModel) -> None:
 def test_deterministic_and_history_equals_values_at(model: SubstationModel) -> None:
     ts, v = model.history(T0, T0 + 2 * DAY, 60.0)
     assert ts.shape == (2 * 1440,) and v.shape == (2 * 1440, len(model.names()))
-    ts2, v2 = SubstationModel(seed=7).history(T0, T0 + 2 * DAY, 60.0)
+    _ts2, v2 = SubstationModel(seed=7).history(T0, T0 + 2 * DAY, 60.0)
     np.testing.assert_array_equal(v, v2)
     _, v3 = SubstationModel(seed=8).history(T0, T0 + 2 * DAY, 60.0)
     assert not np.array_equal(v, v3)
     for k in (0, 17, 1000, 2879):
         np.testing.assert_array_equal(model.values_at(ts[k]), v[k])
     # A different range / step still yields the same value at a shared time.
-    ts4, v4 = model.history(T0 + 3600.0, T0 + 7200.0, 1.0)
+    _ts4, v4 = model.history(T0 + 3600.0, T0 + 7200.0, 1.0)
     k = int(np.searchsorted(ts, T0 + 3600.0))
     np.testing.assert_array_equal(v4[0], v[k])
     assert np.isfinite(v).all()
@@ -74,7 +74,7 @@ def test_history_is_fast() -> None:
     m = SubstationModel(seed=1)
     m.history(T0, T0 + DAY, 60.0)  # warm caches
     t = time.perf_counter()
-    ts, v = m.history(T0, T0 + 28 * DAY, 60.0)
+    ts, _v = m.history(T0, T0 + 28 * DAY, 60.0)
     elapsed = time.perf_counter() - t
     assert len(ts) == 28 * 1440
     assert elapsed < 1.5, f"4 weeks at 1-min took {elapsed:.2f}s"
@@ -86,7 +86,7 @@ def test_physics_is_consistent(model: SubstationModel) -> None:
     assert bus_v.min() > 31.0 and bus_v.max() < 35.0
     freq = col(model, v, "FREQ")
     assert abs(freq.mean() - 50.0) < 0.02 and 0.005 < freq.std() < 0.08
-    for f, tr in (("F1", "T1"), ("F2", "T1"), ("F3", "T2"), ("F4", "T2")):
+    for f in ("F1", "F2", "F3", "F4"):
         p, q, i = col(model, v, f"{f}_P"), col(model, v, f"{f}_Q"), col(model, v, f"{f}_I")
         s_from_i = math.sqrt(3) * bus_v * i / 1000.0
         rel = np.abs(np.hypot(p, q) - s_from_i) / s_from_i
