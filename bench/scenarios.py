@@ -467,22 +467,31 @@ def _slots(
         s_lo = lo + k * width
         d: dict[str, Any] = {"kind": kind, "class": cls, "phase": phase}
         margin = min(3 * 3600.0, width * 0.1)
+        room = 0.8 * (width - 2 * margin)  # short windows squeeze long incidents to fit their slot
+
+        def fit(total: float, room: float = room) -> float:
+            return min(1.0, room / total)
+
         if kind == "overload_trip":
             f = feeders[rng.integers(len(feeders))]
             ramp = rng.uniform(20, 60) * 60
             out_for = rng.uniform(30, 120) * 60
+            sq = fit(ramp + out_for)
+            ramp, out_for = ramp * sq, out_for * sq
             start = rng.uniform(s_lo + margin, s_lo + width - margin - ramp - out_for)
             d.update(target=f, group=f, accept=[f, _FEEDERS[f][0]], start=start, trip=start + ramp,
                      end=start + ramp + out_for, peak_pu=float(rng.uniform(1.15, 1.35)))  # fmt: skip
         elif kind == "load_drop":
             f = feeders[rng.integers(len(feeders))]
             dur = rng.uniform(30, 180) * 60
+            dur *= fit(dur)
             start = rng.uniform(s_lo + margin, s_lo + width - margin - dur)
             d.update(target=f, group=f, accept=[f, _FEEDERS[f][0]], start=start, end=start + dur,
                      depth=float(rng.uniform(0.4, 0.7)))  # fmt: skip
         elif kind == "thermal":
             t = list(_TRANSFORMERS)[rng.integers(2)]
             fail = rng.uniform(2, 5) * 3600
+            fail = min(fail, max(room - 3600, 1800.0))
             start = rng.uniform(s_lo + margin, s_lo + width - margin - fail - 3600)
             d.update(target=t, group=t, accept=[t], start=start, fail_end=start + fail,
                      end=start + fail + 3600, delta_c=float(rng.uniform(12, 25)))  # fmt: skip
@@ -502,6 +511,7 @@ def _slots(
             dur = {"stuck": rng.uniform(2, 8) * 3600, "drift": rng.uniform(4, 12) * 3600,
                    "scale": rng.uniform(1, 6) * 3600, "dropout": rng.uniform(30, 180) * 60,
                    "spike": 0.0}[kind]  # fmt: skip
+            dur *= fit(max(dur, 1.0))
             start = rng.uniform(s_lo + margin, s_lo + width - margin - dur)
             d.update(target=pt, group=group, accept=[], start=start, end=start + dur)
             if kind == "drift":
