@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import c104
 import numpy as np
+
 from gridedge.gateway.config import Iec104Device, Iec104Point
 from gridedge.gateway.model import Quality, ReadingBatch
 from gridedge.protocols.base import BatchCallback, ConfigurationError, ConnectionLost
@@ -285,8 +286,16 @@ class Iec104Driver:
         )
         self._flusher.start()
         client.start()
-        deadline = time.monotonic() + max(cfg.timeout, 0.2)
+        start = time.monotonic()
+        deadline = start + max(cfg.timeout, 0.2)
+        nudge_at = start + 0.1
         while conn.state != c104.ConnectionState.OPEN:
+            now = time.monotonic()
+            if now >= nudge_at and conn.state == c104.ConnectionState.OPEN_MUTED:
+                # c104 2.2.1 sometimes never sends STARTDT_ACT after the TCP connect (about 1 connect in
+                # 7 here): unmute() sends it again.
+                conn.unmute()
+                nudge_at = now + 0.25
             if time.monotonic() >= deadline:
                 state = conn.state.name
                 await self.close()
