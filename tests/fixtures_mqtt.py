@@ -162,7 +162,10 @@ class Broker:
             f"listener {self.port} 127.0.0.1",
             f"allow_anonymous {'false' if self.users else 'true'}",
             f"log_dest file {self.log}",
-            "log_type all",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
             "max_queued_messages 100000",
             "max_inflight_messages 100",
         ]
