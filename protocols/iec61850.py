@@ -33,6 +33,12 @@ import numpy as np
 
 from gridedge.gateway.model import ReadingBatch
 from gridedge.protocols.base import BatchCallback, ConfigurationError, ConnectionLost, DriverError
+from gridedge.protocols.iec61850_discover import (
+    add_discover_arguments,
+    discover,
+    discover_command,
+    discovery_yaml,
+)
 
 __all__ = [
     "Iec61850Driver",
@@ -275,12 +281,3 @@ class Iec61850Driver:
             self._store.set_meta(self._meta_key(rcb), entry_id)
         except Exception:
             log.exception("event=entry_id_persist_failed device=%s rcb=%s", self.name, rcb)
-
-
-def __getattr__(name: str) -> Any:
-    # Discovery lives in its own module (it runs in the CLI process, not in the daemon).
-    if name in ("discover", "discovery_yaml", "discover_command", "add_discover_arguments"):
-        from gridedge.protocols import iec61850_discover
-
-        return getattr(iec61850_discover, name)
-    raise AttributeError(name)
