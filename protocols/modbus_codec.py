@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from gridedge.gateway.model import Quality
 from gridedge.protocols.coalesce import BIT_TABLES, ReadRequest
 
@@ -162,8 +163,9 @@ class RegisterDecoder:
         response). A float that decodes to NaN or ±inf is flagged INVALID (devices use NaN for "no value").
         """
         raw = np.empty(self.n_points, dtype=np.float64)
-        for t, wo, bo, pos, idx in self._groups:
-            raw[pos] = decode_registers(registers[idx], t, wo, bo)
+        with np.errstate(invalid="ignore"):  # signalling-NaN bit patterns from a device are just NaN
+            for t, wo, bo, pos, idx in self._groups:
+                raw[pos] = decode_registers(registers[idx], t, wo, bo)
         if len(self._bit_pos):
             raw[self._bit_pos] = bits[self._bit_idx] != 0
         values = raw * self.scale + self.offset
