@@ -7,7 +7,7 @@ Two blob kinds (layout chosen by measurement, see docs/storage.md):
 * a **series block** holds one point's readings over a time span, sorted by time:
   ``ts float64[n] | value float64[n] | quality uint8[n]``
 
-Compaction turns hot chunks into series blocks (one per point present) and hourly aggregates, all vectorised.
+Compaction turns hot chunks into series blocks (one per point and UTC hour present) and hourly aggregates, all vectorised.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Compacted:
 def compact(
     point_id: np.ndarray, ts: np.ndarray, value: np.ndarray, quality: np.ndarray, bad_mask: int
 ) -> Compacted:
-    """Sort readings by (point, ts) and cut them into one block per point plus per-(point, hour) aggregates.
+    """Sort readings by (point, ts) and cut them into one block per (point, hour) plus its aggregates.
 
     Aggregates count only good readings (``quality & bad_mask == 0`` and a finite value); ``n_bad`` counts
     the others, so an hour of lost communication is visible after the raw readings are gone.
@@ -114,17 +114,17 @@ def compact(
     v = np.ascontiguousarray(value[order])
     q = np.ascontiguousarray(quality[order])
 
-    # One block per point.
-    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
-    ends = np.r_[starts[1:], n]
-    blocks = [
-        (int(pid[s]), float(t[s]), float(t[e - 1]), int(e - s), encode_block(t[s:e], v[s:e], q[s:e]))
-        for s, e in zip(starts, ends, strict=True)
-    ]
-
-    # Hourly aggregates: runs of equal (point, hour) are contiguous because the data is sorted by (point, ts).
+    # One block per (point, UTC hour): runs are contiguous because the data is sorted by (point, ts). Cutting
+    # at hours bounds a block's span (history lookups, retention granularity) and matches the aggregates.
     hour = np.floor(t / 3600.0).astype(np.int64)
     hstarts = np.flatnonzero(np.r_[True, (pid[1:] != pid[:-1]) | (hour[1:] != hour[:-1])])
+    hends = np.r_[hstarts[1:], n]
+    blocks = [
+        (int(pid[s]), float(t[s]), float(t[e - 1]), int(e - s), encode_block(t[s:e], v[s:e], q[s:e]))
+        for s, e in zip(hstarts, hends, strict=True)
+    ]
+
+    # Hourly aggregates over the same runs.
     good = ((q & bad_mask) == 0) & np.isfinite(v)
     vg_min = np.where(good, v, np.inf)
     vg_max = np.where(good, v, -np.inf)
