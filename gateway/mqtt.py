@@ -57,6 +57,7 @@ GROUP_STATES = ("normal", "elevated", "anomaly", "observing")
 SEVERITIES = ("info", "warning", "critical")
 _QUALITY_NAMES = [Quality.describe(b) for b in range(256)]
 _QUALITY_FLAGS = [[] if b == 0 else _QUALITY_NAMES[b].split("|") for b in range(256)]
+_QUALITY_FLAGS_JSON = [json.dumps(f, separators=(",", ":")) for f in _QUALITY_FLAGS]
 
 
 class ConnState(enum.Enum):
@@ -196,7 +197,7 @@ class MqttBridge:
         self._last_q = np.full(n, -1, np.int16)
         self._last_pub = np.full(n, -np.inf)
         self._point_topic = [f"{self.root}/point/{topic_safe(p.name)}" for p in self.points]
-        self._point_unit = [p.unit for p in self.points]
+        self._point_unit_json = [json.dumps(p.unit) for p in self.points]
 
     def _make_client(self) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
@@ -521,19 +522,17 @@ class MqttBridge:
         gws = gw[chosen].tolist()
         for k, p in enumerate(pi.tolist()):
             val = vals[k]
-            body = {
-                "value": val if math.isfinite(val) else None,
-                "quality": qs[k],
-                "flags": _QUALITY_FLAGS[qs[k]],
-                "ts": tss[k],
-                "gateway_ts": gws[k],
-                "unit": self._point_unit[p],
-            }
+            # Hand-built JSON: repr(float) is valid JSON for finite values; ~3x cheaper than json.dumps.
+            body = (
+                f'{{"value":{repr(val) if math.isfinite(val) else "null"},"quality":{qs[k]},'
+                f'"flags":{_QUALITY_FLAGS_JSON[qs[k]]},"ts":{tss[k]!r},"gateway_ts":{gws[k]!r},'
+                f'"unit":{self._point_unit_json[p]}'
+            )
             topic = self._point_topic[p]
             if self.cfg.values_in_outbox:
-                self.outbox.put("value", topic, lambda seq, b=body: _dumps({**b, "seq": seq}), qos=1)
+                self.outbox.put("value", topic, lambda seq, b=body: f'{b},"seq":{seq}}}'.encode(), qos=1)
             else:
-                self._client.publish(topic, json.dumps(body, separators=(",", ":")), qos=0)
+                self._client.publish(topic, body + "}", qos=0)
                 self.published_direct += 1
         if self.cfg.values_in_outbox:
             self._wake.set()
