@@ -99,6 +99,10 @@ class SdNotifier:
         """The configured ``$NOTIFY_SOCKET`` value (None when disabled)."""
         return self._path
 
+    def watchdog_interval(self) -> float | None:
+        """The service watchdog timeout in seconds for this process (see :func:`watchdog_interval`)."""
+        return watchdog_interval() if self.enabled else None
+
     def notify(self, *assignments: str) -> bool:
         """Send ``KEY=VALUE`` assignments in one datagram; True when the datagram was sent."""
         if self._addr is None:

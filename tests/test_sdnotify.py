@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
 from gridedge.gateway.sdnotify import SdNotifier, watchdog_interval
 
 
@@ -133,3 +134,12 @@ def test_watchdog_interval() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid() + 1)}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "junk"}) is None
+
+
+def test_watchdog_interval_method_follows_environment(listener, monkeypatch) -> None:
+    path, _ = listener
+    monkeypatch.setenv("WATCHDOG_USEC", "20000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert SdNotifier(path).watchdog_interval() == 20.0
+    # without a notification socket there is nobody to ping
+    assert SdNotifier(None).watchdog_interval() is None
