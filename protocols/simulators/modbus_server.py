@@ -261,7 +261,8 @@ class ModbusSimServer:
     async def update(self, values: np.ndarray | Mapping[str, float]) -> None:
         """Set point values (engineering units): an array aligned with ``points`` or a name → value dict.
 
-        NaN in a float register stays NaN (the driver reads it as INVALID); integer types get 0.
+        NaN in a float register stays NaN (the driver reads it as INVALID); integer types get 0 and
+        coils / discrete inputs keep their last state.
         """
         if isinstance(values, Mapping):
             v = np.full(len(self.points), np.nan)
@@ -285,7 +286,8 @@ class ModbusSimServer:
             rel = self._addr[sel] - self._lo[table]
             img = self._image[table]
             if typ == "bool":
-                img[rel] = np.nan_to_num(raw[sel]) != 0
+                ok = np.isfinite(raw[sel])  # no reading for a bit: it keeps its last state
+                img[rel[ok]] = raw[sel][ok] != 0
             else:
                 words = encode_registers(raw[sel], typ, wo, bo)
                 img[rel[:, None] + np.arange(words.shape[1])] = words
