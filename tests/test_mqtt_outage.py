@@ -86,3 +86,64 @@ def test_outage_replay_in_order_and_outbox_survives_kill9(tmp_path):
         assert (
             json.loads(c.execute("SELECT value FROM meta WHERE key = 'mqtt.seq.alert'").fetchone()[0]) == 410
         )
+
+
+def test_quota_while_offline_drops_values_first_and_replays_alerts(tmp_path):
+    import numpy as np
+    from fixtures_mqtt import free_port
+
+    from gridedge.gateway.config import MqttSection
+    from gridedge.gateway.model import Event, EventKind, PointTable, ReadingBatch
+    from gridedge.gateway.mqtt import MqttBridge
+
+    port = free_port()  # nothing listens yet: the broker is "down" from the start
+    points = PointTable.from_specs(
+        [{"name": f"P{i}", "quantity": "voltage", "group": "G"} for i in range(50)]
+    )
+    cfg = MqttSection(
+        port=port,
+        values_in_outbox=True,
+        outbox_quota=100,
+        reconnect_min=0.05,
+        reconnect_max=0.3,
+        outbox_synchronous="normal",
+    )
+    bridge = MqttBridge(cfg, site=SITE, db_path=tmp_path / "g.db", points=points)
+    broker = Broker(tmp_path / "broker", port=port, persistence=True)
+    # A persistent subscriber session, set up before the outage, so the broker queues for it whatever
+    # the bridge replays the moment it gets through.
+    broker.start()
+    Collector(port, [f"{ROOT}/alert"], client_id="quota-watch", persistent=True).start().stop()
+    broker.stop()
+    col = None
+    try:
+        bridge.start()
+        backoffs = []
+        for k in range(3):  # 150 values for a quota of 100
+            bridge.publish_values(ReadingBatch.uniform(np.arange(50, dtype=np.int32), np.full(50, float(k))))
+            backoffs.append(bridge.stats()["backoff"])
+            time.sleep(0.2)
+        assert bridge.stats()["drops"] == {"quota_value": 50}
+        seqs = [
+            bridge.publish_alert(
+                Event(EventKind.SENSOR_FAULT, "G", ["P0"], time.time(), 3.0, {"rule": "stuck"})
+            )
+            for _ in range(30)
+        ]
+        st = bridge.stats()
+        assert st["outbox_depth"] == 100 and st["drops"] == {"quota_value": 80}
+        assert not st["connected"] and st["state"] == "backoff"
+        # Reconnect delays are jittered and capped: every one within [min/2, max].
+        assert all(b is not None and 0.025 <= b <= 0.3 for b in backoffs)
+
+        broker.start()
+        col = Collector(port, [f"{ROOT}/alert"], client_id="quota-watch", persistent=True).start()
+        assert bridge.wait_connected(10)
+        assert bridge.flush(20)
+        assert wait_until(lambda: len(col.on(f"{ROOT}/alert")) >= 30, 10)
+        assert [m["seq"] for m in col.on(f"{ROOT}/alert")] == seqs
+    finally:
+        bridge.stop()
+        if col is not None:
+            col.stop()
+        broker.stop()
