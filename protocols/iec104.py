@@ -64,6 +64,9 @@ COT_ACT_TERM = 10
 COT_INTERROGATED_BY_STATION = 20
 COT_REQUESTED_BY_GENERAL_COUNTER = 37
 
+_STARTDT_ACT = bytes.fromhex("680407000000")
+_STARTDT_CON = bytes.fromhex("68040b000000")
+_STOPDT_ACT = bytes.fromhex("680413000000")
 _EPOCH = _dt.datetime(1970, 1, 1)  # naive: c104 gives recorded_at as naive UTC
 _NEVER = np.uint8(Quality.INVALID | Quality.STALE)
 
@@ -260,12 +263,15 @@ class Iec104Driver:
         except OSError as exc:
             raise ConnectionLost(self.name, f"cannot resolve host {cfg.host!r}: {exc}") from exc
         tls = self._transport_security()
+        if tls is None:
+            await self._preflight(ip)
         self._reset_session_state()
         kwargs: dict = {"tick_rate_ms": 50, "command_timeout_ms": max(100, int(cfg.timeout * 1000))}
         if tls is not None:
             kwargs["transport_security"] = tls
         client = c104.Client(**kwargs)
-        conn = client.add_connection(ip=ip, port=cfg.port, init=c104.Init.NONE)
+        # MUTED: c104 must not send STARTDT from its own thread (see _preflight); we unmute below.
+        conn = client.add_connection(ip=ip, port=cfg.port, init=c104.Init.MUTED)
         if conn is None:
             raise ConfigurationError(self.name, f"c104 refused connection to {ip}:{cfg.port}")
         self._client, self._conn = client, conn
@@ -288,12 +294,12 @@ class Iec104Driver:
         client.start()
         start = time.monotonic()
         deadline = start + max(cfg.timeout, 0.2)
-        nudge_at = start + 0.1
+        nudge_at = start
         while conn.state != c104.ConnectionState.OPEN:
             now = time.monotonic()
             if now >= nudge_at and conn.state == c104.ConnectionState.OPEN_MUTED:
-                # c104 2.2.1 sometimes never sends STARTDT_ACT after the TCP connect (about 1 connect in
-                # 7 here): unmute() sends it again.
+                # STARTDT_ACT from our side (c104's own Init sometimes never sends it, 1 connect in 7 here);
+                # repeated until confirmed.
                 conn.unmute()
                 nudge_at = now + 0.25
             if time.monotonic() >= deadline:
@@ -401,6 +407,41 @@ class Iec104Driver:
         except ValueError as exc:
             raise ConfigurationError(self.name, f"tls: {exc}") from exc
         return sec
+
+    async def _preflight(self, ip: str) -> None:
+        """Check on a throw-away TCP connection that the peer answers STARTDT_ACT with STARTDT_CON.
+
+        c104 2.2.1 segfaults (Socket_write on a freed socket in CS104_Connection_sendStartDT) when a peer
+        that sends garbage closes the link while STARTDT goes out. A peer that fails this check never
+        reaches c104. Not done for TLS links (the handshake rejects such peers first).
+        """
+        cfg = self.cfg
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, cfg.port), cfg.timeout)
+            writer.write(_STARTDT_ACT)
+            await writer.drain()
+            got = await asyncio.wait_for(reader.read(6), cfg.timeout)
+            if got != _STARTDT_CON:
+                raise ConnectionLost(
+                    self.name,
+                    f"peer {cfg.host}:{cfg.port} does not speak IEC 104: answered STARTDT with {got[:16].hex() or 'EOF'}",
+                )
+            writer.write(_STOPDT_ACT)
+            await writer.drain()
+        except TimeoutError as exc:
+            raise ConnectionLost(
+                self.name, f"no STARTDT confirmation from {cfg.host}:{cfg.port} within {cfg.timeout:g}s"
+            ) from exc
+        except OSError as exc:
+            raise ConnectionLost(self.name, f"cannot connect to {cfg.host}:{cfg.port}: {exc}") from exc
+        finally:
+            if writer is not None:
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except OSError:
+                    pass
 
     def _reset_session_state(self) -> None:
         with self._lock:
