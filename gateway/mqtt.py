@@ -520,6 +520,7 @@ class MqttBridge:
         qs = q[chosen].tolist()
         tss = ts[chosen].tolist()
         gws = gw[chosen].tolist()
+        queued: list[tuple[str, Callable[[int], bytes]]] = []
         for k, p in enumerate(pi.tolist()):
             val = vals[k]
             # Hand-built JSON: repr(float) is valid JSON for finite values; ~3x cheaper than json.dumps.
@@ -530,11 +531,12 @@ class MqttBridge:
             )
             topic = self._point_topic[p]
             if self.cfg.values_in_outbox:
-                self.outbox.put("value", topic, lambda seq, b=body: f'{b},"seq":{seq}}}'.encode(), qos=1)
+                queued.append((topic, lambda seq, b=body: f'{b},"seq":{seq}}}'.encode()))
             else:
                 self._client.publish(topic, body + "}", qos=0)
                 self.published_direct += 1
-        if self.cfg.values_in_outbox:
+        if queued:
+            self.outbox.put_many("value", queued)  # one commit for the whole batch
             self._wake.set()
 
     def publish_group_scores(self, status: dict[str, dict]) -> None:

@@ -151,6 +151,53 @@ class Outbox:
             )
         return seq
 
+    def put_many(
+        self, kind: str, items: list[tuple[str, bytes | Callable[[int], bytes]]], qos: int = 1
+    ) -> list[int]:
+        """Queue several ``(topic, payload)`` messages of one kind in ONE transaction (one commit/fsync).
+
+        Same rules as :meth:`put`; returns the sequence numbers (-1 for a message the quota dropped).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown outbox kind {kind!r}; expected one of {', '.join(KINDS)}")
+        stream = stream_of(kind)
+        now = time.time()
+        with self._lock:
+            seq0, depth0, drops0, over0 = (
+                self._seq.get(stream, 0),
+                self._depth,
+                dict(self.drops),
+                self.over_quota,
+            )
+            seqs: list[int] = []
+            try:
+                with self._tx():
+                    seq = seq0
+                    for topic, payload in items:
+                        if self._depth >= self.quota and not self._make_room(kind):
+                            seqs.append(-1)
+                            continue
+                        seq += 1
+                        body = payload(seq) if callable(payload) else payload
+                        self._conn.execute(
+                            "INSERT INTO outbox(seq, created, kind, topic, payload, qos, retain) "
+                            "VALUES (?,?,?,?,?,?,0)",
+                            (seq, now, kind, topic, sqlite3.Binary(body), int(qos)),
+                        )
+                        self._depth += 1
+                        seqs.append(seq)
+                    if seq != seq0:
+                        self._conn.execute(
+                            "INSERT INTO meta(key, value, updated) VALUES (?,?,?) "
+                            "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+                            (_META_PREFIX + stream, str(seq), now),
+                        )
+            except BaseException:
+                self._depth, self.drops, self.over_quota = depth0, drops0, over0  # nothing was committed
+                raise
+            self._seq[stream] = seq
+        return seqs
+
     def _make_room(self, kind: str) -> bool:
         """Drop the oldest droppable row; False when the new message itself must be dropped."""
         for victim in DROPPABLE_KINDS:

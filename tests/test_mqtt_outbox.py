@@ -75,3 +75,15 @@ def test_unknown_kind_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown outbox kind"):
         ob.put("gossip", "t", b"")
     ob.close()
+
+
+def test_put_many_one_transaction_same_quota_rules(tmp_path):
+    ob = Outbox(tmp_path / "g.db", quota=5)
+    ob.put("alert", "t/alert", b"a0")
+    seqs = ob.put_many("value", [(f"t/point/p{i}", lambda s, i=i: f"v{i}:{s}".encode()) for i in range(6)])
+    # 1 alert + 4 values fill the quota; the 5th value pushes out the 1st; the 6th pushes out the 2nd.
+    assert seqs == [1, 2, 3, 4, 5, 6]
+    assert ob.depth() == 5 and ob.drops == {"quota_value": 2}
+    assert [r.payload for r in ob.peek()] == [b"a0", b"v2:3", b"v3:4", b"v4:5", b"v5:6"]
+    assert ob.put("value", "t/point/p", b"x") == 7  # the stream continues
+    ob.close()
