@@ -66,22 +66,29 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _uniform(seed: int, stream: int, k: np.ndarray) -> np.ndarray:
-    """Uniform (0, 1) per integer key ``k``; a pure function of (seed, stream, k)."""
-    base = np.uint64((seed * 0x9E3779B1 + stream * 0x85EBCA77 + 0x27D4EB2F) & 0xFFFFFFFFFFFFFFFF)
+def _uniform(seed: int, stream: int | np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Uniform (0, 1) per integer key ``k``; a pure function of (seed, stream, k).
+
+    ``stream`` may be an array broadcasting against ``k`` (one stream per column): one call then draws
+    for every point at once, which is what keeps ``values_at`` cheap.
+    """
     with np.errstate(over="ignore"):
+        base = np.uint64((seed * 0x9E3779B1 + 0x27D4EB2F) & 0xFFFFFFFFFFFFFFFF) + np.asarray(
+            stream, dtype=np.int64
+        ).view(np.uint64) * np.uint64(0x85EBCA77)
         x = _mix(np.asarray(k, dtype=np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + base)
     return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
-def _gauss(seed: int, stream: int, k: np.ndarray) -> np.ndarray:
+def _gauss(seed: int, stream: int | np.ndarray, k: np.ndarray) -> np.ndarray:
     """Standard normal per integer key (Box–Muller on two hashed uniforms)."""
-    u1 = _uniform(seed, 2 * stream, k)
-    u2 = _uniform(seed, 2 * stream + 1, k)
+    st = np.asarray(stream, dtype=np.int64)
+    u1 = _uniform(seed, 2 * st, k)
+    u2 = _uniform(seed, 2 * st + 1, k)
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def _smooth(seed: int, stream: int, t: np.ndarray, period: float) -> np.ndarray:
+def _smooth(seed: int, stream: int | np.ndarray, t: np.ndarray, period: float) -> np.ndarray:
     """Smooth standard-normal-ish noise: cosine interpolation of hashed knots every ``period`` s."""
     x = t / period
     k = np.floor(x)
@@ -120,6 +127,7 @@ class SubstationModel:
         self.timezone = timezone
         self._tz = zoneinfo.ZoneInfo(timezone)
         self._offsets: dict[int, float] = {}
+        self._oil_cache: dict[tuple[Any, ...], np.ndarray] = {}
         rng = np.random.default_rng(self.seed)  # only for the site's fixed parameters
         self._peak = np.array([f[3] for f in _FEEDERS]) * rng.uniform(0.92, 1.08, len(_FEEDERS))
         self._pf = np.array([f[4] for f in _FEEDERS])
@@ -210,14 +218,15 @@ class SubstationModel:
     def _feeder_load(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """True feeder active power [T, 4] (MW) with grid faults, and breaker-open mask [T, 4]."""
         hour, weekend, _doy = self._local(t)
-        p = np.empty((len(t), len(_FEEDERS)))
-        for j, (_n, _tr, kind, _pk, _pf, _r) in enumerate(_FEEDERS):
-            wander = (
-                1.0
-                + 0.045 * _smooth(self.seed, 100 + j, t, 900.0)
-                + 0.02 * _smooth(self.seed, 110 + j, t, 120.0)
-            )
-            p[:, j] = self._peak[j] * _shape(kind, hour, weekend) * wander
+        streams = np.arange(len(_FEEDERS))[None, :]
+        tt = t[:, None]
+        wander = (
+            1.0
+            + 0.045 * _smooth(self.seed, 100 + streams, tt, 900.0)
+            + 0.02 * _smooth(self.seed, 110 + streams, tt, 120.0)
+        )
+        shapes = {kind: _shape(kind, hour, weekend) for kind in {f[2] for f in _FEEDERS}}
+        p = np.column_stack([shapes[f[2]] for f in _FEEDERS]) * self._peak[None, :] * wander
         open_ = np.zeros(p.shape, dtype=bool)
         for f in self.faults:
             if f["class"] != "grid" or f["kind"] not in ("overload_trip", "load_drop"):
@@ -255,6 +264,33 @@ class SubstationModel:
         """Top-oil rise over ambient [T, 2]: steady-state rise of the load, lagged by a 3 h FIR."""
         g0 = int(np.floor(t.min() / _GRID_H)) - _GRID_L
         g1 = int(np.floor(t.max() / _GRID_H)) + 1
+        filt = self._oil_grid(g0, g1)
+        out = np.empty((len(t), len(_TRANSFORMERS)))
+        pos = (t / _GRID_H) - g0
+        grid_pos = np.arange(filt.shape[0])
+        for j in range(len(_TRANSFORMERS)):
+            out[:, j] = np.interp(pos, grid_pos, filt[:, j])
+        return out
+
+    def _oil_grid(self, g0: int, g1: int) -> np.ndarray:
+        """Filtered oil rise on grid points g0..g1 (cached: successive ``values_at`` calls share a window)."""
+        load_faults = tuple(
+            (
+                f["kind"],
+                f["start"],
+                f["end"],
+                f.get("feeder"),
+                f.get("factor"),
+                f.get("fraction"),
+                f.get("reclose_after"),
+            )
+            for f in self.faults
+            if f["kind"] in ("overload_trip", "load_drop")
+        )
+        key = (g0, g1, load_faults)
+        hit = self._oil_cache.get(key)
+        if hit is not None:
+            return hit
         gt = np.arange(g0, g1 + 1, dtype=np.float64) * _GRID_H
         p, _open = self._feeder_load(gt)
         _tp, _tq, k = self._transformer_load(p)
@@ -262,12 +298,13 @@ class SubstationModel:
         ss = 52.0 * ((k**2 * r + 1.0) / (r + 1.0)) ** 0.9
         w = np.exp(-np.arange(_GRID_L) * _GRID_H / _OIL_TAU)
         w /= w.sum()
-        out = np.empty((len(t), len(_TRANSFORMERS)))
-        pos = (t / _GRID_H) - g0
+        filt = np.empty_like(ss)
         for j in range(len(_TRANSFORMERS)):
-            filt = np.convolve(ss[:, j], w, mode="full")[: len(gt)]  # causal: filt[i] uses ss[i-L+1..i]
-            out[:, j] = np.interp(pos, np.arange(len(gt)), filt)
-        return out
+            filt[:, j] = np.convolve(ss[:, j], w, mode="full")[: len(gt)]  # causal: uses ss[i-L+1..i]
+        if len(self._oil_cache) >= 8:
+            self._oil_cache.pop(next(iter(self._oil_cache)))
+        self._oil_cache[key] = filt
+        return filt
 
     def _true(self, t: np.ndarray) -> np.ndarray:
         """Noise-free values [T, P] with grid faults."""
@@ -331,9 +368,9 @@ class SubstationModel:
         """True values plus instrument noise and reporting resolution (no sensor faults)."""
         x = self._true(t)
         key = np.floor(t * 10.0).astype(np.int64)  # a fresh noise draw every 100 ms of sim time
-        for i in np.flatnonzero((self._rel > 0) | (self._abs > 0)):
-            sigma = self._rel[i] * np.abs(x[:, i]) + self._abs[i]
-            x[:, i] += sigma * _gauss(self.seed, 1000 + int(i), key)
+        cols = np.flatnonzero((self._rel > 0) | (self._abs > 0))
+        sigma = self._rel[cols] * np.abs(x[:, cols]) + self._abs[cols]
+        x[:, cols] += sigma * _gauss(self.seed, 1000 + cols[None, :], key[:, None])
         for fname, *_r in _FEEDERS:  # a current transformer never reads negative
             col = self._index[f"{fname}_I"]
             x[:, col] = np.abs(x[:, col])
