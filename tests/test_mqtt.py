@@ -392,3 +392,34 @@ def test_tls_with_client_certificate(tmp_path):
         bridge.stop()
         col.stop()
         gen.close()
+
+
+def test_doc_examples_match_a_schema():
+    """Every JSON example in docs/mqtt.md validates against at least one schema (docs cannot drift)."""
+    import re
+
+    from fixtures_mqtt import SCHEMA_DIR
+
+    text = (SCHEMA_DIR.parent / "mqtt.md").read_text()
+    validators = {p.stem: validator(p.stem) for p in SCHEMA_DIR.glob("*.json")}
+    examples = []
+    for block in re.findall(r"```json\n(.*?)```", text, re.S):
+        try:
+            examples.append(json.loads(block))
+        except json.JSONDecodeError:
+            examples += [json.loads(line) for line in block.splitlines() if line.strip()]
+    assert len(examples) >= 6
+    for ex in examples:
+        assert any(v.is_valid(ex) for v in validators.values()), f"no schema accepts the example {ex}"
+
+
+def test_stop_without_broker_keeps_the_outbox(tmp_path):
+    from fixtures_mqtt import free_port
+
+    bridge = make_bridge(tmp_path, free_port())
+    bridge.start()
+    seq = bridge.publish_alert(sample_event())
+    bridge.stop(timeout=0.5)
+    assert seq == 1
+    with sqlite3.connect(tmp_path / "g.db") as db:
+        assert db.execute("SELECT kind, seq FROM outbox").fetchall() == [("alert", 1)]
