@@ -130,14 +130,23 @@ class Iec61850Driver:
             },
             "entry_ids": entry_ids,
         }
-        self._spawn()
         # connect timeout + one request per RCB / dataset / LN type, plus the worker's own start-up
         budget = _STARTUP_S + float(self.cfg.timeout) * (3 + 3 * len(self._reports) + len(self._points))
-        try:
-            self.info = await self._request(("connect", spec), budget)
-        except BaseException:
-            await self.close()
-            raise
+        for attempt in range(3):
+            self._spawn()
+            try:
+                self.info = await self._request(("connect", spec), budget)
+                break
+            except ConnectionLost as exc:
+                await self.close()
+                # Known quirk (see docs/protocols/iec61850.md): now and then a fresh association answers
+                # the first RCB read with "connection-lost" while it stays up; a new association works.
+                if attempt == 2 or "cannot be read: connection-lost" not in str(exc):
+                    raise
+                log.info("event=connect_retry device=%s reason=rcb_read_quirk", self.name)
+            except BaseException:
+                await self.close()
+                raise
         log.info(
             "event=connected device=%s host=%s port=%s polled=%d reported=%d",
             self.name,

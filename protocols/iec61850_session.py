@@ -411,7 +411,8 @@ class Session:
         if rep.buffered and entry_id:
             buf = bytes.fromhex(entry_id)
             mv = iec.MmsValue_newOctetString(len(buf), len(buf))
-            iec.MmsValue_setOctetString(mv, buf, len(buf))
+            for i, b in enumerate(buf):  # the SWIG layer takes no byte buffers here
+                iec.MmsValue_setOctetStringOctet(mv, i, b)
             iec.ClientReportControlBlock_setEntryId(rcb, mv)
             iec.MmsValue_delete(mv)
             resumed = self._set(rep, iec.RCB_ELEMENT_ENTRY_ID, "entry_id") == iec.IED_ERROR_OK
@@ -497,6 +498,17 @@ class Session:
                 rep.ref,
             )
         self.push(("push", rep.ref, arrays, now, entry))
+
+    def release(self) -> None:
+        """Orderly goodbye: disable the reports (GIL-free calls), then close the association."""
+        self._closing = True
+        if self.con is None:
+            return
+        for rep in self.reports:
+            if rep.rcb is not None and iec.IedConnection_getState(self.con) == iec.IED_STATE_CONNECTED:
+                iec.ClientReportControlBlock_setRptEna(rep.rcb, False)
+                self._set(rep, iec.RCB_ELEMENT_RPT_ENA, "disable")
+        iec.IedConnection_close(self.con)
 
     # ----------------------------------------------------------------- poll
     def poll(self) -> tuple[Any, ...]:

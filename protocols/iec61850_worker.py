@@ -45,6 +45,8 @@ def main(fd: int) -> None:
                 break
             kind, seq = msg[0], msg[1]
             if kind == "close":
+                if session is not None:
+                    session.release()
                 send(("reply", seq, True, None))
                 break
             try:
