@@ -12,7 +12,8 @@ Quality mapping
       by one in the same cycle and the request stays split from then on, so one bad address does not blank
       its neighbours.
     * a request that times out → its points are ``INVALID``; if every request of the cycle timed out
-      the link is considered dead: :class:`ConnectionLost`.
+      the link is considered dead: :class:`ConnectionLost`. A gateway's GATEWAY_PATH_UNAVAILABLE /
+      GATEWAY_NO_RESPONSE counts as a timeout of the device behind it.
     * closed / refused / reset connection → :class:`ConnectionLost` (the runtime reconnects with backoff).
     * a float register holding NaN / inf → ``INVALID``.
 """
@@ -25,15 +26,16 @@ import time
 from typing import Any
 
 import numpy as np
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.framer import FramerType
+
 from gridedge.gateway.config import ModbusRtuDevice, ModbusTcpDevice
 from gridedge.gateway.model import Quality, ReadingBatch
 from gridedge.protocols.base import ConfigurationError, ConnectionLost
 from gridedge.protocols.coalesce import ReadRequest, Span, plan_requests
 from gridedge.protocols.modbus_codec import PointFormat, RegisterDecoder
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.framer import FramerType
 
 __all__ = ["READ_FUNCTIONS", "ModbusDriver", "build_plan", "point_formats"]
 
@@ -49,6 +51,8 @@ READ_FUNCTIONS: dict[str, tuple[str, int]] = {
 
 # Refusals that mean "this address range is wrong", where reading the points one by one can help.
 _SPLIT_CODES = frozenset({int(ExcCodes.ILLEGAL_ADDRESS), int(ExcCodes.ILLEGAL_VALUE)})
+# A TCP gateway answering for a serial device that did not answer: as good as a timeout of that device.
+_GATEWAY_CODES = frozenset({int(ExcCodes.GATEWAY_PATH_UNAVIABLE), int(ExcCodes.GATEWAY_NO_RESPONSE)})
 _OK, _REFUSED, _TIMEOUT = 0, 1, 2
 
 
@@ -220,7 +224,10 @@ class ModbusDriver:
             return
         self._last_status[r] = status
         fn_name, fc = READ_FUNCTIONS[req.table]
-        where = f"device={self.name} unit={self.cfg.unit_id} function={fn_name}({fc}) address={req.address} count={req.count}"
+        where = (
+            f"device={self.name} unit={self.cfg.unit_id} function={fn_name}({fc}) "
+            f"address={req.address} count={req.count} range={req.table}[{req.address}..{req.end - 1}]"
+        )
         if status == _REFUSED:
             name = "SHORT_RESPONSE" if detail == -1 else _exc_name(detail)
             log.warning(
@@ -254,7 +261,7 @@ class ModbusDriver:
                 buf = bits if req.table in ("coil", "discrete") else regs
                 buf[base + off : base + off + width] = data[:width]
             else:
-                timed_out += status == _TIMEOUT
+                timed_out += status == _TIMEOUT or (status == _REFUSED and data in _GATEWAY_CODES)
                 point_q[m] |= Quality.INVALID
                 if status == _REFUSED:
                     p = self.cfg.points[m]
@@ -304,14 +311,15 @@ class ModbusDriver:
                 continue
             else:
                 req_q[r] = Quality.INVALID
-                timed_out += status == _TIMEOUT
+                timed_out += status == _TIMEOUT or (status == _REFUSED and data in _GATEWAY_CODES)
             self._note(r, status, req, data)
         ts = time.time()  # the cycle's responses have all arrived
         self.cycles += 1
         if sent and timed_out == sent:
             await self.close()
             raise ConnectionLost(
-                self.name, f"no response to any of {sent} requests within {self.cfg.timeout:g}s"
+                self.name,
+                f"no response to any of {sent} requests within {self.cfg.timeout:g}s (or gateway: no path / no response)",
             )
         values, quality = dec.decode(regs, bits, req_q)
         if point_q.any():

@@ -339,3 +339,56 @@ def test_substation_feeders_over_modbus() -> None:
             assert len(drv.plan) == 2  # 12 float32 in one request, 4 breakers in another
 
     run(body())
+
+
+def test_gateway_without_path_counts_as_dead_device_and_pause_after_connect() -> None:
+    pts = [*_measurement_points(2), {"name": "CB", "quantity": "status", "group": "F0"}]
+
+    async def body() -> None:
+        async with served(pts) as srv:
+            await srv.update(np.array([1.0, 2.0, 1.0]))
+            drv = driver_for(tcp_device(srv, workarounds={"pause_after_connect": "300ms"}))
+            t0 = time.monotonic()
+            await drv.connect()
+            assert time.monotonic() - t0 >= 0.3
+            try:
+                srv.fail_range("holding", 0, 4, code=ExcCodes.GATEWAY_NO_RESPONSE)
+                b = await drv.poll()  # the coils still answer: a value, not a dead link
+                assert b.quality.tolist() == [Quality.INVALID, Quality.INVALID, 0]
+                srv.fail_range("coil", 0, 1, code=ExcCodes.GATEWAY_PATH_UNAVIABLE)
+                with pytest.raises(ConnectionLost, match="gateway"):
+                    await drv.poll()
+            finally:
+                await drv.close()
+
+    run(body())
+
+
+def test_configuration_errors() -> None:
+    from gridedge.gateway.config import ModbusTcpDevice
+    from gridedge.protocols.base import ConfigurationError
+
+    cfg = ModbusTcpDevice.model_validate(
+        {"name": "d", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 1,
+         "points": [{"name": "X", "quantity": "current", "register": 65535, "type": "float32"}]}
+    )  # fmt: skip
+    with pytest.raises(ConfigurationError, match="65535"):
+        ModbusDriver(cfg, {"X": 0})
+    cfg = cfg.model_copy(update={"points": [cfg.points[0].model_copy(update={"register": 10})]})
+    with pytest.raises(ConfigurationError, match="no index"):
+        ModbusDriver(cfg, {})
+
+
+def test_bench_script_runs() -> None:
+    """The benchmark is an example too: it must keep working (tiny sizes)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "modbus_bench.py"), "--points", "20", "--seconds", "0.3"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    row = [line for line in out.stdout.splitlines() if line.strip().startswith("22 |")]
+    assert row, out.stdout
+    assert "×" in row[0]
