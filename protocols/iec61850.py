@@ -140,10 +140,10 @@ class Iec61850Driver:
             except ConnectionLost as exc:
                 await self.close()
                 # Known quirk (see docs/protocols/iec61850.md): now and then a fresh association answers
-                # the first RCB read with "connection-lost" while it stays up; a new association works.
-                if attempt == 2 or "cannot be read: connection-lost" not in str(exc):
+                # its first request with "connection-lost" while it stays up; a new association works.
+                if attempt == 2 or not str(exc).endswith("connection-lost"):
                     raise
-                log.info("event=connect_retry device=%s reason=rcb_read_quirk", self.name)
+                log.info("event=connect_retry device=%s reason=first_request_quirk", self.name)
             except BaseException:
                 await self.close()
                 raise

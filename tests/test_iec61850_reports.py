@@ -32,7 +32,7 @@ def test_urcb_gi_on_connect_and_reconnect_and_changes(sim) -> None:  # noqa: F81
             # GI delivers every point with its value, q and source t
             assert await got.wait_for(lambda: all(got.values_of(p["name"]) for p in POINTS))
             assert got.values_of("T1_P")[-1] == 5.0 and got.values_of("T2_CB")[-1] == 0.0
-            oil = [b for b in got.batches if INDEX["T1_OIL"] in b.point_idx][0]
+            oil = next(b for b in got.batches if INDEX["T1_OIL"] in b.point_idx)
             k = int(np.flatnonzero(oil.point_idx == INDEX["T1_OIL"])[0])
             assert oil.quality[k] == Quality.STALE | Quality.QUESTIONABLE
             assert abs(oil.ts[k] - 1_700_000_100.0) < 0.002 and oil.gateway_ts[k] > 1_700_000_100.0 + 1e6
