@@ -68,7 +68,8 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A validated operator command. ``args`` holds only the verb's keys, durations in seconds."""
+    """A validated operator command. ``args`` holds the verb's keys, durations in seconds, and for
+    suppress/silence ``target`` (the point, the group, or ``"*"`` for the whole site)."""
 
     verb: str
     user: str
@@ -78,7 +79,7 @@ class Command:
     @property
     def target(self) -> str | None:
         """What the command acts on (event id, group or point), for the audit row."""
-        for key in ("event_id", "point", "group"):
+        for key in ("event_id", "point", "group", "target"):
             if self.args.get(key):
                 return str(self.args[key])
         return None
@@ -192,4 +193,6 @@ def parse_command(
                 raise fail(f"{verb}: unknown group {args['group']!r}")
             if "point" in args and args["point"] not in points.by_name:
                 raise fail(f"{verb}: unknown point {args['point']!r}")
+        # One key for what the command acts on: the group, the point, or "*" (the whole site).
+        args["target"] = args.get("point") or args.get("group") or "*"
     return Command(verb=verb, user=user, correlation_id=cid, args=args)

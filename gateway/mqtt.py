@@ -49,7 +49,15 @@ from gridedge.gateway.config import MqttSection
 from gridedge.gateway.model import Event, PointTable, Quality, ReadingBatch
 from gridedge.gateway.outbox import Outbox
 
-__all__ = ["GROUP_STATES", "SEVERITIES", "ConnState", "MqttBridge", "explanation_payload", "topic_safe"]
+__all__ = [
+    "GROUP_STATES",
+    "SEVERITIES",
+    "ConnState",
+    "MqttBridge",
+    "explanation_payload",
+    "point_policies_from_site",
+    "topic_safe",
+]
 
 log = logging.getLogger("gridedge.mqtt")
 
@@ -130,6 +138,18 @@ def explanation_payload(event: Event) -> dict[str, Any]:
     return out
 
 
+def point_policies_from_site(cfg: Any) -> dict[str, dict[str, float | None]]:
+    """``deadband``/``deadband_pct`` written on the points in the device sections of a SiteConfig, by
+    point name, for ``MqttBridge(point_policies=...)``."""
+    out: dict[str, dict[str, float | None]] = {}
+    for dev in cfg.devices:
+        for p in dev.points:
+            d = {k: getattr(p, k, None) for k in ("deadband", "deadband_pct", "integrity_period")}
+            if any(v is not None for v in d.values()):
+                out[p.name] = d
+    return out
+
+
 class MqttBridge:
     """The gateway's MQTT client. See the module docstring for topics and delivery."""
 
@@ -143,8 +163,10 @@ class MqttBridge:
         command_handler: Callable[[Command], dict] | None = None,
         audit: Callable[[str, str, str | None, dict], None] | None = None,
         window: int = 1000,
+        point_policies: dict[str, dict[str, float | None]] | None = None,
     ):
         self.cfg = cfg
+        self._point_policies = point_policies or {}
         self.site = site
         self.root = cfg.topic_root.replace("{site}", site).rstrip("/")
         self.points = points
@@ -192,6 +214,15 @@ class MqttBridge:
                     self._db_pct[p.index] = rule.deadband_pct
                 if rule.integrity_period is not None:
                     self._integrity[p.index] = rule.integrity_period
+            # Keys written next to the point in its device section win over mqtt.points.
+            own = self._point_policies.get(p.name, {})
+            for key, arr in (
+                ("deadband", self._db_abs),
+                ("deadband_pct", self._db_pct),
+                ("integrity_period", self._integrity),
+            ):
+                if own.get(key) is not None:
+                    arr[p.index] = float(own[key])  # type: ignore[arg-type]
         self._ref = np.abs(self.points.nominal) if n else np.empty(0)
         self._last_val = np.full(n, np.nan)
         self._last_q = np.full(n, -1, np.int16)

@@ -341,7 +341,7 @@ def test_commands_allowed_refused_and_audited(tmp_path):
             ("label", "alice", "ok-2"),
             ("ack", "alice", "bad-3"),
         ]
-        assert applied[0].args == {"group": "F1", "duration": 1800.0, "reason": "maintenance"}
+        assert applied[0].args == {"group": "F1", "duration": 1800.0, "reason": "maintenance", "target": "F1"}
     finally:
         bridge.stop()
         col.stop()

@@ -40,6 +40,7 @@ def test_valid_commands_match_their_schemas():
     assert parse("suppress", cases["suppress"]).args["duration"] == 1800.0
     assert parse("suppress", cases["suppress"]).target == "F1"
     assert parse("ack", cases["ack"]).target == "ev123"
+    assert parse("silence", cases["silence"]).args["target"] == "*"
 
 
 @pytest.mark.parametrize(
