@@ -24,8 +24,17 @@ _CFG_KEYS = {
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
-    """Run one async test body with a hard time limit."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    """Run one async test body with a hard time limit; fail if it leaves tasks behind (tests police themselves)."""
+
+    async def guarded() -> Any:
+        result = await asyncio.wait_for(coro, timeout)
+        await asyncio.sleep(0.05)  # let closing transports run their callbacks
+        me = asyncio.current_task()
+        left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        assert not left, f"test left tasks running: {[t.get_name() for t in left]}"
+        return result
+
+    return asyncio.run(guarded())
 
 
 def point_entries(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

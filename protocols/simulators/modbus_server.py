@@ -91,6 +91,7 @@ class ModbusSimServer:
         self._delay: dict[int, float] = {}  # function code (0 = all) → response delay
         self._in_flight = 0
         self.max_in_flight = 0  # most requests the server handled at once (the driver must keep it 1)
+        self._handlers: set[asyncio.Task[Any]] = set()  # request handlers inside our hook (stalled ones)
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._build_layout()
 
@@ -175,6 +176,9 @@ class ModbusSimServer:
             return None
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             delay = self._delay.get(func_code, self._delay.get(0, 0.0))
             if delay > 0:
@@ -189,6 +193,8 @@ class ModbusSimServer:
             return None
         finally:
             self._in_flight -= 1
+            if task is not None:
+                self._handlers.discard(task)
 
     def _trace_pdu(self, sending: bool, pdu: Any) -> Any:
         if not sending:
@@ -228,6 +234,12 @@ class ModbusSimServer:
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()
+            # Requests still stalled in our hook would outlive the server: end them with it.
+            pending = [t for t in self._handlers if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
             await asyncio.sleep(0)  # let the transport callbacks run
 
     async def drop_connections(self) -> int:
