@@ -48,7 +48,10 @@ def broker(tmp_path) -> Iterator[Broker]:
 def make_bridge(tmp_path: Path, port: int, **cfg) -> MqttBridge:
     cfg.setdefault("reconnect_min", 0.05)
     cfg.setdefault("reconnect_max", 0.5)
-    return MqttBridge(MqttSection(port=port, **cfg), site=SITE, db_path=tmp_path / "g.db", points=POINTS)
+    pp = cfg.pop("point_policies", None)
+    return MqttBridge(
+        MqttSection(port=port, **cfg), site=SITE, db_path=tmp_path / "g.db", points=POINTS, point_policies=pp
+    )
 
 
 def sample_event() -> Event:
@@ -190,10 +193,11 @@ def test_deadband_percent_and_integrity(tmp_path, broker):
         broker.port,
         integrity_period=1000.0,
         points={
-            "current": {"deadband": 5.0},  # by quantity
+            "current": {"deadband": 50.0},  # by quantity (overridden below for F1_I)
             "BUS": {"deadband_pct": 1.0},  # by group: 1 % of nominal 100 kV = 1.0
             "T1_TEMP": {"integrity_period": 10.0},  # by point name
         },
+        point_policies={"F1_I": {"deadband": 5.0, "deadband_pct": None}},  # written on the point itself
     )
     try:
         bridge.start()
