@@ -425,10 +425,13 @@ def _oltc(need_pct: np.ndarray, step_pct: float, deadband: float) -> np.ndarray:
 
 
 def _resolution(v: np.ndarray, pts: list[dict[str, Any]]) -> np.ndarray:
-    res = {"voltage": 0.01, "frequency": 0.001, "active_power": 0.001, "reactive_power": 0.001,
-           "current": 0.1, "temperature": 0.1, "tap_position": 1.0, "status": 1.0}  # fmt: skip
-    r = np.array([res[p["quantity"]] for p in pts])
-    return np.round(v / r) * r
+    """Round to each point's reporting resolution (decimal places, so the CSV shows clean numbers)."""
+    dec = {"voltage": 2, "frequency": 3, "active_power": 3, "reactive_power": 3,
+           "current": 1, "temperature": 1, "tap_position": 0, "status": 0}  # fmt: skip
+    out = np.empty_like(v)
+    for j, p in enumerate(pts):
+        out[:, j] = np.round(v[:, j], dec[p["quantity"]])
+    return out
 
 
 def _measure(rng: np.random.Generator, true_vals: np.ndarray, pts: list[dict[str, Any]]) -> np.ndarray:
@@ -566,21 +569,27 @@ def to_csv(
 
     Returns the number of readings written. ``t_from``/``t_to`` cut a time window [from, to).
     """
-    import pandas as pd
 
     pj, ts, val, qual = readings(scenario, t_from, t_to)
-    names = np.array(scenario.names, dtype=object)
-    tcol: Any
+    names = np.array(scenario.names)
+    uniq, inv = np.unique(ts, return_inverse=True)
     if epoch:
-        tcol = ts
+        tstr = np.array([repr(x) for x in uniq.tolist()])
     else:
-        uniq, inv = np.unique(ts, return_inverse=True)
-        iso = np.char.add(np.datetime_as_string(uniq.astype("datetime64[s]"), unit="s").astype(str), "Z")
-        tcol = iso[inv]
-    frame: dict[str, Any] = {"timestamp": tcol, "point": names[pj], "value": val}
+        tstr = np.char.add(np.datetime_as_string(uniq.astype("datetime64[s]"), unit="s"), "Z")
+    # plain Python string joins: ~2× faster here than pandas.to_csv or numpy.char
+    tl = tstr.tolist()
+    nl = names.tolist()
+    cols = [[tl[i] for i in inv.tolist()], [nl[i] for i in pj.tolist()], list(map(repr, val.tolist()))]
+    header = "timestamp,point,value"
     if with_quality:
-        frame["quality"] = qual
-    pd.DataFrame(frame).to_csv(readings_path, index=False, float_format="%.10g")
+        header += ",quality"
+        cols.append(list(map(str, qual.tolist())))
+    with open(readings_path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(header + "\n")
+        for k in range(0, len(ts), 200_000):
+            chunk = zip(*(c[k : k + 200_000] for c in cols), strict=True)
+            fh.write("\n".join(map(",".join, chunk)) + "\n")
     Path(points_path).write_text(json.dumps(scenario.points, indent=1, ensure_ascii=False) + "\n")
     return len(ts)
 
