@@ -194,6 +194,9 @@ async def _demo_main(
         if runtime.detector is not None and warm_days > 0:
             t0 = time.perf_counter()
             ts, values = model.history(t_now - warm_days * 86400, t_now - 60, 60.0)
+            # The model's column order is its own; the detector's is the site's dense point index.
+            col = {n: i for i, n in enumerate(model.names())}
+            values = values[:, [col[p.name] for p in runtime.points]]
             runtime.detector.warm(ts, values)
             if hasattr(runtime.detector, "calibrate"):
                 runtime.detector.calibrate()
