@@ -326,8 +326,10 @@ def generate(
             a = _i(ts, item["start"])
             k = np.arange(n - a) * step / 60.0  # minutes since the event
             d = item["depth_hz"]
-            # sharp nadir within a minute, primary response to ~40 %, secondary control restores
-            shape = np.where(k < 1, 1.0, 0.4 + 0.6 * np.exp(-(k - 1) / 0.7)) * np.exp(-k / item["tau_min"])
+            # nadir within the first minute, primary response holds a quasi-steady deviation of ~55 %
+            # for a few minutes, then secondary control (AGC) restores 50 Hz with time constant tau
+            shape = np.where(k < 1, 1.0, 0.55 + 0.45 * np.exp(-(k - 1) / 0.7))
+            shape = shape * np.exp(-np.maximum(k - 3.0, 0.0) / item["tau_min"])
             freq[a:] -= d * shape
 
     # ---- measured values ----------------------------------------------------------------------
@@ -501,8 +503,8 @@ def _slots(
         elif kind == "frequency":
             start = rng.uniform(s_lo + margin, s_lo + width - margin - 1800)
             tau = float(rng.uniform(5, 12))
-            d.update(target="BUS", group="BUS", accept=["BUS"], start=start, end=start + 3 * tau * 60,
-                     depth_hz=float(rng.uniform(0.15, 0.35)), tau_min=tau)  # fmt: skip
+            d.update(target="BUS", group="BUS", accept=["BUS"], start=start, end=start + (3 + 3 * tau) * 60,
+                     depth_hz=float(rng.uniform(0.2, 0.45)), tau_min=tau)  # fmt: skip
         elif kind == "heat_day":
             length = min(24 * 3600.0, width * 0.9)
             centre = s_lo + width / 2
