@@ -174,6 +174,7 @@ def test_postinst_fresh_install_creates_user_and_starts_nothing(extracted, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # full build ≈ 75 s + two offline venv installs ≈ 2 min each on 2 cores
 def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
     """Full build, then the package's own install-venv with Debian's python3.11 and no index."""
     python = shutil.which("python3.11", path="/usr/bin")
