@@ -381,6 +381,14 @@ class ScoringSection(_Strict):
         0.0, description="a point that has not refreshed for this long is stale (0 = 5 polls)"
     )
     suppress: list[SuppressionWindow] = Field(default_factory=list)
+    conservative_threshold: float = Field(
+        8.0, gt=0, description="composite-score threshold before calibration (tightens to the calibrated one)"
+    )
+    min_threshold: float = Field(3.0, gt=0, description="lowest threshold calibration may set")
+    calibration_period: Duration = Field(
+        7 * 86400.0, description="observed time after which the calibrated threshold applies in full"
+    )
+    recalibrate_every: Duration = Field(6 * 3600.0, description="data time between automatic recalibrations")
 
 
 class AlertsSection(_Strict):

@@ -1,0 +1,1091 @@
+"""The detector's batch kernel: one numba call learns and scores a whole batch.
+
+Readings are processed in timestamp order in *segments* of equal timestamp (one poll cycle of one or
+more devices). Per segment:
+
+1. every reading is scored against its hour-of-week slot (z before the update) and the per-point
+   self checks run (physical range, stuck run, spike candidate, scale ratio);
+2. peer relations (a feeder's S against V·I and against I; a transformer's P/Q against the sum of its
+   feeders') are evaluated and a violated relation is pinned on the one point that explains it;
+3. sensor-fault state machines, device staleness, breaker trips and the group composite scores, grid
+   rules and grid-anomaly state machines run; transitions are written as *records*;
+4. readings are learned, unless they are bad, faulty, peer-inconsistent or their group is anomalous.
+
+Everything is state arrays (see :mod:`gridedge.scoring.state`): column constants below name the
+columns of the per-point / per-group / per-relation tables. The Python side (``detector.py``) turns
+records into :class:`~gridedge.gateway.model.Event` objects with explanations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .baseline import decay_factor, ew_step
+
+# ---- quantity codes (order of gateway.model.QUANTITIES) ---------------------------------------
+Q_VOLTAGE, Q_CURRENT, Q_FREQUENCY, Q_P, Q_Q, Q_TEMP, Q_STATUS, Q_COUNTER, Q_TAP = range(9)
+
+# ---- event kinds (order of EventKind) and record flags ------------------------------------------
+K_GRID, K_SENSOR, K_STALE, K_TRIP, K_RESTORE = range(5)
+R_START, R_END, R_INSTANT = 0, 1, 2
+
+# ---- rule codes ---------------------------------------------------------------------------------
+RULE_COMPOSITE = 1
+RULE_VOLT_WARN = 2
+RULE_VOLT_ALARM = 3
+RULE_FREQ_WARN = 4
+RULE_FREQ_ALARM = 5
+RULE_OVER_RATING = 6
+RULE_RANGE = 10
+RULE_SCALE = 11
+RULE_STUCK = 12
+RULE_DRIFT = 13
+RULE_SPIKE = 14
+RULE_DROPOUT = 15
+RULE_DEVICE_STALE = 16
+RULE_TRIP = 20
+RULE_RESTORE = 21
+
+# ---- condition bits of a point (PI_COND) ---------------------------------------------------------
+B_RANGE, B_SCALE, B_STUCK, B_DRIFT, B_DROPOUT, B_SPIKE, B_DEVSTALE = 1, 2, 4, 8, 16, 32, 64
+
+# ---- per-point float state pf[P, NPF] ----------------------------------------------------------------
+PF_VAL = 0  # newest good value
+PF_PREV = 1  # the good value before it
+PF_TS = 2  # time of the newest reading (any quality)
+PF_GOOD = 3  # time of the newest good reading
+PF_DT = 4  # EW of the reading interval (s)
+PF_Z = 5  # z of the newest good reading (NaN while the slot is cold), per-point calibrated scale
+PF_MEAN = 6  # slot mean used for it
+PF_SD = 7  # slot std (with floor) used for it
+PF_LVL = 8  # level: EW mean over all slots (short memory) — cold-start expectation
+PF_LVLV = 9  # level variance
+PF_LVLN = 10  # level sample count (capped)
+PF_DABS = 11  # EW of |step| between consecutive readings (spike scale)
+PF_REP = 12  # EW rate of exactly repeated readings (stuck test)
+PF_FSTART = 13  # time the current fault condition began
+PF_ZSCALE = 14  # calibrated z divisor (≥ 1)
+PF_SUPP = 15  # suppressed until (run-time suppression)
+PF_SPIKE_TS = 16  # time of the spike candidate
+PF_SPIKE_D = 17  # its jump
+PF_PREVSEG = 18  # value before the current segment (trip check)
+PF_ZADJ = 19  # z after removing the site's common load mode (load quantities)
+PF_STUCK_TS = 20  # time the current run of equal values began
+PF_REXP = 21  # value a violated relation expects for this point (NaN if none)
+PF_SPIKE_Z = 22  # z at the spike candidate
+PF_PRIOR = 23  # 1 when a fleet prior filled some of this point's slots
+NPF = 24
+
+# ---- per-point int state pi[P, NPI] -------------------------------------------------------------------
+PI_STUCK = 0  # run of exactly repeated good readings
+PI_COND = 1  # condition bits (B_*)
+PI_FAULT = 2  # rule code of the active sensor fault (0 = none)
+PI_FRUN = 3  # consecutive evaluations with a condition
+PI_FCLR = 4  # consecutive evaluations without one (while a fault is active)
+PI_SEG = 5  # segment id of the newest reading
+PI_SPIKE = 6  # 1 while the newest reading is a spike candidate
+PI_DRIFT = 7  # consecutive relation evaluations that pin a violation on this point
+PI_INCONS = 8  # 1 while the point is (softly) inconsistent with its peers
+PI_NGOOD = 9  # good readings seen (capped)
+PI_SCALE = 10  # consecutive readings at ×10 / ×0.1 of the expectation
+PI_SLOT = 11  # slot of the newest reading
+NPI = 12
+
+# ---- per-group state ------------------------------------------------------------------------------
+GF_SCORE = 0
+GF_THR = 1  # effective threshold
+GF_START = 2  # first exceeding evaluation of the current run
+GF_ACT_START = 3  # start of the active event
+GF_CALT = 4  # calibration time observed (s)
+GF_LASTEVAL = 5
+GF_SUPP = 6
+GF_EVSCORE = 7  # peak score of the active event
+GF_RESTORE = 8  # time of the last breaker re-close
+GF_TRIP_TS = 9
+NGF = 10
+
+GI_RUN = 0
+GI_ACTIVE = 1
+GI_CLR = 2
+GI_RULE = 3
+GI_OPEN = 4
+GI_TRIP = 5
+GI_NWARM = 6
+GI_STATE = 7  # 0 observing, 1 normal, 2 elevated, 3 anomaly, 4 open
+GI_CHILDSEG = 8  # segment in which a child group was anomalous, open or restoring
+GI_PEAKP = 9  # point with the largest |z| in the active event
+NGI = 10
+
+# ---- relations --------------------------------------------------------------------------------------
+REL_SVI, REL_SI, REL_SUMP, REL_SUMQ = 1, 2, 3, 4
+ROLE_P, ROLE_Q, ROLE_V, ROLE_I, ROLE_TOTAL, ROLE_TERM = range(6)
+RF_MEAN, RF_VAR, RF_N, RF_LAST, RF_LVL, RF_E, RF_Z = range(7)
+NRF = 7
+RS_UNKNOWN, RS_SAT, RS_GREY, RS_SOFT, RS_VIOL = range(5)
+
+# ---- device state -------------------------------------------------------------------------------------
+DS_ACTIVE, DS_START = 0, 1
+
+# ---- parameters prm[] -------------------------------------------------------------------------------
+PR_TAU = 0
+PR_MINN = 1
+PR_MINDUR = 2
+PR_CLEARN = 3
+PR_VB1 = 4
+PR_VB2 = 5
+PR_FB1 = 6
+PR_FB2 = 7
+PR_F0 = 8
+PR_STALE = 9
+PR_GATE = 10
+PR_SPIKE_K = 11
+PR_SITE_SUPP = 12
+PR_EMIT = 13
+PR_HYST = 14
+PR_REL_FLOOR = 15
+PR_STUCK_MIN = 16
+PR_DRIFT_N = 17
+PR_RESTORE_HOLD = 18
+PR_LEARN_BLOCK_MAX = 19
+PR_REL_MIN_N = 20
+NPR = 21
+
+# ---- site scalars sf[] --------------------------------------------------------------------------
+SF_SEG = 0
+SF_LASTSTALE = 1
+SF_CM = 2  # common load mode (relative deviation) of the newest segment
+NSF = 4
+
+# ---- calibration grid -------------------------------------------------------------------------------
+CAL_GRID = np.geomspace(1.0, 40.0, 48)
+WARM_VISITS = 2.2
+
+
+def is_scored(q: int) -> bool:
+    """Quantities that get hour-of-week baselines and z-scores (not status, counters, tap)."""
+    return q <= Q_TEMP
+
+
+@njit(cache=True)
+def _scored(q):
+    return q <= 5
+
+
+@njit(cache=True)
+def _is_load(q):
+    return q == 1 or q == 3 or q == 4
+
+
+@njit(cache=True)
+def _fresh(pf, p, t):
+    """A good reading of ``p`` recent enough to stand for time ``t``."""
+    g = pf[p, PF_GOOD]
+    if g <= 0.0:
+        return False
+    dt = pf[p, PF_DT]
+    lim = 1.5 * dt + 1.0 if dt > 0.0 else 1.0
+    return t - g <= lim
+
+
+@njit(cache=True)
+def _warm_n(pf, p, minn):
+    """Weight a slot needs before it scores: ``min_samples`` and at least ~2.2 weekly visits' worth.
+
+    One visit (an hour at this point's polling interval) only shows within-hour noise; the spread
+    between weeks appears from the second visit on.
+    """
+    dt = pf[p, PF_DT]
+    if dt > 0.0:
+        return max(minn, WARM_VISITS * 3600.0 / dt)
+    return max(minn, 1e18)
+
+
+@njit(cache=True)
+def _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf):
+    """d(log residual of relation r) / d(log value of point q)."""
+    rt = rel_type[r]
+    lp = 0.0
+    lq = 0.0
+    terms = 0.0
+    role_q = -1
+    xq = 0.0
+    for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+        p = rel_pt[kk]
+        v = pf[p, PF_VAL]
+        role = rel_role[kk]
+        if role == ROLE_P:
+            lp = v
+        elif role == ROLE_Q:
+            lq = v
+        elif role == ROLE_TERM:
+            terms += v
+        if p == q:
+            role_q = role
+            xq = v
+    if role_q == ROLE_V or role_q == ROLE_I:
+        return -1.0
+    if role_q == ROLE_TOTAL:
+        return 1.0
+    if role_q == ROLE_TERM:
+        return -xq / terms if terms != 0.0 else 0.0
+    s2 = lp * lp + lq * lq
+    if s2 <= 0.0:
+        return 0.0
+    if role_q == ROLE_P:
+        return lp * lp / s2
+    if role_q == ROLE_Q:
+        return lq * lq / s2
+    return 0.0
+
+
+@njit(cache=True)
+def _suppressed(t, kind, idx, gidx_of, prm, gf, pf, win_kind, win_idx, win_t0, win_t1):
+    """Whether a group (kind 1) or point (kind 2) is suppressed at time ``t``."""
+    if prm[PR_SITE_SUPP] > t:
+        return True
+    if kind == 2:
+        if pf[idx, PF_SUPP] > t:
+            return True
+        g = gidx_of[idx]
+        if gf[g, GF_SUPP] > t:
+            return True
+    else:
+        g = idx
+        if gf[g, GF_SUPP] > t:
+            return True
+    for w in range(len(win_kind)):
+        if win_t0[w] <= t < win_t1[w]:
+            k = win_kind[w]
+            if k == 0:
+                return True
+            if k == 1 and win_idx[w] == g:
+                return True
+            if k == 2 and kind == 2 and win_idx[w] == idx:
+                return True
+    return False
+
+
+@njit(cache=True)
+def _record(rec_i, rec_f, nrec, kind, flag, target, rule, t_start, t_ev, score, aux):
+    rec_i[nrec, 0] = kind
+    rec_i[nrec, 1] = flag
+    rec_i[nrec, 2] = target
+    rec_i[nrec, 3] = rule
+    rec_i[nrec, 4] = aux
+    rec_f[nrec, 0] = t_start
+    rec_f[nrec, 1] = t_ev
+    rec_f[nrec, 2] = score
+    return nrec + 1
+
+
+@njit(cache=True)
+def _snap(snap_i, snap_f, nsnap, rec, p, pf, mean, var, n, floor_abs, floor_rel, minn, slot):
+    """Copy one point's explanation figures (value, expected, baseline mean/std, z) for a record."""
+    if nsnap >= len(snap_i):
+        return nsnap
+    snap_i[nsnap, 0] = rec
+    snap_i[nsnap, 1] = p
+    snap_i[nsnap, 2] = slot
+    x = pf[p, PF_VAL]
+    snap_f[nsnap, 0] = x
+    m = np.nan
+    sd = np.nan
+    z = np.nan
+    if slot >= 0:
+        w = n[slot, p]
+        if w > 0.0:
+            m = mean[slot, p]
+            f = floor_abs[p] + floor_rel[p] * abs(m)
+            sd = math.sqrt(var[slot, p] + f * f)
+            if w >= _warm_n(pf, p, minn):
+                z = (x - m) / sd
+    exp_v = pf[p, PF_REXP]
+    if math.isnan(exp_v):
+        exp_v = m if not math.isnan(m) else pf[p, PF_LVL]
+    snap_f[nsnap, 1] = exp_v
+    snap_f[nsnap, 2] = m
+    snap_f[nsnap, 3] = sd
+    snap_f[nsnap, 4] = z
+    return nsnap + 1
+
+
+@njit(cache=True)
+def run_batch(
+    pidx, ts, val, qual, slot, start,  # the batch (sorted by ts) and where to resume
+    mean, var, n, last,  # [168, P] baselines
+    pf, pi, gf, gi, rf, ri, ds, df, sf,  # state tables
+    cal_run, cal_ep, zhist,  # calibration counters [G, K], [G, K], [P, K]
+    qcode, weight, nominal, rating, floor_abs, floor_rel, lo, hi, gidx, didx, dev_n,  # per point
+    grp_ptr, grp_pts, gparent, gleaf,  # groups (CSR) and parent group (-1 none); groups sorted children first
+    rel_type, rel_ptr, rel_pt, rel_role, prel_ptr, prel,  # relations (CSR) and relations of each point
+    win_kind, win_idx, win_t0, win_t1,  # suppression windows
+    cal_grid, prm, bad_mask,
+    rec_i, rec_f, snap_i, snap_f,  # outputs
+):  # fmt: skip
+    """Process readings ``start..`` until the end or until the record buffers are nearly full.
+
+    Returns ``(next_index, n_records, n_snapshots)``.
+    """
+    N = len(pidx)
+    P = pf.shape[0]
+    G = gf.shape[0]
+    R = rel_type.shape[0]
+    D = ds.shape[0]
+    K = len(cal_grid)
+    tau = prm[PR_TAU]
+    minn = prm[PR_MINN]
+    mindur = int(prm[PR_MINDUR])
+    clear_n = int(prm[PR_CLEARN])
+    emit = prm[PR_EMIT] > 0.0
+    gate = prm[PR_GATE]
+    spike_k = prm[PR_SPIKE_K]
+    log_k0 = math.log(cal_grid[0])
+    log_step = (math.log(cal_grid[K - 1]) - log_k0) / (K - 1)
+    nrec = 0
+    nsnap = 0
+    rec_cap = rec_i.shape[0]
+    need_room = 2 * P + 3 * G + D + 8
+    cm_buf = np.empty(P)
+    rel_state_tmp = np.zeros(R, np.int64)
+    nviol = np.zeros(P, np.int64)
+    nsoft = np.zeros(P, np.int64)
+    nsat = np.zeros(P, np.int64)
+    cand = np.zeros(P, np.int64)
+    moved = np.zeros(P, np.int64)
+    gtouch = np.zeros(G, np.int64)
+    i = start
+    while i < N:
+        if emit and nrec + need_room > rec_cap:
+            break
+        t = ts[i]
+        j = i
+        while j < N and ts[j] == t:
+            j += 1
+        seg = int(sf[SF_SEG]) + 1
+        sf[SF_SEG] = seg
+        # ---------------- phase 1: per reading -------------------------------------------------------
+        for k in range(i, j):
+            p = pidx[k]
+            x = val[k]
+            qc = qcode[p]
+            g = gidx[p]
+            gtouch[g] = seg
+            if pf[p, PF_TS] > 0.0 and t > pf[p, PF_TS]:
+                dt = t - pf[p, PF_TS]
+                if pf[p, PF_DT] <= 0.0:
+                    pf[p, PF_DT] = dt
+                else:
+                    pf[p, PF_DT] += 0.05 * (min(dt, 10.0 * pf[p, PF_DT]) - pf[p, PF_DT])
+            pf[p, PF_TS] = t
+            if pi[p, PI_SEG] != seg:
+                pf[p, PF_PREVSEG] = pf[p, PF_VAL]
+            pi[p, PI_SEG] = seg
+            moved[p] = 0
+            if (qual[k] & bad_mask) != 0 or not math.isfinite(x):
+                continue
+            prev = pf[p, PF_VAL]
+            pf[p, PF_PREV] = prev
+            pf[p, PF_VAL] = x
+            pf[p, PF_GOOD] = t
+            if pi[p, PI_NGOOD] < 1_000_000:
+                pi[p, PI_NGOOD] += 1
+            s = slot[k]
+            pi[p, PI_SLOT] = s
+            pf[p, PF_REXP] = np.nan
+            if not _scored(qc):
+                continue
+            # stuck run
+            if math.isfinite(prev) and x == prev:
+                pi[p, PI_STUCK] += 1
+            else:
+                pi[p, PI_STUCK] = 0
+                pf[p, PF_STUCK_TS] = t
+            # z against the slot (before learning)
+            w = n[s, p]
+            m = mean[s, p]
+            f = floor_abs[p] + floor_rel[p] * abs(m)
+            sd = math.sqrt(var[s, p] + f * f)
+            pf[p, PF_MEAN] = m
+            pf[p, PF_SD] = sd
+            if w >= _warm_n(pf, p, minn):
+                pf[p, PF_Z] = (x - m) / sd / pf[p, PF_ZSCALE]
+            else:
+                pf[p, PF_Z] = np.nan
+            pf[p, PF_ZADJ] = pf[p, PF_Z]
+            # spike: confirm the previous candidate or open a new one
+            d1 = x - prev if math.isfinite(prev) else 0.0
+            if pi[p, PI_SPIKE] == 1:
+                pi[p, PI_SPIKE] = 0
+                pi[p, PI_COND] &= ~B_SPIKE
+                dj = pf[p, PF_SPIKE_D]
+                before = prev - dj  # value before the jump
+                if d1 * dj < 0.0 and abs(d1) > 0.5 * abs(dj) and abs(x - before) < 0.35 * abs(dj):
+                    if emit and not _suppressed(
+                        t, 2, p, gidx, prm, gf, pf, win_kind, win_idx, win_t0, win_t1
+                    ):
+                        nrec = _record(
+                            rec_i, rec_f, nrec, K_SENSOR, R_INSTANT, p, RULE_SPIKE,
+                            pf[p, PF_SPIKE_TS], t, abs(pf[p, PF_SPIKE_Z]), 0,
+                        )  # fmt: skip
+                        # explanation figures of the spike reading itself
+                        if nsnap < len(snap_i):
+                            snap_i[nsnap, 0] = nrec - 1
+                            snap_i[nsnap, 1] = p
+                            snap_i[nsnap, 2] = s
+                            snap_f[nsnap, 0] = prev
+                            snap_f[nsnap, 1] = before
+                            snap_f[nsnap, 2] = m
+                            snap_f[nsnap, 3] = sd
+                            snap_f[nsnap, 4] = pf[p, PF_SPIKE_Z]
+                            nsnap += 1
+                    d1 = 0.0  # the return step is not a new candidate
+            da = pf[p, PF_DABS]
+            if da > 0.0 and abs(d1) > 3.0 * da:
+                moved[p] = 1
+            if (
+                da > 0.0
+                and pi[p, PI_NGOOD] > 60
+                and abs(d1) > spike_k * da
+                and abs(d1) > 4.0 * f
+                and gi[g, GI_OPEN] == 0
+            ):
+                pi[p, PI_SPIKE] = 1
+                pi[p, PI_COND] |= B_SPIKE
+                pf[p, PF_SPIKE_TS] = t
+                pf[p, PF_SPIKE_D] = d1
+                zz = pf[p, PF_Z]
+                pf[p, PF_SPIKE_Z] = zz if math.isfinite(zz) else abs(d1) / da
+            # physical range
+            if x < lo[p] or x > hi[p]:
+                pi[p, PI_COND] |= B_RANGE
+            else:
+                pi[p, PI_COND] &= ~B_RANGE
+        # ---------------- phase 2a: spike candidates must be lone ---------------------------------
+        for k in range(i, j):
+            p = pidx[k]
+            if pi[p, PI_SPIKE] == 1 and pi[p, PI_SEG] == seg and pf[p, PF_TS] == pf[p, PF_GOOD]:
+                g = gidx[p]
+                lone = True
+                for kk in range(grp_ptr[g], grp_ptr[g + 1]):
+                    q = grp_pts[kk]
+                    if q != p and moved[q] == 1 and pi[q, PI_SEG] == seg:
+                        lone = False
+                for rr in range(prel_ptr[p], prel_ptr[p + 1]):
+                    r = prel[rr]
+                    for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+                        q = rel_pt[kk]
+                        if q != p and moved[q] == 1 and pi[q, PI_SEG] == seg:
+                            lone = False
+                if not lone:
+                    pi[p, PI_SPIKE] = 0
+                    pi[p, PI_COND] &= ~B_SPIKE
+        # ---------------- phase 2b: breaker status → trips / restores -----------------------------
+        for k in range(i, j):
+            p = pidx[k]
+            if qcode[p] != Q_STATUS or pf[p, PF_GOOD] != t:
+                continue
+            g = gidx[p]
+            new_open = round(pf[p, PF_VAL]) == 0
+            old = pf[p, PF_PREV]
+            if not math.isfinite(old):
+                gi[g, GI_OPEN] = 1 if new_open else 0
+                continue
+            old_open = round(old) == 0
+            if new_open and not old_open:
+                gi[g, GI_OPEN] = 1
+                loaded = True
+                found = False
+                load = 0.0
+                for kk in range(grp_ptr[g], grp_ptr[g + 1]):
+                    q = grp_pts[kk]
+                    if not _is_load(qcode[q]):
+                        continue
+                    found = True
+                    v = pf[q, PF_PREVSEG] if pi[q, PI_SEG] == seg else pf[q, PF_VAL]
+                    lim = max(floor_abs[q], 0.05 * abs(pf[q, PF_LVL]))
+                    if math.isfinite(rating[q]):
+                        lim = max(lim, 0.02 * rating[q])
+                        load = max(load, abs(v) / rating[q])
+                    if math.isfinite(v) and abs(v) > lim:
+                        loaded = True
+                        break
+                    loaded = False
+                if not found:
+                    loaded = True
+                if loaded:
+                    gi[g, GI_TRIP] = 1
+                    gf[g, GF_TRIP_TS] = t
+                    if emit:
+                        nrec = _record(rec_i, rec_f, nrec, K_TRIP, R_START, g, RULE_TRIP, t, t, load, p)
+                        for kk in range(grp_ptr[g], grp_ptr[g + 1]):
+                            q = grp_pts[kk]
+                            # figures just before the opening
+                            nsnap = _snap(snap_i, snap_f, nsnap, nrec - 1, q, pf, mean, var, n,
+                                          floor_abs, floor_rel, minn, pi[q, PI_SLOT])  # fmt: skip
+                            if pi[q, PI_SEG] == seg and _is_load(qcode[q]) and nsnap > 0:
+                                snap_f[nsnap - 1, 0] = pf[q, PF_PREVSEG]
+            elif old_open and not new_open:
+                gi[g, GI_OPEN] = 0
+                gf[g, GF_RESTORE] = t
+                if emit:
+                    nrec = _record(rec_i, rec_f, nrec, K_RESTORE, R_INSTANT, g, RULE_RESTORE, t, t, 0.0, p)
+                    if gi[g, GI_TRIP] == 1:
+                        nrec = _record(
+                            rec_i, rec_f, nrec, K_TRIP, R_END, g, RULE_TRIP, gf[g, GF_TRIP_TS], t, 0.0, p
+                        )
+                gi[g, GI_TRIP] = 0
+        # ---------------- phase 2c: common load mode --------------------------------------------------
+        ncm = 0
+        for k in range(i, j):
+            p = pidx[k]
+            q = qcode[p]
+            if (q == Q_CURRENT or q == Q_P) and pi[p, PI_SEG] == seg and pf[p, PF_GOOD] == t:
+                g = gidx[p]
+                if gi[g, GI_OPEN] != 0 or pi[p, PI_COND] != 0 or pi[p, PI_FAULT] != 0:
+                    continue
+                if math.isfinite(pf[p, PF_Z]) and abs(pf[p, PF_MEAN]) > 4.0 * floor_abs[p]:
+                    # leaf groups only: a transformer repeats its feeders
+                    if gleaf[g]:
+                        cm_buf[ncm] = pf[p, PF_VAL] / pf[p, PF_MEAN] - 1.0
+                        ncm += 1
+        cm = 0.0
+        if ncm >= 4:
+            cm = np.median(cm_buf[:ncm])
+            if abs(cm) > 0.6:
+                cm = 0.0
+        sf[SF_CM] = cm
+        for k in range(i, j):
+            p = pidx[k]
+            if _is_load(qcode[p]) and math.isfinite(pf[p, PF_Z]) and pf[p, PF_GOOD] == t:
+                m = pf[p, PF_MEAN]
+                pf[p, PF_ZADJ] = (pf[p, PF_VAL] - m * (1.0 + cm)) / pf[p, PF_SD] / pf[p, PF_ZSCALE]
+        # ---------------- phase 2d: relations and isolation ----------------------------------------
+        if R > 0:
+            for r in range(R):
+                rel_state_tmp[r] = RS_UNKNOWN
+            for r in range(R):
+                valid = True
+                touched = False
+                lp = 0.0
+                lq = 0.0
+                rv = 1.0
+                ri_ = 0.0
+                tot = 0.0
+                terms = 0.0
+                for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+                    q = rel_pt[kk]
+                    role = rel_role[kk]
+                    if pi[q, PI_SEG] == seg:
+                        touched = True
+                    if not _fresh(pf, q, t):
+                        valid = False
+                        break
+                    if (pi[q, PI_COND] & (B_RANGE | B_STUCK | B_DROPOUT | B_DEVSTALE | B_SPIKE)) != 0:
+                        valid = False
+                        break
+                    if pi[q, PI_FAULT] == RULE_RANGE or pi[q, PI_FAULT] == RULE_STUCK:
+                        valid = False
+                        break
+                    if role != ROLE_TERM and role != ROLE_V and gi[gidx[q], GI_OPEN] != 0:
+                        valid = False
+                        break
+                    v = pf[q, PF_VAL]
+                    if role == ROLE_P:
+                        lp = v
+                    elif role == ROLE_Q:
+                        lq = v
+                    elif role == ROLE_V:
+                        rv = v
+                    elif role == ROLE_I:
+                        ri_ = v
+                    elif role == ROLE_TOTAL:
+                        tot = v
+                    else:
+                        terms += v
+                if not valid or not touched:
+                    ri[r] = RS_UNKNOWN if not valid else ri[r]
+                    continue
+                rt = rel_type[r]
+                if rt == REL_SVI or rt == REL_SI:
+                    lhs = math.sqrt(lp * lp + lq * lq)
+                    rhs = abs(rv * ri_) if rt == REL_SVI else abs(ri_)
+                else:
+                    lhs = abs(tot)
+                    rhs = abs(terms)
+                if rhs <= 0.0 or lhs <= 0.0 or rhs < 0.05 * rf[r, RF_LVL]:
+                    ri[r] = RS_UNKNOWN
+                    continue
+                e_raw = math.log(lhs / rhs)
+                state = RS_UNKNOWN
+                zr = 0.0
+                e = 0.0
+                if rf[r, RF_N] >= prm[PR_REL_MIN_N]:
+                    e = e_raw - rf[r, RF_MEAN]
+                    sdr = math.sqrt(rf[r, RF_VAR])
+                    if sdr <= 0.05:  # a weak relation (> 5 % spread) never accuses a sensor
+                        zr = e / max(sdr, prm[PR_REL_FLOOR])
+                        if abs(zr) > 4.0 and abs(e) > 0.03:
+                            state = RS_VIOL
+                        elif abs(zr) > 2.5 and abs(e) > 0.015:
+                            state = RS_SOFT
+                        elif abs(zr) < 2.0:
+                            state = RS_SAT
+                        else:
+                            state = RS_GREY
+                rf[r, RF_E] = e
+                rf[r, RF_Z] = zr
+                ri[r] = state
+                rel_state_tmp[r] = state
+                # learn the relation unless it is off or one of its points is known faulty
+                clean = True
+                for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+                    q = rel_pt[kk]
+                    if pi[q, PI_FAULT] != 0 or pi[q, PI_COND] != 0:
+                        clean = False
+                if clean and (rf[r, RF_N] < prm[PR_REL_MIN_N] or abs(zr) < 3.0):
+                    w = rf[r, RF_N]
+                    if w > 0.0:
+                        w *= decay_factor(t - rf[r, RF_LAST], tau)
+                    w += 1.0
+                    a = 1.0 / w
+                    d = e_raw - rf[r, RF_MEAN]
+                    rf[r, RF_MEAN] += a * d
+                    rf[r, RF_VAR] = (1.0 - a) * (rf[r, RF_VAR] + a * d * d)
+                    rf[r, RF_N] = w
+                    rf[r, RF_LAST] = t
+                    al = 1.0 / min(w, 500.0)
+                    rf[r, RF_LVL] += al * (rhs - rf[r, RF_LVL])
+            for p in range(P):
+                nviol[p] = 0
+                nsoft[p] = 0
+                nsat[p] = 0
+                cand[p] = 0
+            for r in range(R):
+                st = rel_state_tmp[r]
+                if st == RS_UNKNOWN:
+                    continue
+                for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+                    q = rel_pt[kk]
+                    if st == RS_VIOL:
+                        nviol[q] += 1
+                    elif st == RS_SOFT:
+                        nsoft[q] += 1
+                    elif st == RS_SAT:
+                        nsat[q] += 1
+            # pin each (softly) violated relation on the member whose failure explains the residuals
+            # best (structured residuals): if q were off by d (log), every relation r' holding q would
+            # show e' = sens(q, r')·d; its own baseline would show the same shift. A broken sensor
+            # disagrees with its peers, the grid moves them all.
+            for r in range(R):
+                st = rel_state_tmp[r]
+                if st != RS_VIOL and st != RS_SOFT:
+                    continue
+                best = -1
+                bcost = 1e300
+                er = rf[r, RF_E]
+                for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+                    q = rel_pt[kk]
+                    sq = _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf)
+                    if abs(sq) < 0.05:
+                        continue
+                    d = er / sq
+                    cost = 0.0
+                    for rr in range(prel_ptr[q], prel_ptr[q + 1]):
+                        r2 = prel[rr]
+                        if rel_state_tmp[r2] == RS_UNKNOWN:
+                            continue
+                        s2 = _sens(r2, q, rel_type, rel_ptr, rel_pt, rel_role, pf)
+                        sd2 = max(math.sqrt(rf[r2, RF_VAR]), prm[PR_REL_FLOOR])
+                        mis = (rf[r2, RF_E] - s2 * d) / sd2
+                        cost += mis * mis
+                    m = pf[q, PF_MEAN]
+                    sdq = pf[q, PF_SD]
+                    x = pf[q, PF_VAL]
+                    if math.isfinite(m) and m != 0.0 and x / m > 0.0 and math.isfinite(sdq):
+                        ld = math.log(x / m)
+                        rsd = max(sdq / abs(m), 1e-3)
+                        cost += ((ld - d) / rsd) ** 2 - (ld / rsd) ** 2
+                    if cost < bcost:
+                        bcost = cost
+                        best = q
+                if best >= 0:
+                    if st == RS_VIOL:
+                        cand[best] = 2
+                    elif cand[best] == 0:
+                        cand[best] = 1
+                    sq = _sens(r, best, rel_type, rel_ptr, rel_pt, rel_role, pf)
+                    # what the relation expects of this point (for the explanation)
+                    pf[best, PF_REXP] = pf[best, PF_VAL] * math.exp(-er / sq)
+            for q in range(P):
+                if prel_ptr[q] == prel_ptr[q + 1]:
+                    continue
+                if nsat[q] + nviol[q] + nsoft[q] == 0:
+                    if pi[q, PI_SEG] == seg:
+                        pi[q, PI_INCONS] = 0  # no usable relation now: innocent
+                    continue
+                pi[q, PI_INCONS] = 1 if cand[q] > 0 else 0
+                if cand[q] == 2:
+                    pi[q, PI_DRIFT] += 1
+                    if pi[q, PI_DRIFT] >= prm[PR_DRIFT_N]:
+                        pi[q, PI_COND] |= B_DRIFT
+                elif cand[q] == 1 and pi[q, PI_FAULT] == RULE_DRIFT:
+                    pass  # hysteresis: an active drift fault holds while the point stays inconsistent
+                else:
+                    pi[q, PI_DRIFT] = 0
+                    pi[q, PI_COND] &= ~B_DRIFT
+        # ---------------- phase 2e: scale and stuck (need relation states) -----------------------
+        for k in range(i, j):
+            p = pidx[k]
+            qc = qcode[p]
+            if not _scored(qc) or pf[p, PF_GOOD] != t:
+                continue
+            x = pf[p, PF_VAL]
+            g = gidx[p]
+            s = pi[p, PI_SLOT]
+            ref = np.nan
+            if n[s, p] >= _warm_n(pf, p, minn):
+                ref = mean[s, p]
+            elif pf[p, PF_LVLN] >= 30.0:
+                ref = pf[p, PF_LVL]
+            elif math.isfinite(nominal[p]) and nominal[p] != 0.0:
+                ref = nominal[p]
+            is_scale = False
+            if math.isfinite(ref) and abs(ref) > 10.0 * floor_abs[p] and gi[g, GI_OPEN] == 0:
+                ratio = x / ref
+                if (6.0 < ratio < 14.0) or (1.0 / 14.0 < ratio < 1.0 / 6.0):
+                    is_scale = True
+                    has_ok_rel = False
+                    has_viol = False
+                    for rr in range(prel_ptr[p], prel_ptr[p + 1]):
+                        st = ri[prel[rr]]
+                        if st == RS_SAT:
+                            has_ok_rel = True
+                        elif st == RS_VIOL or st == RS_SOFT:
+                            has_viol = True
+                    if has_ok_rel and not has_viol:
+                        is_scale = False
+            if is_scale:
+                pi[p, PI_SCALE] += 1
+                pi[p, PI_COND] |= B_SCALE
+            else:
+                pi[p, PI_SCALE] = 0
+                pi[p, PI_COND] &= ~B_SCALE
+            # stuck: the run must be improbable given how often this point repeats by itself
+            if gi[g, GI_OPEN] == 0 and abs(x) > floor_abs[p]:
+                rep = min(max(pf[p, PF_REP], 0.01), 0.995)
+                need = max(prm[PR_STUCK_MIN], math.log(1e-6) / math.log(rep))
+                if pi[p, PI_STUCK] >= need:
+                    pi[p, PI_COND] |= B_STUCK
+                else:
+                    pi[p, PI_COND] &= ~B_STUCK
+            else:
+                pi[p, PI_COND] &= ~B_STUCK
+        # ---------------- phase 2f: staleness (at most once per second of data time) --------------
+        stale_run = t - sf[SF_LASTSTALE] >= 1.0
+        if stale_run:
+            sf[SF_LASTSTALE] = t
+            for d in range(D):
+                df[d, 2] = 0.0
+            for p in range(P):
+                dtp = pf[p, PF_DT]
+                if pi[p, PI_NGOOD] == 0 or dtp <= 0.0:
+                    pi[p, PI_COND] &= ~(B_DROPOUT | B_DEVSTALE)
+                    continue
+                lim = prm[PR_STALE] if prm[PR_STALE] > 0.0 else 5.0 * dtp
+                if t - pf[p, PF_GOOD] > lim:
+                    pi[p, PI_COND] |= B_DROPOUT
+                    df[didx[p], 2] += 1.0
+                else:
+                    pi[p, PI_COND] &= ~B_DROPOUT
+            for d in range(D):
+                nd = dev_n[d]
+                frac = df[d, 2] / nd if nd > 0 else 0.0
+                if ds[d, DS_ACTIVE] == 0 and nd >= 2 and frac >= 0.8:
+                    ds[d, DS_ACTIVE] = 1
+                    df[d, 0] = t
+                    if emit:
+                        nrec = _record(rec_i, rec_f, nrec, K_STALE, R_START, d, RULE_DEVICE_STALE, t, t,
+                                       frac, 0)  # fmt: skip
+                elif ds[d, DS_ACTIVE] == 1 and frac < 0.5:
+                    ds[d, DS_ACTIVE] = 0
+                    if emit:
+                        nrec = _record(rec_i, rec_f, nrec, K_STALE, R_END, d, RULE_DEVICE_STALE, df[d, 0],
+                                       t, 0.0, 0)  # fmt: skip
+            for p in range(P):
+                if ds[didx[p], DS_ACTIVE] == 1 and (pi[p, PI_COND] & B_DROPOUT) != 0:
+                    pi[p, PI_COND] = (pi[p, PI_COND] & ~B_DROPOUT) | B_DEVSTALE
+                else:
+                    pi[p, PI_COND] &= ~B_DEVSTALE
+        # ---------------- phase 2g: sensor-fault state machines ------------------------------------
+        p_lo = 0
+        p_hi = P if stale_run else 0
+        kk = i
+        while True:
+            if p_lo < p_hi:
+                p = p_lo
+                p_lo += 1
+            elif kk < j:
+                p = pidx[kk]
+                kk += 1
+                if stale_run:
+                    continue  # already covered by the full sweep
+            else:
+                break
+            if not _scored(qcode[p]):
+                continue
+            c = pi[p, PI_COND]
+            code = 0
+            if c & B_RANGE:
+                code = RULE_RANGE
+            elif c & B_SCALE and pi[p, PI_SCALE] >= 2:
+                code = RULE_SCALE
+            elif c & B_STUCK:
+                code = RULE_STUCK
+            elif c & B_DRIFT:
+                code = RULE_STUCK if pi[p, PI_STUCK] >= 5 else RULE_DRIFT
+            elif c & B_DROPOUT:
+                code = RULE_DROPOUT
+            if pi[p, PI_FAULT] == 0:
+                if code != 0:
+                    if pi[p, PI_FRUN] == 0:
+                        pf[p, PF_FSTART] = t
+                        if code == RULE_STUCK:
+                            pf[p, PF_FSTART] = pf[p, PF_STUCK_TS]
+                        elif code == RULE_DROPOUT:
+                            pf[p, PF_FSTART] = pf[p, PF_GOOD] + pf[p, PF_DT]
+                    pi[p, PI_FRUN] += 1
+                    if not _suppressed(t, 2, p, gidx, prm, gf, pf, win_kind, win_idx, win_t0, win_t1):
+                        pi[p, PI_FAULT] = code
+                        pi[p, PI_FCLR] = 0
+                        if emit:
+                            zz = pf[p, PF_Z]
+                            nrec = _record(rec_i, rec_f, nrec, K_SENSOR, R_START, p, code, pf[p, PF_FSTART],
+                                           t, abs(zz) if math.isfinite(zz) else 0.0, 0)  # fmt: skip
+                            nsnap = _snap(snap_i, snap_f, nsnap, nrec - 1, p, pf, mean, var, n, floor_abs,
+                                          floor_rel, minn, pi[p, PI_SLOT])  # fmt: skip
+                            for rr in range(prel_ptr[p], prel_ptr[p + 1]):
+                                r = prel[rr]
+                                for k2 in range(rel_ptr[r], rel_ptr[r + 1]):
+                                    q = rel_pt[k2]
+                                    if q != p:
+                                        nsnap = _snap(snap_i, snap_f, nsnap, nrec - 1, q, pf, mean, var, n,
+                                                      floor_abs, floor_rel, minn, pi[q, PI_SLOT])  # fmt: skip
+                else:
+                    pi[p, PI_FRUN] = 0
+            else:
+                if code == 0 and (c & B_DEVSTALE) == 0:
+                    pi[p, PI_FCLR] += 1
+                    if pi[p, PI_FCLR] >= clear_n:
+                        if emit:
+                            nrec = _record(rec_i, rec_f, nrec, K_SENSOR, R_END, p, pi[p, PI_FAULT],
+                                           pf[p, PF_FSTART], t, 0.0, 0)  # fmt: skip
+                        pi[p, PI_FAULT] = 0
+                        pi[p, PI_FRUN] = 0
+                        pi[p, PI_FCLR] = 0
+                else:
+                    pi[p, PI_FCLR] = 0
+        # ---------------- phase 2h: groups (children first) ----------------------------------------
+        for g in range(G):
+            if gtouch[g] != seg:
+                continue
+            gp = gparent[g]
+            if gi[g, GI_OPEN] != 0:
+                gi[g, GI_STATE] = 4
+                gi[g, GI_RUN] = 0
+                gf[g, GF_SCORE] = 0.0
+                if gp >= 0:
+                    gi[gp, GI_CHILDSEG] = seg
+                if gi[g, GI_ACTIVE] == 1:
+                    gi[g, GI_ACTIVE] = 0
+                    if emit:
+                        nrec = _record(rec_i, rec_f, nrec, K_GRID, R_END, g, gi[g, GI_RULE], gf[g, GF_ACT_START],
+                                       t, gf[g, GF_EVSCORE], 0)  # fmt: skip
+                continue
+            ss = 0.0
+            nwarm = 0
+            rule = 0
+            rlevel = 0
+            peak = -1
+            peakz = 0.0
+            for kk in range(grp_ptr[g], grp_ptr[g + 1]):
+                p = grp_pts[kk]
+                qc = qcode[p]
+                if not _scored(qc) or not _fresh(pf, p, t):
+                    continue
+                if pi[p, PI_COND] != 0 or pi[p, PI_FAULT] != 0 or pi[p, PI_INCONS] != 0:
+                    continue
+                if pf[p, PF_SUPP] > t:
+                    continue
+                x = pf[p, PF_VAL]
+                z = pf[p, PF_ZADJ]
+                if math.isfinite(z):
+                    nwarm += 1
+                    c = abs(z) - 1.0
+                    if c > 0.0:
+                        ss += weight[p] * c * c
+                    if abs(z) > peakz:
+                        peakz = abs(z)
+                        peak = p
+                # grid-code rules: work cold or warm
+                if qc == Q_VOLTAGE and math.isfinite(nominal[p]) and nominal[p] > 0.0:
+                    dv = abs(x / nominal[p] - 1.0) * 100.0
+                    if dv > prm[PR_VB2]:
+                        if rlevel < 2:
+                            rlevel = 2
+                            rule = RULE_VOLT_ALARM
+                            peak = p
+                    elif dv > prm[PR_VB1] and rlevel < 1:
+                        rlevel = 1
+                        rule = RULE_VOLT_WARN
+                        peak = p
+                elif qc == Q_FREQUENCY:
+                    df_ = abs(x - prm[PR_F0])
+                    if df_ > prm[PR_FB2]:
+                        if rlevel < 2:
+                            rlevel = 2
+                            rule = RULE_FREQ_ALARM
+                            peak = p
+                    elif df_ > prm[PR_FB1] and rlevel < 1:
+                        rlevel = 1
+                        rule = RULE_FREQ_WARN
+                        peak = p
+                if math.isfinite(rating[p]) and rating[p] > 0.0 and qc != Q_VOLTAGE and qc != Q_FREQUENCY:
+                    if abs(x) > rating[p] and rlevel < 2:
+                        rlevel = 2
+                        rule = RULE_OVER_RATING
+                        peak = p
+            score = math.sqrt(ss)
+            gf[g, GF_SCORE] = score
+            gi[g, GI_NWARM] = nwarm
+            thr = gf[g, GF_THR]
+            # a child's anomaly, open breaker or cold-load pickup explains the parent's deviation
+            explained = gi[g, GI_CHILDSEG] >= seg - 1 or t - gf[g, GF_RESTORE] < prm[PR_RESTORE_HOLD]
+            comp = nwarm > 0 and score > thr and not explained
+            exceed = comp or rlevel > 0
+            if nwarm > 0:
+                dt_e = t - gf[g, GF_LASTEVAL]
+                if gf[g, GF_LASTEVAL] > 0.0 and dt_e > 0.0:
+                    gf[g, GF_CALT] += min(dt_e, 600.0)
+                gf[g, GF_LASTEVAL] = t
+                for kc in range(K):
+                    if score > cal_grid[kc]:
+                        cal_run[g, kc] += 1
+                        if cal_run[g, kc] == mindur:
+                            cal_ep[g, kc] += 1.0
+                    else:
+                        cal_run[g, kc] = 0
+            if exceed:
+                if gi[g, GI_RUN] == 0:
+                    gf[g, GF_START] = t
+                    gi[g, GI_RULE] = rule if rlevel > 0 else RULE_COMPOSITE
+                    gf[g, GF_EVSCORE] = 0.0
+                gi[g, GI_RUN] += 1
+                gi[g, GI_CLR] = 0
+                if score > gf[g, GF_EVSCORE]:
+                    gf[g, GF_EVSCORE] = score
+                if rlevel > 0 and gi[g, GI_RULE] == RULE_COMPOSITE:
+                    gi[g, GI_RULE] = rule
+                if gp >= 0:
+                    gi[gp, GI_CHILDSEG] = seg
+                if (
+                    gi[g, GI_ACTIVE] == 0
+                    and gi[g, GI_RUN] >= mindur
+                    and not _suppressed(t, 1, g, gidx, prm, gf, pf, win_kind, win_idx, win_t0, win_t1)
+                ):
+                    gi[g, GI_ACTIVE] = 1
+                    gf[g, GF_ACT_START] = gf[g, GF_START]
+                    gi[g, GI_PEAKP] = peak
+                    if emit:
+                        nrec = _record(rec_i, rec_f, nrec, K_GRID, R_START, g, gi[g, GI_RULE], gf[g, GF_START],
+                                       t, score, peak)  # fmt: skip
+                        for k2 in range(grp_ptr[g], grp_ptr[g + 1]):
+                            q = grp_pts[k2]
+                            nsnap = _snap(snap_i, snap_f, nsnap, nrec - 1, q, pf, mean, var, n, floor_abs,
+                                          floor_rel, minn, pi[q, PI_SLOT])  # fmt: skip
+            else:
+                gi[g, GI_RUN] = 0
+                if gi[g, GI_ACTIVE] == 1:
+                    if score < prm[PR_HYST] * thr or nwarm == 0:
+                        gi[g, GI_CLR] += 1
+                    else:
+                        gi[g, GI_CLR] = 0
+                    if gi[g, GI_CLR] >= clear_n:
+                        gi[g, GI_ACTIVE] = 0
+                        if emit:
+                            nrec = _record(rec_i, rec_f, nrec, K_GRID, R_END, g, gi[g, GI_RULE],
+                                           gf[g, GF_ACT_START], t, gf[g, GF_EVSCORE], 0)  # fmt: skip
+            if gi[g, GI_ACTIVE] == 1:
+                gi[g, GI_STATE] = 3
+            elif nwarm == 0 and rlevel == 0:
+                gi[g, GI_STATE] = 0
+            elif score > 0.7 * thr or gi[g, GI_RUN] > 0:
+                gi[g, GI_STATE] = 2
+            else:
+                gi[g, GI_STATE] = 1
+        # ---------------- phase 3: learning ------------------------------------------------------------
+        for k in range(i, j):
+            p = pidx[k]
+            qc = qcode[p]
+            if not _scored(qc) or pf[p, PF_GOOD] != t or pi[p, PI_SEG] != seg:
+                continue
+            x = pf[p, PF_VAL]
+            g = gidx[p]
+            if pi[p, PI_COND] != 0 or pi[p, PI_FAULT] != 0 or gi[g, GI_OPEN] != 0:
+                continue
+            # short-memory level, step size and repeat rate: learned whatever the group does
+            ln = pf[p, PF_LVLN]
+            if ln < 1440.0:
+                ln += 1.0
+                pf[p, PF_LVLN] = ln
+            al = 1.0 / ln
+            dl = x - pf[p, PF_LVL]
+            pf[p, PF_LVL] += al * dl
+            pf[p, PF_LVLV] = (1.0 - al) * (pf[p, PF_LVLV] + al * dl * dl)
+            prev = pf[p, PF_PREV]
+            if math.isfinite(prev):
+                step = abs(x - prev)
+                da = pf[p, PF_DABS]
+                nn = min(float(pi[p, PI_NGOOD]), 500.0)
+                if da > 0.0:
+                    step = min(step, 10.0 * da)
+                pf[p, PF_DABS] += (step - da) / nn
+                rep = 1.0 if step == 0.0 else 0.0
+                pf[p, PF_REP] += (rep - pf[p, PF_REP]) / min(float(pi[p, PI_NGOOD]), 2000.0)
+            if pi[p, PI_INCONS] != 0 or pf[p, PF_SUPP] > t:
+                continue
+            if gi[g, GI_RUN] != 0 or gi[g, GI_ACTIVE] != 0:
+                # an anomalous group does not teach its baseline — unless it has lasted so long
+                # (a day by default) that it is the new normal
+                if not (gi[g, GI_ACTIVE] != 0 and t - gf[g, GF_ACT_START] > prm[PR_LEARN_BLOCK_MAX]):
+                    continue
+            if t - gf[g, GF_RESTORE] < prm[PR_RESTORE_HOLD]:
+                continue
+            if _suppressed(t, 2, p, gidx, prm, gf, pf, win_kind, win_idx, win_t0, win_t1):
+                continue
+            s = pi[p, PI_SLOT]
+            w = n[s, p]
+            xl = x
+            if w >= _warm_n(pf, p, minn):
+                sd = pf[p, PF_SD]
+                m = mean[s, p]
+                z = (x - m) / sd
+                # calibration histogram of |z| (raw) per point
+                az = abs(z)
+                if az >= cal_grid[0]:
+                    b = int((math.log(az) - log_k0) / log_step)
+                    if b >= K:
+                        b = K - 1
+                    zhist[p, b + 1] += 1.0
+                else:
+                    zhist[p, 0] += 1.0
+                # Huber-style clip: one odd reading moves the baseline by at most gate·sd
+                if z > gate:
+                    xl = m + gate * sd
+                elif z < -gate:
+                    xl = m - gate * sd
+            ew_step(mean, var, n, last, s, p, xl, t, tau)
+        i = j
+    return i, nrec, nsnap

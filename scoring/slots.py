@@ -1,0 +1,55 @@
+"""Hour-of-week slots in the site's local time zone (DST aware), vectorised.
+
+Slot 0 is Monday 00:00–01:00 local time, slot 167 is Sunday 23:00–24:00. The UTC offset is looked up
+once per distinct 15-minute bucket of a batch (time-zone offsets change on 15-minute boundaries at the
+finest), never once per reading; offsets are cached across batches.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import UTC, datetime
+
+import numpy as np
+
+__all__ = ["N_SLOTS", "SlotClock"]
+
+N_SLOTS = 168
+_BUCKET = 900.0  # seconds: every real UTC-offset change happens on a 15-minute boundary
+_EPOCH_HOW = 72  # 1970-01-01 was a Thursday: hour-of-week 72 with Monday 00:00 = 0
+
+
+class SlotClock:
+    """Maps UTC epoch seconds to local hour-of-week slots for one time zone."""
+
+    def __init__(self, timezone: str = "UTC") -> None:
+        self.timezone = timezone
+        self._tz = zoneinfo.ZoneInfo(timezone)
+        self._cache: dict[int, float] = {}
+
+    def offset(self, bucket: int) -> float:
+        """UTC offset in seconds valid for the 15-minute bucket ``bucket`` (= floor(ts / 900))."""
+        off = self._cache.get(bucket)
+        if off is None:
+            dt = datetime.fromtimestamp(bucket * _BUCKET, tz=UTC).astimezone(self._tz)
+            uo = dt.utcoffset()
+            off = 0.0 if uo is None else uo.total_seconds()
+            if len(self._cache) > 200_000:  # bounded: a long replay must not grow without limit
+                self._cache.clear()
+            self._cache[bucket] = off
+        return off
+
+    def slots(self, ts: np.ndarray) -> np.ndarray:
+        """Slot (int16, 0..167) for each timestamp in ``ts`` (UTC epoch seconds)."""
+        ts = np.asarray(ts, dtype=np.float64)
+        if ts.size == 0:
+            return np.empty(0, np.int16)
+        buckets = np.floor(ts / _BUCKET).astype(np.int64)
+        b0, b1 = int(buckets[0]), int(buckets[-1])
+        if b0 == b1 and np.all(buckets == b0):  # a live batch: one lookup
+            offs = self.offset(b0)
+        else:
+            ub, inv = np.unique(buckets, return_inverse=True)
+            offs = np.array([self.offset(int(b)) for b in ub])[inv]
+        local_h = np.floor((ts + offs) / 3600.0).astype(np.int64)
+        return ((local_h + _EPOCH_HOW) % N_SLOTS).astype(np.int16)
