@@ -54,6 +54,8 @@ _SPLIT_CODES = frozenset({int(ExcCodes.ILLEGAL_ADDRESS), int(ExcCodes.ILLEGAL_VA
 # A TCP gateway answering for a serial device that did not answer: as good as a timeout of that device.
 _GATEWAY_CODES = frozenset({int(ExcCodes.GATEWAY_PATH_UNAVIABLE), int(ExcCodes.GATEWAY_NO_RESPONSE)})
 _OK, _REFUSED, _TIMEOUT = 0, 1, 2
+#: A range that was refused and is being read point by point is tried as a range again after this many cycles.
+RANGE_RETRY_CYCLES = 600
 
 
 def _exc_name(code: int) -> str:
@@ -117,6 +119,7 @@ class ModbusDriver:
         self._decoder = RegisterDecoder(self._formats, self.plan)
         # Requests the device refused as a range: read their points one by one from then on.
         self._split = np.zeros(len(self.plan), dtype=bool)
+        self._split_at = np.zeros(len(self.plan), dtype=np.int64)  # cycle in which a range was split
         self._last_status = np.full(len(self.plan), _OK, dtype=np.int8)
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self.requests_sent = 0  # counters for metrics and tests
@@ -286,23 +289,30 @@ class ModbusDriver:
         sent = timed_out = 0
         for r, req in enumerate(self.plan):
             base = int(dec.buffer_base[r])
-            if self._split[r]:
+            if self._split[r] and self.cycles - self._split_at[r] < RANGE_RETRY_CYCLES:
                 s, t = await self._read_split(req, base, regs, bits, point_q)
                 sent, timed_out = sent + s, timed_out + t
                 continue
             status, data = await self._read(req.table, req.address, req.count)
             sent += 1
             if status == _OK:
+                if self._split[r]:
+                    self._split[r] = False
+                    log.info("modbus range readable again device=%s range=%s", self.name, req.describe())
                 if req.table in ("coil", "discrete"):
                     bits[base : base + req.count] = data[: req.count]
                 else:
                     regs[base : base + req.count] = data
             elif status == _REFUSED and data in _SPLIT_CODES and len(req.members) > 1:
                 # The device rejects the range (a hole or a protected register inside it): find out
-                # which points are really unreadable instead of blanking the whole range.
+                # which points are really unreadable instead of blanking the whole range. The range is
+                # tried again now and then, so a transient refusal does not cost single reads forever.
+                again = bool(self._split[r])
                 self._split[r] = True
+                self._split_at[r] = self.cycles
                 fn_name, fc = READ_FUNCTIONS[req.table]
-                log.warning(
+                log.log(
+                    logging.DEBUG if again else logging.WARNING,
                     "modbus range refused, reading points singly device=%s unit=%d function=%s(%d) address=%d count=%d exception=%s points=%d",
                     self.name, self.cfg.unit_id, fn_name, fc, req.address, req.count, _exc_name(data), len(req.members),
                 )  # fmt: skip

@@ -176,7 +176,7 @@ def test_exception_response_marks_only_affected_points(caplog: pytest.LogCapture
     run(body())
 
 
-def test_refused_range_is_split_so_one_bad_register_blanks_only_its_point(caplog) -> None:
+def test_refused_range_is_split_so_one_bad_register_blanks_only_its_point(caplog, monkeypatch) -> None:
     # A strict device: only configured registers exist, and register 4..5 (point M2) refuses reads.
     pts = [
         dict(p, register=r, table="holding", type="float32")
@@ -201,7 +201,28 @@ def test_refused_range_is_split_so_one_bad_register_blanks_only_its_point(caplog
                 assert srv.requests[3] == 5
             finally:
                 await drv.close()
+        # A transient refusal: once the range answers again the driver goes back to one request.
+        async with served(pts) as srv:
+            await srv.update(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+            srv.fail_range("holding", 4, 2)
+            drv = driver_for(tcp_device(srv))
+            await drv.connect()
+            try:
+                await drv.poll()
+                srv.clear_faults()
+                srv.requests.clear()
+                for _ in range(RETRY):
+                    b = await drv.poll()
+                assert (b.quality == 0).all()
+                assert srv.requests[3] == 5 * (RETRY - 1) + 1  # singly until the retry, then one range
+                srv.requests.clear()
+                await drv.poll()
+                assert srv.requests[3] == 1
+            finally:
+                await drv.close()
 
+    RETRY = 3
+    monkeypatch.setattr(modbus_module, "RANGE_RETRY_CYCLES", RETRY)
     run(body())
 
 
@@ -392,3 +413,48 @@ def test_bench_script_runs() -> None:
     row = [line for line in out.stdout.splitlines() if line.strip().startswith("22 |")]
     assert row, out.stdout
     assert "×" in row[0]
+
+
+@pytest.mark.slow
+def test_soak_random_faults_keep_invariants() -> None:
+    """Hundreds of cycles over 1 000 points while ranges fail, links drop and values change."""
+    pts = _measurement_points(1000) + [
+        {"name": f"CB{i}", "quantity": "status", "group": "F0"} for i in range(50)
+    ]
+    rng = np.random.default_rng(5)
+
+    async def body() -> None:
+        async with served(pts) as srv:
+            drv = driver_for(tcp_device(srv, timeout="300ms"))
+            await drv.connect()
+            lost = 0
+            try:
+                for cycle in range(250):
+                    values = np.round(rng.normal(100, 30, len(pts)), 2)
+                    values[1000:] = rng.integers(0, 2, 50)
+                    await srv.update(values)
+                    if cycle % 25 == 0:
+                        srv.clear_faults()
+                        start = int(rng.integers(0, 1990))
+                        srv.fail_range(
+                            "holding", start, int(rng.integers(1, 12)), code=int(rng.choice([2, 4, 6]))
+                        )
+                    if cycle % 97 == 50:
+                        await srv.drop_connections()
+                    try:
+                        b = await drv.poll()
+                    except ConnectionLost:
+                        lost += 1
+                        await drv.connect()
+                        continue
+                    assert len(b) == len(pts)
+                    bad = (b.quality & Quality.INVALID) != 0
+                    assert np.array_equal(bad, np.isnan(b.value))
+                    np.testing.assert_allclose(b.value[~bad], values.astype(np.float32)[~bad].astype(float))
+                    assert bad.sum() < 130  # at most one failed range (≤ 62 floats) or its split points
+                assert 1 <= lost <= 4
+                assert srv.max_in_flight == 1
+            finally:
+                await drv.close()
+
+    run(body(), timeout=240)

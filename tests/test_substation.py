@@ -216,3 +216,23 @@ def test_inject_validates() -> None:
     assert m.faults == []
     rec = m.inject("scale", "F1_P", T0, 10, factor=0.1)
     assert rec["factor"] == 0.1 and rec["end"] == T0 + 10 and m.faults == [rec]
+
+
+def test_local_time_and_dst() -> None:
+    """Shapes follow local time: the evening peak stays at ~19:00 local across the spring DST change."""
+    m = SubstationModel(seed=2)
+    dst = 1_774_746_000.0  # 2026-03-29 01:00 UTC, Europe/Berlin jumps from +1 h to +2 h
+    ts, v = m.history(dst - 3 * DAY, dst + 3 * DAY, 60.0)
+    for k in (0, len(ts) // 2 - 1, len(ts) // 2, len(ts) - 1):
+        np.testing.assert_array_equal(m.values_at(ts[k]), v[k])
+    f1 = col(m, v, "F1_P")  # residential
+    # Local midnights: Fri 2026-03-27 00:00 CET = 03-26 23:00 UTC; Mon 2026-03-30 00:00 CEST = 03-29 22:00 UTC.
+    day = int(DAY // 60)
+    i_fri = int(np.searchsorted(ts, dst - 2 * DAY - 2 * 3600))
+    i_mon = int(np.searchsorted(ts, dst + 21 * 3600))
+    fri = f1[i_fri : i_fri + day]
+    mon_local = f1[i_mon : i_mon + day]  # aligned on local time
+    mon_utc = f1[i_mon + 60 : i_mon + 60 + day]  # aligned on UTC (what ignoring DST would do)
+    assert np.abs(fri - mon_local).mean() < 0.7 * np.abs(fri - mon_utc).mean()
+    peak_local_hour = np.argmax(mon_local) / 60
+    assert 17.5 <= peak_local_hour <= 21.0
