@@ -201,12 +201,9 @@ class Iec104SimServer:
     def _transmit(self, pts: list["c104.Point"], cause: "c104.Cot" = c104.Cot.SPONTANEOUS) -> None:
         assert self._server is not None
         # One ASDU per up to ~20 objects of one type: far fewer frames than one transmit per point.
-        for k in range(0, len(pts), 20):
-            chunk = pts[k : k + 20]
-            if len(chunk) == 1:
-                chunk[0].transmit(cause=cause)
-            else:
-                self._server.transmit_batch(c104.Batch(cause=cause, points=chunk))
+        # One transmit per point: c104 2.2.1 lost objects of multi-point Batches under load here.
+        for cp in pts:
+            cp.transmit(cause=cause)
 
     @staticmethod
     def _set(cp: "c104.Point", type_name: str, v: float, flags: int, rec: "_dt.datetime | None") -> None:
