@@ -21,6 +21,7 @@ from typing import Any
 
 import c104
 import numpy as np
+
 from gridedge.protocols.iec104 import flags_to_c104_quality
 
 __all__ = ["Iec104SimServer", "default_type", "free_port", "point_config"]
