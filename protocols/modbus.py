@@ -198,7 +198,7 @@ class ModbusDriver:
         client = self._client
         if client is None or not client.connected:
             raise ConnectionLost(self.name, "not connected")
-        fn_name, _fc = READ_FUNCTIONS[table]
+        fn_name, fc = READ_FUNCTIONS[table]
         fn = getattr(client, fn_name)
         self.requests_sent += 1
         try:
@@ -211,15 +211,29 @@ class ModbusDriver:
         except (TimeoutError, ModbusException) as exc:
             if not client.connected:
                 raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+            await self._quiet_after_timeout()
             return _TIMEOUT, str(exc) or type(exc).__name__
         except OSError as exc:
             raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
         if rr.isError():
             return _REFUSED, int(getattr(rr, "exception_code", 0))
-        data = rr.bits if table in ("coil", "discrete") else rr.registers
+        data = getattr(rr, "bits" if table in ("coil", "discrete") else "registers", None)
+        if (rr.function_code & 0x7F) != fc or data is None:
+            # An answer to an earlier request (RTU has no transaction id): not ours, treat as lost.
+            await self._quiet_after_timeout()
+            return _TIMEOUT, f"unexpected response function={rr.function_code}"
         if len(data) < count:
             return _REFUSED, -1  # short answer: treat like a refusal
         return _OK, data
+
+    async def _quiet_after_timeout(self) -> None:
+        """On a serial line, let a late answer arrive (and be dropped) before the next request goes out.
+
+        RTU frames carry no transaction id, so a late answer could otherwise be taken for the next
+        request's answer. TCP needs no pause: pymodbus matches answers by transaction id.
+        """
+        if isinstance(self.cfg, ModbusRtuDevice):
+            await asyncio.sleep(min(self.cfg.timeout, 0.5))
 
     def _note(self, r: int, status: int, req: ReadRequest, detail: Any) -> None:
         """Log a request's state change once (not every cycle)."""
