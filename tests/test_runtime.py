@@ -135,7 +135,7 @@ def _gridedge(*args: str, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
 
 
-def _wait_readings(db: Path, at_least: int, timeout: float = 20.0) -> int:
+def _wait_readings(db: Path, at_least: int, timeout: float = 150.0) -> int:
     deadline = time.monotonic() + timeout
     n = 0
     while time.monotonic() < deadline:
