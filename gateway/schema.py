@@ -129,7 +129,7 @@ STORE_DDL: dict[str, str] = {
             t_min REAL NOT NULL,
             t_max REAL NOT NULL,
             n INTEGER NOT NULL,
-            data BLOB NOT NULL             -- ts float64[n] | value float64[n] | quality uint8[n], sorted by ts
+            data BLOB NOT NULL             -- n packed records (ts float64, value float64, quality uint8), sorted by ts
         )""",
     "hourly": """
         CREATE TABLE IF NOT EXISTS hourly (

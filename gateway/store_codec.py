@@ -4,8 +4,9 @@ Two blob kinds (layout chosen by measurement, see docs/storage.md):
 
 * a **hot chunk** holds one writer commit's readings in arrival order:
   ``point_id int32[n] | ts float64[n] (or one float64 when every ts is equal) | value float64[n] | quality uint8[n]``
-* a **series block** holds one point's readings over a time span, sorted by time:
-  ``ts float64[n] | value float64[n] | quality uint8[n]``
+* a **series block** holds one point's readings within one UTC hour, sorted by time, as packed records
+  ``(ts float64, value float64, quality uint8)`` — 17 bytes each, so compaction cuts every block out of
+  one sorted record array without copying
 
 Compaction turns hot chunks into series blocks (one per point and UTC hour present) and hourly aggregates, all vectorised.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "BLOCK_DTYPE",
     "CHUNK_TS_CONST",
     "Compacted",
     "compact",
@@ -25,6 +27,9 @@ __all__ = [
     "encode_block",
     "encode_chunk",
 ]
+
+#: One reading in a series block (packed, little-endian).
+BLOCK_DTYPE = np.dtype([("ts", "<f8"), ("value", "<f8"), ("quality", "u1")])
 
 #: Flag bit of a hot chunk whose readings all share one timestamp (a polled cycle): ts stored once.
 CHUNK_TS_CONST = 1
@@ -68,23 +73,16 @@ def decode_chunk(n: int, flags: int, blob: bytes) -> tuple[np.ndarray, np.ndarra
 
 
 def encode_block(ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> bytes:
-    """Encode one point's time-sorted readings as a series block."""
-    return b"".join(
-        (
-            np.ascontiguousarray(ts, np.float64).tobytes(),
-            np.ascontiguousarray(value, np.float64).tobytes(),
-            np.ascontiguousarray(quality, np.uint8).tobytes(),
-        )
-    )
+    """Encode one point's time-sorted readings as a series block (packed 17-byte records)."""
+    rec = np.empty(len(ts), BLOCK_DTYPE)
+    rec["ts"], rec["value"], rec["quality"] = ts, value, quality
+    return rec.tobytes()
 
 
 def decode_block(n: int, blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inverse of :func:`encode_block`: ``(ts, value, quality)``."""
-    return (
-        np.frombuffer(blob, np.float64, n, 0),
-        np.frombuffer(blob, np.float64, n, 8 * n),
-        np.frombuffer(blob, np.uint8, n, 16 * n),
-    )
+    """Inverse of :func:`encode_block`: ``(ts, value, quality)`` (strided read-only views of ``blob``)."""
+    rec = np.frombuffer(blob, BLOCK_DTYPE, n)
+    return rec["ts"], rec["value"], rec["quality"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +117,20 @@ def compact(
     hour = np.floor(t / 3600.0).astype(np.int64)
     hstarts = np.flatnonzero(np.r_[True, (pid[1:] != pid[:-1]) | (hour[1:] != hour[:-1])])
     hends = np.r_[hstarts[1:], n]
-    blocks = [
-        (int(pid[s]), float(t[s]), float(t[e - 1]), int(e - s), encode_block(t[s:e], v[s:e], q[s:e]))
-        for s, e in zip(hstarts, hends, strict=True)
-    ]
+    rec = np.empty(n, BLOCK_DTYPE)
+    rec["ts"], rec["value"], rec["quality"] = t, v, q
+    buf = memoryview(rec.view(np.uint8))  # block [s, e) is bytes [17 s, 17 e): zero-copy slices
+    starts_l, ends_l = hstarts.tolist(), hends.tolist()
+    blocks = list(
+        zip(
+            pid[hstarts].tolist(),
+            t[hstarts].tolist(),
+            t[hends - 1].tolist(),
+            (hends - hstarts).tolist(),
+            [buf[17 * s : 17 * e] for s, e in zip(starts_l, ends_l, strict=True)],
+            strict=True,
+        )
+    )
 
     # Hourly aggregates over the same runs.
     good = ((q & bad_mask) == 0) & np.isfinite(v)
@@ -133,16 +141,17 @@ def compact(
     mins = np.minimum.reduceat(vg_min, hstarts)
     maxs = np.maximum.reduceat(vg_max, hstarts)
     sums = np.add.reduceat(np.where(good, v, 0.0), hstarts)
-    hourly = [
-        (
-            int(pid[s]),
-            int(hour[s] * 3600),
-            int(c),
-            int(tt - c),
-            float(mn) if c else None,
-            float(mx) if c else None,
-            float(sm),
+    has = cnt > 0
+    hourly = list(
+        zip(
+            pid[hstarts].tolist(),
+            (hour[hstarts] * 3600).tolist(),
+            cnt.tolist(),
+            (tot - cnt).tolist(),
+            [m if h else None for m, h in zip(mins.tolist(), has.tolist(), strict=True)],
+            [m if h else None for m, h in zip(maxs.tolist(), has.tolist(), strict=True)],
+            sums.tolist(),
+            strict=True,
         )
-        for s, c, tt, mn, mx, sm in zip(hstarts, cnt, tot, mins, maxs, sums, strict=True)
-    ]
+    )
     return Compacted(blocks, hourly)
