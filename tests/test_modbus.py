@@ -458,3 +458,29 @@ def test_soak_random_faults_keep_invariants() -> None:
                 await drv.close()
 
     run(body(), timeout=240)
+
+
+def test_cancelled_poll_leaves_the_driver_usable() -> None:
+    """The runtime cancels a poll on shutdown / reload: no swallowed CancelledError, and the link still works."""
+    pts = _measurement_points(2)
+
+    async def body() -> None:
+        async with served(pts) as srv:
+            await srv.update(np.array([3.0, 4.0]))
+            drv = driver_for(tcp_device(srv, timeout="2s"))
+            await drv.connect()
+            try:
+                srv.stall(0.5)
+                task = asyncio.create_task(drv.poll())
+                await asyncio.sleep(0.1)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                srv.clear_faults()
+                await asyncio.sleep(0.6)  # the cancelled request's answer arrives and is dropped
+                b = await drv.poll()
+                assert b.value.tolist() == [3.0, 4.0] and (b.quality == 0).all()
+            finally:
+                await drv.close()
+
+    run(body())

@@ -236,3 +236,18 @@ def test_local_time_and_dst() -> None:
     assert np.abs(fri - mon_local).mean() < 0.7 * np.abs(fri - mon_utc).mean()
     peak_local_hour = np.argmax(mon_local) / 60
     assert 17.5 <= peak_local_hour <= 21.0
+
+
+def test_values_at_from_several_threads() -> None:
+    """The 61850 / 104 simulator servers may read the model from their own threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = SubstationModel(seed=4)
+    m.inject("load_drop", "F3", T0 + 100, 600)
+    times = [T0 + 37.0 * k for k in range(400)]  # crosses many 5-min oil grid windows
+    expected = SubstationModel(seed=4)
+    expected.inject("load_drop", "F3", T0 + 100, 600)
+    ref = np.array([expected.values_at(t) for t in times])
+    with ThreadPoolExecutor(4) as pool:
+        got = np.array(list(pool.map(m.values_at, times)))
+    np.testing.assert_array_equal(got, ref)

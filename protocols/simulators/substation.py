@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import threading
 import zoneinfo
 from typing import Any
 
@@ -128,6 +129,7 @@ class SubstationModel:
         self._tz = zoneinfo.ZoneInfo(timezone)
         self._offsets: dict[int, float] = {}
         self._oil_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        self._cache_lock = threading.Lock()  # simulator servers may call values_at from their own threads
         rng = np.random.default_rng(self.seed)  # only for the site's fixed parameters
         self._peak = np.array([f[3] for f in _FEEDERS]) * rng.uniform(0.92, 1.08, len(_FEEDERS))
         self._pf = np.array([f[4] for f in _FEEDERS])
@@ -301,9 +303,10 @@ class SubstationModel:
         filt = np.empty_like(ss)
         for j in range(len(_TRANSFORMERS)):
             filt[:, j] = np.convolve(ss[:, j], w, mode="full")[: len(gt)]  # causal: uses ss[i-L+1..i]
-        if len(self._oil_cache) >= 8:
-            self._oil_cache.pop(next(iter(self._oil_cache)))
-        self._oil_cache[key] = filt
+        with self._cache_lock:
+            while len(self._oil_cache) >= 8:
+                self._oil_cache.pop(next(iter(self._oil_cache)))
+            self._oil_cache[key] = filt
         return filt
 
     def _true(self, t: np.ndarray) -> np.ndarray:
