@@ -67,3 +67,16 @@ def test_rtu_over_pty_pair(tmp_path: Path) -> None:
                 await srv.stop()
 
         run(body())
+
+
+def test_missing_serial_port_is_a_connection_error(tmp_path: Path) -> None:
+    drv = ModbusDriver(
+        rtu_device(str(tmp_path / "ttyNONE"), POINTS), {p["name"]: i for i, p in enumerate(POINTS)}
+    )
+
+    async def body() -> None:
+        with pytest.raises(ConnectionLost, match="ttyNONE"):
+            await drv.connect()
+        await drv.close()
+
+    run(body())
