@@ -128,8 +128,9 @@ def read_status(path: str | Path, *, last_events: int = 5) -> dict[str, Any]:
                 _scalar(conn, "SELECT max(t_max) FROM chunks", None),
             ]
             devices = {}
-            for name, state, npts, good, err, backoff, updated in conn.execute(
-                "SELECT name, state, points, good, last_error, backoff, updated FROM device_status ORDER BY name"
+            for name, state, npts, good, err, backoff, updated in _rows(
+                conn,
+                "SELECT name, state, points, good, last_error, backoff, updated FROM device_status ORDER BY name",
             ):
                 devices[name] = {
                     "state": state,
@@ -151,7 +152,8 @@ def read_status(path: str | Path, *, last_events: int = 5) -> dict[str, Any]:
                     "acked_by": r[7],
                     "label": r[8],
                 }
-                for r in conn.execute(
+                for r in _rows(
+                    conn,
                     "SELECT id, kind, grp, points, start, score, policy, acked_by, label FROM events "
                     "ORDER BY start DESC LIMIT ?",
                     (last_events,),
@@ -178,6 +180,14 @@ def read_status(path: str | Path, *, last_events: int = 5) -> dict[str, Any]:
     finally:
         conn.close()
     return status
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of a query; none when the table does not exist yet (a file another module created first)."""
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        return []
 
 
 def _file_size(p: Path) -> int:
