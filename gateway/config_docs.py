@@ -9,9 +9,10 @@ import sys
 import typing
 from typing import Any
 
-from gridedge.gateway import config as c
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
+
+from gridedge.gateway import config as c
 
 __all__ = ["render"]
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
+from rich.table import Table
+
 from gridedge.gateway.config import load_config
 from gridedge.gateway.logs import kv, setup_logging
 from gridedge.gateway.model import Event
 from gridedge.gateway.runtime import Runtime
-from rich.console import Console
-from rich.table import Table
 
 __all__ = ["DEMO_INCIDENTS", "run_demo"]
 

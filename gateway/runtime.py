@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from gridedge.gateway.alert_policy import AlertPolicy
 from gridedge.gateway.config import ConfigError, SiteConfig, build_point_table, load_config
 from gridedge.gateway.logs import kv
@@ -171,15 +172,16 @@ class Runtime:
     def _start_optional_services(self) -> None:
         """MQTT, metrics, sd_notify: each optional, each failing soft with a clear log line."""
         if self.cfg.mqtt is not None and self.cfg.mqtt.enabled:
-            from gridedge.gateway.mqtt import MqttBridge
+            from gridedge.gateway.mqtt import MqttBridge, point_policies_from_site
 
             self.mqtt = MqttBridge(
                 self.cfg.mqtt,
                 site=self.cfg.site.name,
                 db_path=self.cfg.storage.path,
                 points=self.points,
-                command_handler=self.handle_command,
+                command_handler=self._command_from_thread,
                 audit=self.store.audit if self.store else None,
+                point_policies=point_policies_from_site(self.cfg),
             )
             self.mqtt.start()
         if self.cfg.metrics.enabled:
@@ -270,6 +272,18 @@ class Runtime:
             loop.call_soon_threadsafe(self.handle_batch, batch)
 
     # ------------------------------------------------------------------ commands (MQTT)
+    def _command_from_thread(self, cmd: Any) -> dict:
+        """paho calls this on its network thread: run the command on the event loop, which owns the
+        detector and policy, and wait for its result (errors propagate to the bridge's error reply)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("gateway is not running")
+
+        async def apply() -> dict:
+            return self.handle_command(cmd)
+
+        return asyncio.run_coroutine_threadsafe(apply(), loop).result(timeout=10.0)
+
     def handle_command(self, cmd: Any) -> dict:
         """Apply an operator command (already authenticated and parsed by the MQTT bridge)."""
         verb, args = cmd.verb, cmd.args
