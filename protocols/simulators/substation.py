@@ -464,7 +464,7 @@ class SubstationModel:
                 raise ValueError(f"{kind} needs a feeder (one of {names}), got {target!r}")
             j = names.index(group)
             tr = _FEEDERS[j][1]
-            rec.update({"class": "grid", "group": group, "feeder": j, "transformer_name": tr,
+            rec.update({"class": "grid", "group": group, "feeder": j, "parent": tr,
                         "points": [f"{group}_I", f"{group}_P", f"{group}_Q", f"{tr}_P", f"{tr}_Q", "BUS_V"]})  # fmt: skip
             if kind == "overload_trip":
                 rec["factor"] = float(params.pop("factor", 1.45))
