@@ -157,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         from gridedge.protocols.iec61850 import add_discover_arguments, discover_command
 
         ds = sub.add_parser("discover", help="browse a device and print a YAML points snippet")
-        add_discover_arguments(ds)
-        ds.set_defaults(func=discover_command)
+        dsub = ds.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+        d61850 = dsub.add_parser("iec61850", help="list logical devices, nodes, datasets and report control blocks",
+                                 description="Browse an IEC 61850 server (read-only MMS services) and print a YAML "
+                                 "points snippet a field engineer can paste into the site file.")  # fmt: skip
+        add_discover_arguments(d61850)
+        d61850.set_defaults(func=discover_command)
     except ImportError:  # pragma: no cover
         pass
 
