@@ -202,7 +202,7 @@ def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
     assert len(venvs) == 2
     current = os.readlink(prefix / "venv")
     assert current in venvs
-    assert os.readlink(prefix / "bin") == "venv/bin"
+    assert os.readlink(prefix / "bin/gridedge") == "../venv/bin/gridedge"
     gridedge = prefix / "bin/gridedge"
     proc = subprocess.run(
         [str(gridedge), "check-config", str(root / "etc/gridedge/site.yaml")],
