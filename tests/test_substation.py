@@ -77,7 +77,8 @@ def test_history_is_fast() -> None:
     ts, _v = m.history(T0, T0 + 28 * DAY, 60.0)
     elapsed = time.perf_counter() - t
     assert len(ts) == 28 * 1440
-    assert elapsed < 1.5, f"4 weeks at 1-min took {elapsed:.2f}s"
+    # ≈ 0.2 s on a quiet 2-CPU VM; the bound only catches a per-sample Python loop (10+ s) on a loaded CI box.
+    assert elapsed < 3.0, f"4 weeks at 1-min took {elapsed:.2f}s"
 
 
 def test_physics_is_consistent(model: SubstationModel) -> None:
