@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from importlib import metadata
 
 import pytest
-from gridedge.gateway.metrics import Metrics
 from prometheus_client.parser import text_string_to_metric_families
+
+from gridedge.gateway.metrics import Metrics
 
 
 @pytest.fixture

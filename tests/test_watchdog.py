@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+
 from gridedge.gateway.sdnotify import SdNotifier
 from gridedge.gateway.watchdog import ProgressWatchdog, ping_loop
 
