@@ -56,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
 
         t = time.perf_counter()
         nb = sum(1 for _ in iter_batches(parsed, 250_000))
-        rows.append((f"split into {nb} ReadingBatches (whole timestamps, ~250k rows) only", time.perf_counter() - t, n))
+        rows.append(
+            (
+                f"split into {nb} ReadingBatches (whole timestamps, ~250k rows) only",
+                time.perf_counter() - t,
+                n,
+            )
+        )
 
         det = make_detector(table, timezone=args.tz, frequency_hz=50.0)
         warm = next(iter_batches(parsed))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from gridedge.gateway.alert_policy import AlertPolicy
 from gridedge.gateway.config import AlertsSection
 from gridedge.gateway.model import Event, EventKind
