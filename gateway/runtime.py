@@ -114,6 +114,7 @@ class Runtime:
         self.alerts_published = 0
         self._last_value = np.full(len(self.points), np.nan)
         self._last_quality = np.full(len(self.points), Quality.COMM_LOST, np.uint8)
+        self._dev_idx: dict[str, np.ndarray] = {}
         self._stop = asyncio.Event()
         self._reload_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -406,8 +407,16 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, next_t - time.monotonic()))
 
+    def _good_points(self, name: str) -> int:
+        """Points of a device whose latest reading (polled or pushed by a report) has good quality."""
+        idx = self._dev_idx.get(name)
+        if idx is None:
+            idx = self._dev_idx[name] = np.array([p.index for p in self.points if p.device == name], np.int32)
+        return int(np.count_nonzero((self._last_quality[idx] & BAD_QUALITY_MASK) == 0))
+
     def _device_status_changed(self, name: str) -> None:
         st = self.devices[name]
+        st.good = self._good_points(name)
         if self.store is not None:
             self.store.update_device_status(
                 name, state="up" if st.state == DeviceState.UP else "down", points=st.points, good=st.good,
@@ -481,6 +490,7 @@ class Runtime:
     def _update_metrics(self) -> None:
         m = self.metrics
         for name, d in self.devices.items():
+            d.good = self._good_points(name)
             m.points_quality(name, d.good, d.points - d.good)
         m.scoring_lag(self._scoring_lag)
         if self.store is not None:
