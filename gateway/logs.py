@@ -38,5 +38,7 @@ def setup_logging(level: str = "info") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Third-party chatter (pymodbus logs every reconnect attempt at error level) stays at warning.
-    for noisy in ("pymodbus", "asyncio", "numba", "matplotlib", "flwr"):
+    for noisy in ("asyncio", "numba", "matplotlib", "flwr"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # pymodbus logs an ERROR of its own next to every timeout the driver already reports with context.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
