@@ -18,6 +18,7 @@ synchronous=NORMAL — the same settings as the Store.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sqlite3
 import statistics
@@ -77,6 +78,7 @@ def bench_naive(path: Path, shape: Shape, limit: int) -> dict:
     make_rows_table(conn, index=True)
     n = 0
     t = time.perf_counter()
+    c = time.process_time()
     for idx, ts, val, q in cycles(shape):
         conn.execute("BEGIN")
         for p, tt, v, qq in zip(idx.tolist(), ts.tolist(), val.tolist(), q.tolist(), strict=True):
@@ -86,8 +88,9 @@ def bench_naive(path: Path, shape: Shape, limit: int) -> dict:
         if n >= limit:
             break
     dt = time.perf_counter() - t
+    cpu = time.process_time() - c
     conn.close()
-    return {"readings": n, "seconds": dt, "rate": n / dt, "bytes": None}
+    return {"readings": n, "seconds": dt, "rate": n / dt, "cpu_rate": n / cpu, "bytes": None}
 
 
 def bench_rows(path: Path, shape: Shape, index: bool, group: int) -> dict:
@@ -96,6 +99,7 @@ def bench_rows(path: Path, shape: Shape, index: bool, group: int) -> dict:
     n = 0
     pending = 0
     t = time.perf_counter()
+    c = time.process_time()
     conn.execute("BEGIN")
     for idx, ts, val, q in cycles(shape):
         conn.executemany(
@@ -110,9 +114,10 @@ def bench_rows(path: Path, shape: Shape, index: bool, group: int) -> dict:
             pending = 0
     conn.execute("COMMIT")
     dt = time.perf_counter() - t
+    cpu = time.process_time() - c
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    return {"readings": n, "seconds": dt, "rate": n / dt, "bytes": path.stat().st_size}
+    return {"readings": n, "seconds": dt, "rate": n / dt, "cpu_rate": n / cpu, "bytes": path.stat().st_size}
 
 
 def query_rows(path: Path, point: int, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -133,13 +138,16 @@ def bench_store(path: Path, shape: Shape) -> tuple[dict, Store]:
     store = Store(path, points=pts, retention_raw=1e12, retention_hourly=1e12, memory_buffer=4_000_000)
     store.open()
     t = time.perf_counter()
+    c = time.process_time()  # all threads of this process: the caller and the writer
     for idx, ts, val, q in cycles(shape):
         while store.submit(ReadingBatch(idx, ts, val, q)) < 0:  # memory bound: let the writer catch up
             time.sleep(0.001)
     assert store.flush(600)
     dt_ingest = time.perf_counter() - t
+    cpu_ingest = time.process_time() - c
     assert store.compact_now(600)
     dt_all = time.perf_counter() - t
+    cpu_all = time.process_time() - c
     st = store.stats()
     return {
         "readings": st["readings_committed"],
@@ -147,6 +155,8 @@ def bench_store(path: Path, shape: Shape) -> tuple[dict, Store]:
         "rate": st["readings_committed"] / dt_ingest,
         "rate_compacted": st["readings_committed"] / dt_all,
         "seconds_compacted": dt_all,
+        "cpu_rate": st["readings_committed"] / cpu_ingest,
+        "cpu_rate_compacted": st["readings_committed"] / cpu_all,
         "commits": st["commits"],
         "bytes": None,
     }, store
@@ -209,13 +219,17 @@ def print_table(shape: Shape, results: list[dict]) -> None:
         f"\n### {shape.name}: {shape.points} points × {shape.cycles} cycles ({shape.readings:,} readings)\n"
     )
     print(
-        "| layout | readings | insert readings/s | bytes/reading | history 1 h (ms, n) | history all (ms, n) |"
+        "| layout | readings | insert readings/s (wall) | readings per CPU-second | bytes/reading "
+        "| history 1 h (ms, n) | history all (ms, n) |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         rate = f"{r['rate']:,.0f}"
         if "rate_compacted" in r:
             rate += f" ({r['rate_compacted']:,.0f} incl. compaction)"
+        cpu = f"{r['cpu_rate']:,.0f}"
+        if "cpu_rate_compacted" in r:
+            cpu += f" ({r['cpu_rate_compacted']:,.0f} incl. compaction)"
         bpr = f"{r['bytes'] / r['readings']:.1f}" if r.get("bytes") else "—"
         cells = []
         for w in ("1 h", "all"):
@@ -224,7 +238,7 @@ def print_table(shape: Shape, results: list[dict]) -> None:
                 cells.append(f"{sec * 1e3:.2f} ms ({n:,})")
             else:
                 cells.append("same table as row+index")
-        print(f"| {r['layout']} | {r['readings']:,} | {rate} | {bpr} | {cells[0]} | {cells[1]} |")
+        print(f"| {r['layout']} | {r['readings']:,} | {rate} | {cpu} | {bpr} | {cells[0]} | {cells[1]} |")
 
 
 def main() -> None:
@@ -247,7 +261,9 @@ def main() -> None:
         all_results = [(s, run_shape(s, tmp, args.naive_limit, args.group, args.reps)) for s in shapes]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nSQLite {sqlite3.sqlite_version}, numpy {np.__version__}; WAL, synchronous=NORMAL")
+    print(
+        f"\nSQLite {sqlite3.sqlite_version}, numpy {np.__version__}; WAL, synchronous=NORMAL; {os.cpu_count()} CPUs"
+    )
     for s, res in all_results:
         print_table(s, res)
 
