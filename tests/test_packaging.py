@@ -213,7 +213,7 @@ def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     proc = subprocess.run(
         [
-            str(prefix / "bin/python"),
+            str(prefix / "venv/bin/python"),
             "-c",
             "import numba, pymodbus, c104, flwr, gridedge.gateway.metrics; print('ok')",
         ],
