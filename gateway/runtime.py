@@ -117,6 +117,7 @@ class Runtime:
         self._dev_idx: dict[str, np.ndarray] = {}
         self._stop = asyncio.Event()
         self._reload_requested = False
+        self._reloaded = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scoring_lag = 0.0
         self._started = time.time()
@@ -522,7 +523,11 @@ class Runtime:
             for line in exc.errors:
                 log.error(kv("reload_rejected", error=line))
             log.error(kv("reload_rejected", result="keeping the running configuration"))
+            if self.metrics is not None:
+                self.metrics.reload_result(False)
             return
+        if self.notifier is not None and self.notifier.enabled:
+            self.notifier.reloading()
         if self.store is not None:
             self.store.audit("config", "reload", str(self.config_path), {"result": "accepted"})
         self.cfg = new_cfg
@@ -546,6 +551,7 @@ class Runtime:
                 driver_factory=self._driver_factory,
                 on_event=self._on_event,
             )  # type: ignore[misc]
+            self._reloaded = True
 
     async def _run_once(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -570,11 +576,14 @@ class Runtime:
                 for d in enabled:
                     tg.create_task(self._device_loop(d), name=f"device:{d.name}")
                     if self.watchdog is not None:
-                        self.watchdog.beat(f"poll:{d.name}")
+                        # A device polled every minute is not stalled after 30 s: each gets its own horizon.
+                        self.watchdog.expect(f"poll:{d.name}", stall_after=3 * d.poll + 5 * d.timeout + d.backoff_max)
                 tg.create_task(self._housekeeping(), name="housekeeping")
                 if self.notifier is not None and self.notifier.enabled:
-                    self.notifier.ready()
+                    self.notifier.ready()  # also ends RELOADING=1 after a reload
                     self.notifier.status(self.health_line())
+                if self.metrics is not None and self._reloaded:
+                    self.metrics.reload_result(True)
                 await self._stop.wait()
                 # Device loops and housekeeping watch _stop; give them a moment, then cancel stragglers.
                 await asyncio.sleep(0)
