@@ -42,8 +42,13 @@ def decay_factor(dt: float, tau: float) -> float:
 
 
 @njit(cache=True)
-def ew_step(mean, var, n, last, s, p, x, t, tau):
-    """One time-decayed EW update of slot ``s`` of point ``p`` with value ``x`` at time ``t``."""
+def ew_step(mean, var, n, last, s, p, x, r, t, tau):
+    """One time-decayed EW update of slot ``s`` of point ``p`` with value ``x`` at time ``t``.
+
+    ``r`` is the deviation the variance learns: ``x − mean`` gives the exact weighted variance; the
+    detector passes the residual against its within-hour interpolated expectation instead, so a
+    morning ramp inside one hour does not pass for noise.
+    """
     w = n[s, p]
     if w > 0.0:
         w *= decay_factor(t - last[s, p], tau)
@@ -52,7 +57,7 @@ def ew_step(mean, var, n, last, s, p, x, t, tau):
     m = mean[s, p]
     d = x - m
     mean[s, p] = m + a * d
-    var[s, p] = (1.0 - a) * (var[s, p] + a * d * d)
+    var[s, p] = (1.0 - a) * (var[s, p] + a * r * r)
     n[s, p] = w
     last[s, p] = t
 
@@ -83,7 +88,7 @@ def ew_score_update_numba(slot, pidx, ts, val, ok, mean, var, n, last, floor, mi
         else:
             z_out[i] = np.nan
         if ok[i]:
-            ew_step(mean, var, n, last, s, p, x, t=ts[i], tau=tau)
+            ew_step(mean, var, n, last, s, p, x, x - mean[s, p], ts[i], tau)
 
 
 def ew_score_update_numpy(slot, pidx, ts, val, ok, mean, var, n, last, floor, min_n, tau, z_out):

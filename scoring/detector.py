@@ -124,7 +124,7 @@ class Detector:
         prm[K.PR_FB1], prm[K.PR_FB2] = (float(v) for v in cfg.frequency_band_hz)
         prm[K.PR_F0] = self.frequency_hz
         prm[K.PR_STALE] = float(cfg.stale_after)
-        prm[K.PR_GATE] = 4.0
+        prm[K.PR_GATE] = 6.0
         prm[K.PR_SPIKE_K] = 8.0
         prm[K.PR_HYST] = 0.8
         prm[K.PR_REL_FLOOR] = 0.006
@@ -211,12 +211,12 @@ class Detector:
         self._win_t1 = np.array([x[3] for x in w], np.float64)
 
     # ------------------------------------------------------------------------------------------------
-    def _kernel(self, pidx, ts, val, qual, slot, start: int, emit: bool):
+    def _kernel(self, pidx, ts, val, qual, slot, frac, start: int, emit: bool):
         s = self.state
         rel = self.relations
         self.prm[K.PR_EMIT] = 1.0 if emit else 0.0
         return K.run_batch(
-            pidx, ts, val, qual, slot, start,
+            pidx, ts, val, qual, slot, frac, start,
             s["mean"], s["var"], s["n"], s["last"],
             s["pf"], s["pi"], s["gf"], s["gi"], s["rf"], s["ri"], s["ds"], s["df"], s["sf"],
             s["cal_run"], s["cal_ep"], s["zhist"],
@@ -242,9 +242,9 @@ class Detector:
         N = len(ts)
         if N == 0:
             return out
-        slot = self.clock.slots(ts)
+        slot, frac = self.clock.slots_frac(ts)
         # one numba signature for live and bulk paths: batches are read-only, so make all read-only
-        pidx, ts, val, qual, slot = (self._ro(a) for a in (pidx, ts, val, qual, slot))
+        pidx, ts, val, qual, slot, frac = (self._ro(a) for a in (pidx, ts, val, qual, slot, frac))
         start = 0
         if self._next_recal is None:
             self._next_recal = float(ts[0]) + self._recal_every
@@ -256,10 +256,10 @@ class Detector:
                 continue
             end = int(np.searchsorted(ts, self._next_recal, side="left"))
             sl = slice(start, end)
-            a_p, a_t, a_v, a_q, a_s = pidx[sl], ts[sl], val[sl], qual[sl], slot[sl]
+            a_p, a_t, a_v, a_q, a_s, a_f = pidx[sl], ts[sl], val[sl], qual[sl], slot[sl], frac[sl]
             pos = 0
             while pos < end - start:
-                pos, nrec, nsnap = self._kernel(a_p, a_t, a_v, a_q, a_s, pos, emit)
+                pos, nrec, nsnap = self._kernel(a_p, a_t, a_v, a_q, a_s, a_f, pos, emit)
                 if emit and nrec:
                     out.extend(self._events_from_records(nrec, nsnap))
             start = end

@@ -1,3 +1,4 @@
+# ruff: noqa: SIM102, SIM109 - numba kernel: plain comparisons and nested ifs compile to the tightest code
 """The detector's batch kernel: one numba call learns and scores a whole batch.
 
 Readings are processed in timestamp order in *segments* of equal timestamp (one poll cycle of one or
@@ -206,7 +207,6 @@ def _warm_n(pf, p, minn):
 @njit(cache=True)
 def _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf):
     """d(log residual of relation r) / d(log value of point q)."""
-    rt = rel_type[r]
     lp = 0.0
     lq = 0.0
     terms = 0.0
@@ -294,15 +294,17 @@ def _snap(snap_i, snap_f, nsnap, rec, p, pf, mean, var, n, floor_abs, floor_rel,
     m = np.nan
     sd = np.nan
     z = np.nan
+    exp_v = pf[p, PF_REXP]
     if slot >= 0:
         w = n[slot, p]
         if w > 0.0:
             m = mean[slot, p]
-            f = floor_abs[p] + floor_rel[p] * abs(m)
-            sd = math.sqrt(var[slot, p] + f * f)
-            if w >= _warm_n(pf, p, minn):
-                z = (x - m) / sd
-    exp_v = pf[p, PF_REXP]
+            sd = pf[p, PF_SD]
+            e = pf[p, PF_MEAN]
+            if w >= _warm_n(pf, p, minn) and math.isfinite(e):
+                z = (x - e) / sd
+                if math.isnan(exp_v):
+                    exp_v = e
     if math.isnan(exp_v):
         exp_v = m if not math.isnan(m) else pf[p, PF_LVL]
     snap_f[nsnap, 1] = exp_v
@@ -314,7 +316,7 @@ def _snap(snap_i, snap_f, nsnap, rec, p, pf, mean, var, n, floor_abs, floor_rel,
 
 @njit(cache=True)
 def run_batch(
-    pidx, ts, val, qual, slot, start,  # the batch (sorted by ts) and where to resume
+    pidx, ts, val, qual, slot, frac, start,  # the batch (sorted by ts) and where to resume
     mean, var, n, last,  # [168, P] baselines
     pf, pi, gf, gi, rf, ri, ds, df, sf,  # state tables
     cal_run, cal_ep, zhist,  # calibration counters [G, K], [G, K], [P, K]
@@ -353,6 +355,7 @@ def run_batch(
     nviol = np.zeros(P, np.int64)
     nsoft = np.zeros(P, np.int64)
     nsat = np.zeros(P, np.int64)
+    ngrey = np.zeros(P, np.int64)
     cand = np.zeros(P, np.int64)
     moved = np.zeros(P, np.int64)
     gtouch = np.zeros(G, np.int64)
@@ -406,11 +409,19 @@ def run_batch(
             # z against the slot (before learning)
             w = n[s, p]
             m = mean[s, p]
+            wn_need = _warm_n(pf, p, minn)
+            # expectation interpolated between this slot's and the neighbouring slot's mean (slot
+            # means sit at the middle of their hour): a ramp inside the hour is expected, not noise
+            u = frac[k]
+            nb = (s + 167) % 168 if u < 0.5 else (s + 1) % 168
+            wnb = 0.5 - u if u < 0.5 else u - 0.5
+            if w >= wn_need and n[nb, p] >= wn_need:
+                m = (1.0 - wnb) * m + wnb * mean[nb, p]
             f = floor_abs[p] + floor_rel[p] * abs(m)
             sd = math.sqrt(var[s, p] + f * f)
             pf[p, PF_MEAN] = m
             pf[p, PF_SD] = sd
-            if w >= _warm_n(pf, p, minn):
+            if w >= wn_need:
                 pf[p, PF_Z] = (x - m) / sd / pf[p, PF_ZSCALE]
             else:
                 pf[p, PF_Z] = np.nan
@@ -662,6 +673,7 @@ def run_batch(
                 nviol[p] = 0
                 nsoft[p] = 0
                 nsat[p] = 0
+                ngrey[p] = 0
                 cand[p] = 0
             for r in range(R):
                 st = rel_state_tmp[r]
@@ -675,6 +687,8 @@ def run_batch(
                         nsoft[q] += 1
                     elif st == RS_SAT:
                         nsat[q] += 1
+                    else:
+                        ngrey[q] += 1
             # pin each (softly) violated relation on the member whose failure explains the residuals
             # best (structured residuals): if q were off by d (log), every relation r' holding q would
             # show e' = sens(q, r')·d; its own baseline would show the same shift. A broken sensor
@@ -683,8 +697,27 @@ def run_batch(
                 st = rel_state_tmp[r]
                 if st != RS_VIOL and st != RS_SOFT:
                     continue
+                # a relation through a group in a grid anomaly is bent by the grid (losses,
+                # magnetising current are not proportional): accuse nobody on its evidence
+                bent = False
+                for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+                    q = rel_pt[kk]
+                    gq = gidx[q]
+                    if gi[gq, GI_RUN] > 0 or gi[gq, GI_ACTIVE] > 0:
+                        bent = True
+                    # already explained by a member's known fault (scale, range, spike)
+                    fq = pi[q, PI_FAULT]
+                    if (
+                        (pi[q, PI_COND] & (B_SCALE | B_RANGE | B_SPIKE)) != 0
+                        or fq == RULE_SCALE
+                        or fq == RULE_RANGE
+                    ):
+                        bent = True
+                if bent:
+                    continue
                 best = -1
                 bcost = 1e300
+                bcost2 = 1e300
                 er = rf[r, RF_E]
                 for kk in range(rel_ptr[r], rel_ptr[r + 1]):
                     q = rel_pt[kk]
@@ -709,8 +742,14 @@ def run_batch(
                         rsd = max(sdq / abs(m), 1e-3)
                         cost += ((ld - d) / rsd) ** 2 - (ld / rsd) ** 2
                     if cost < bcost:
+                        bcost2 = bcost
                         bcost = cost
                         best = q
+                    elif cost < bcost2:
+                        bcost2 = cost
+                # ambiguous (two members explain it equally well): accuse nobody yet
+                if best >= 0 and bcost2 - bcost < 1.0:
+                    best = -1
                 if best >= 0:
                     if st == RS_VIOL:
                         cand[best] = 2
@@ -722,7 +761,7 @@ def run_batch(
             for q in range(P):
                 if prel_ptr[q] == prel_ptr[q + 1]:
                     continue
-                if nsat[q] + nviol[q] + nsoft[q] == 0:
+                if nsat[q] + nviol[q] + nsoft[q] + ngrey[q] == 0:
                     if pi[q, PI_SEG] == seg:
                         pi[q, PI_INCONS] = 0  # no usable relation now: innocent
                     continue
@@ -802,14 +841,14 @@ def run_batch(
                     pi[p, PI_COND] &= ~B_DROPOUT
             for d in range(D):
                 nd = dev_n[d]
-                frac = df[d, 2] / nd if nd > 0 else 0.0
-                if ds[d, DS_ACTIVE] == 0 and nd >= 2 and frac >= 0.8:
+                sfrac = df[d, 2] / nd if nd > 0 else 0.0
+                if ds[d, DS_ACTIVE] == 0 and nd >= 2 and sfrac >= 0.8:
                     ds[d, DS_ACTIVE] = 1
                     df[d, 0] = t
                     if emit:
                         nrec = _record(rec_i, rec_f, nrec, K_STALE, R_START, d, RULE_DEVICE_STALE, t, t,
-                                       frac, 0)  # fmt: skip
-                elif ds[d, DS_ACTIVE] == 1 and frac < 0.5:
+                                       sfrac, 0)  # fmt: skip
+                elif ds[d, DS_ACTIVE] == 1 and sfrac < 0.5:
                     ds[d, DS_ACTIVE] = 0
                     if emit:
                         nrec = _record(rec_i, rec_f, nrec, K_STALE, R_END, d, RULE_DEVICE_STALE, df[d, 0],
@@ -878,7 +917,7 @@ def run_batch(
             else:
                 if code == 0 and (c & B_DEVSTALE) == 0:
                     pi[p, PI_FCLR] += 1
-                    if pi[p, PI_FCLR] >= clear_n:
+                    if pi[p, PI_FCLR] >= (3 * clear_n if pi[p, PI_FAULT] == RULE_DRIFT else clear_n):
                         if emit:
                             nrec = _record(rec_i, rec_f, nrec, K_SENSOR, R_END, p, pi[p, PI_FAULT],
                                            pf[p, PF_FSTART], t, 0.0, 0)  # fmt: skip
@@ -965,7 +1004,7 @@ def run_batch(
             explained = gi[g, GI_CHILDSEG] >= seg - 1 or t - gf[g, GF_RESTORE] < prm[PR_RESTORE_HOLD]
             comp = nwarm > 0 and score > thr and not explained
             exceed = comp or rlevel > 0
-            if nwarm > 0:
+            if nwarm > 0 and not explained:
                 dt_e = t - gf[g, GF_LASTEVAL]
                 if gf[g, GF_LASTEVAL] > 0.0 and dt_e > 0.0:
                     gf[g, GF_CALT] += min(dt_e, 600.0)
@@ -1068,9 +1107,9 @@ def run_batch(
             s = pi[p, PI_SLOT]
             w = n[s, p]
             xl = x
+            m = pf[p, PF_MEAN]  # the (interpolated) expectation the reading was scored against
             if w >= _warm_n(pf, p, minn):
                 sd = pf[p, PF_SD]
-                m = mean[s, p]
                 z = (x - m) / sd
                 # calibration histogram of |z| (raw) per point
                 az = abs(z)
@@ -1081,11 +1120,15 @@ def run_batch(
                     zhist[p, b + 1] += 1.0
                 else:
                     zhist[p, 0] += 1.0
-                # Huber-style clip: one odd reading moves the baseline by at most gate·sd
-                if z > gate:
-                    xl = m + gate * sd
-                elif z < -gate:
-                    xl = m - gate * sd
-            ew_step(mean, var, n, last, s, p, xl, t, tau)
+                # robust learning (history is never clean): a reading far out teaches nothing, a
+                # moderately odd one is clipped to ±2.5 sd so it cannot widen the spread that is
+                # supposed to flag it
+                if abs(z) > gate:
+                    continue
+                if z > 2.5:
+                    xl = m + 2.5 * sd
+                elif z < -2.5:
+                    xl = m - 2.5 * sd
+            ew_step(mean, var, n, last, s, p, xl, xl - m if w > 0.0 else 0.0, t, tau)
         i = j
     return i, nrec, nsnap

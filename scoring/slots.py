@@ -41,9 +41,13 @@ class SlotClock:
 
     def slots(self, ts: np.ndarray) -> np.ndarray:
         """Slot (int16, 0..167) for each timestamp in ``ts`` (UTC epoch seconds)."""
+        return self.slots_frac(ts)[0]
+
+    def slots_frac(self, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slot (int16) and position within the local hour (0 ≤ frac < 1) for each timestamp."""
         ts = np.asarray(ts, dtype=np.float64)
         if ts.size == 0:
-            return np.empty(0, np.int16)
+            return np.empty(0, np.int16), np.empty(0, np.float64)
         buckets = np.floor(ts / _BUCKET).astype(np.int64)
         b0, b1 = int(buckets[0]), int(buckets[-1])
         if b0 == b1 and np.all(buckets == b0):  # a live batch: one lookup
@@ -51,5 +55,7 @@ class SlotClock:
         else:
             ub, inv = np.unique(buckets, return_inverse=True)
             offs = np.array([self.offset(int(b)) for b in ub])[inv]
-        local_h = np.floor((ts + offs) / 3600.0).astype(np.int64)
-        return ((local_h + _EPOCH_HOW) % N_SLOTS).astype(np.int16)
+        local = (ts + offs) / 3600.0
+        local_h = np.floor(local)
+        slot = ((local_h.astype(np.int64) + _EPOCH_HOW) % N_SLOTS).astype(np.int16)
+        return slot, local - local_h

@@ -1,0 +1,416 @@
+"""Scoring: EW statistics against a slow oracle, DST slots, restart, sensor faults, grid rules, trips."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gridedge.gateway.model import EventKind, PointTable
+from gridedge.scoring import Detector, SlotClock
+from gridedge.scoring.baseline import (
+    ew_score_update_numba,
+    ew_score_update_numpy,
+    ew_score_update_python,
+    new_baseline,
+)
+from tests.fixtures_scoring import SPECS, STEP, T0, batches, make_data, table
+
+TAU = 30 * 86400.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# EW statistics: numba kernel == pure Python == slow weighted-sum oracle
+# ---------------------------------------------------------------------------------------------------
+def _oracle(ts: np.ndarray, xs: np.ndarray, tau: float) -> tuple[float, float, float]:
+    """Weighted mean / population variance / total weight with weights exp(-(t_last - t_i)/tau)."""
+    w = np.exp(-(ts[-1] - ts) / tau)
+    m = float(np.sum(w * xs) / np.sum(w))
+    v = float(np.sum(w * (xs - m) ** 2) / np.sum(w))
+    return m, v, float(np.sum(w))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # point
+            st.integers(0, 3),  # slot
+            st.floats(0.0, 20 * 86400.0),  # time gap
+            st.floats(-1e3, 1e3, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    tau_days=st.sampled_from([0.5, 3.0, 30.0]),
+)
+def test_ew_statistics_match_slow_oracle(data, tau_days):
+    tau = tau_days * 86400.0
+    P = 3
+    pidx = np.array([d[0] for d in data], np.int32)
+    slot = np.array([d[1] for d in data], np.int16)
+    ts = 1.7e9 + np.cumsum([d[2] for d in data])
+    val = np.array([d[3] for d in data])
+    ok = np.ones(len(data), np.bool_)
+    floor = np.full(P, 1e-3)
+    st_nb = new_baseline(P, 4)
+    st_py = new_baseline(P, 4)
+    z_nb = np.empty(len(data))
+    z_py = np.empty(len(data))
+    ew_score_update_numba(slot, pidx, ts, val, ok, *st_nb.values(), floor, 2.0, tau, z_nb)
+    ew_score_update_python(slot, pidx, ts, val, ok, *st_py.values(), floor, 2.0, tau, z_py)
+    for k in st_nb:
+        np.testing.assert_allclose(st_nb[k], st_py[k], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(z_nb, z_py, rtol=1e-9, atol=1e-9, equal_nan=True)
+    for p in range(P):
+        for s in range(4):
+            sel = (pidx == p) & (slot == s)
+            if not sel.any():
+                assert st_nb["n"][s, p] == 0
+                continue
+            m, v, w = _oracle(ts[sel], val[sel], tau)
+            scale = max(1.0, float(np.max(np.abs(val[sel]))))
+            assert st_nb["mean"][s, p] == pytest.approx(m, rel=1e-6, abs=1e-6 * scale)
+            assert st_nb["var"][s, p] == pytest.approx(v, rel=1e-5, abs=1e-6 * scale * scale)
+            assert st_nb["n"][s, p] == pytest.approx(w, rel=1e-6)
+
+
+def test_numpy_twin_matches_kernel_for_one_cycle():
+    rng = np.random.default_rng(3)
+    P = 500
+    a, b = new_baseline(P), new_baseline(P)
+    floor = np.full(P, 0.01)
+    z1, z2 = np.empty(P), np.empty(P)
+    for c in range(30):
+        pidx = rng.permutation(P).astype(np.int32)
+        slot = np.full(P, c % 168, np.int16)
+        ts = np.full(P, 1.7e9 + 3600.0 * c)
+        val = rng.normal(10, 2, P)
+        ok = rng.random(P) > 0.1
+        ew_score_update_numba(slot, pidx, ts, val, ok, *a.values(), floor, 2.0, TAU, z1)
+        ew_score_update_numpy(slot, pidx, ts, val, ok, *b.values(), floor, 2.0, TAU, z2)
+        np.testing.assert_allclose(z1, z2, rtol=1e-12, equal_nan=True)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Slots: local hour-of-week, DST aware
+# ---------------------------------------------------------------------------------------------------
+def _ts(s: str) -> float:
+    return datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp()
+
+
+def test_slots_monday_midnight_local_is_zero():
+    clock = SlotClock("Europe/Berlin")
+    # Monday 2026-06-01 00:30 CEST = 2026-05-31 22:30 UTC
+    assert clock.slots(np.array([_ts("2026-05-31T22:30:00")]))[0] == 0
+    assert SlotClock("UTC").slots(np.array([T0 + 1800]))[0] == 0
+
+
+def test_slots_dst_spring_forward_and_fall_back():
+    clock = SlotClock("Europe/Berlin")
+    # 2026-03-29 (Sunday): 01:00 UTC clocks jump 02:00 CET → 03:00 CEST
+    spring = clock.slots(np.array([_ts("2026-03-29T00:59:00"), _ts("2026-03-29T01:00:00")]))
+    assert list(spring) == [6 * 24 + 1, 6 * 24 + 3]  # 01:59 CET, then 03:00 CEST: local 02:xx never exists
+    # 2026-10-25 (Sunday): 01:00 UTC clocks fall 03:00 CEST → 02:00 CET; local 02:xx happens twice
+    fall = clock.slots(np.array([_ts("2026-10-25T00:30:00"), _ts("2026-10-25T01:30:00")]))
+    assert list(fall) == [6 * 24 + 2, 6 * 24 + 2]
+    # a mixed batch across the transition agrees with per-reading lookups
+    ts = _ts("2026-10-24T20:00:00") + np.arange(0, 12 * 3600, 600.0)
+    bulk = clock.slots(ts)
+    single = [SlotClock("Europe/Berlin").slots(np.array([t]))[0] for t in ts]
+    assert list(bulk) == single
+
+
+# ---------------------------------------------------------------------------------------------------
+# Detector helpers
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def history():
+    return make_data(days=22, seed=1)
+
+
+@pytest.fixture(scope="module")
+def warmed_state(history):
+    ts, v = history
+    det = Detector(table(), timezone="UTC")
+    det.warm(ts, v)
+    det.calibrate()
+    return det.state_arrays()
+
+
+def _fresh_warm(warmed_state) -> Detector:
+    det = Detector(table(), timezone="UTC")
+    det.load_state(*warmed_state)
+    return det
+
+
+def _run(det: Detector, ts: np.ndarray, v: np.ndarray) -> list:
+    events = []
+    for b in batches(ts, v):
+        events += det.process(b)
+    return events
+
+
+def _drop(v: np.ndarray, feeder: str, factor: float, rows: slice) -> None:
+    """Scale a feeder's load by ``factor`` and let the transformer follow (as physics does)."""
+    names = [s["name"] for s in SPECS]
+    for q, tq, k in (("P", "T1_P", 1.01), ("Q", "T1_Q", 1.03)):
+        j = names.index(f"{feeder}_{q}")
+        v[rows, names.index(tq)] -= k * v[rows, j] * (1.0 - factor)
+    for q in ("I", "P", "Q"):
+        v[rows, names.index(f"{feeder}_{q}")] *= factor
+
+
+def _continuation(hours: float, seed: int = 7):
+    ts, v = make_data(days=22 + hours / 24.0, seed=seed)
+    k = int(22 * 86400 / STEP)
+    return ts[k:], v[k:].copy()
+
+
+def test_warm_equals_process_learning_path():
+    ts, v = make_data(days=3, seed=2)
+    a = Detector(table(), timezone="Europe/Berlin")
+    a.warm(ts, v)
+    b = Detector(table(), timezone="Europe/Berlin")
+    _run(b, ts, v)
+    sa, _ = a.state_arrays()
+    sb, _ = b.state_arrays()
+    for k in ("mean", "var", "n", "last", "rf", "zhist", "cal_ep"):
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
+def test_healthy_data_raises_nothing(warmed_state):
+    det = _fresh_warm(warmed_state)
+    ts, v = _continuation(12)
+    events = _run(det, ts, v)
+    assert events == []
+    status = det.group_status()
+    assert set(status) == {"BUS", "T1", "F1", "F2", "F3"}
+    assert all(s["state"] in ("normal", "elevated") for s in status.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sensor faults: each kind is a sensor_fault naming the faulty point, never a grid anomaly
+# ---------------------------------------------------------------------------------------------------
+def _inject(kind: str, v: np.ndarray, j: int, a: int, b: int) -> None:
+    if kind == "stuck":
+        v[a:b, j] = v[a - 1, j]
+    elif kind == "spike":
+        v[a, j] = v[a, j] * 1.8
+    elif kind == "scale":
+        v[a:b, j] *= 10.0
+    elif kind == "scale_down":
+        v[a:b, j] *= 0.1
+    elif kind == "range":
+        v[a:b, j] = -50.0
+    elif kind == "dropout":
+        v[a:b, j] = np.nan
+    elif kind == "drift":
+        v[a:b, j] *= np.linspace(1.0, 1.15, b - a)
+
+
+@pytest.mark.parametrize(
+    ("kind", "point", "rule"),
+    [
+        ("stuck", "F1_P", "stuck"),
+        ("spike", "F2_I", "spike"),
+        ("scale", "F1_I", "scale_error"),
+        ("scale_down", "F3_P", "scale_error"),
+        ("range", "BUS_V", "out_of_range"),
+        ("dropout", "F2_Q", "dropout"),
+        ("drift", "F3_I", "peer_drift"),
+    ],
+)
+def test_sensor_fault_kinds_are_sensor_faults(warmed_state, kind, point, rule):
+    det = _fresh_warm(warmed_state)
+    ts, v = _continuation(10)
+    j = [s["name"] for s in SPECS].index(point)
+    a, b = 120, 120 + 6 * 60
+    _inject(kind, v, j, a, b)
+    events = _run(det, ts, v)
+    sensor = [e for e in events if e.kind == EventKind.SENSOR_FAULT and e.points[0] == point]
+    assert sensor, (
+        f"no sensor_fault for {point}: {[(e.kind, e.points, e.explanation['rule']) for e in events]}"
+    )
+    assert sensor[0].explanation["rule"] == rule
+    assert ts[a] - 60 <= sensor[0].start <= ts[b - 1]
+    assert point in sensor[0].explanation["points"]
+    assert not [e for e in events if e.kind == EventKind.GRID_ANOMALY], "a sensor fault was misread as grid"
+    assert not [e for e in events if e.kind == EventKind.SENSOR_FAULT and e.points[0] != point]
+    json.dumps(sensor[0].to_dict())  # explanations are JSON-able
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grid: rules from the first minute, composite incidents, trips
+# ---------------------------------------------------------------------------------------------------
+def test_grid_rules_work_cold():
+    det = Detector(table(), timezone="UTC", frequency_hz=50.0)
+    ts, v = make_data(days=0.1, seed=4, t0=T0 + 12 * 3600)  # midday: F1 carries ~150 A
+    col = [s["name"] for s in SPECS]
+    v[30:40, col.index("BUS_V")] = 33.0 * 0.88  # 12 % under nominal
+    v[50:60, col.index("FREQ")] = 49.3
+    v[70:80, col.index("F1_I")] = 460.0  # rating 400
+    events = _run(det, ts, v)
+    rules = {(e.group, e.explanation["rule"]) for e in events if e.kind == EventKind.GRID_ANOMALY}
+    assert ("BUS", "voltage_band_alarm") in rules
+    assert ("BUS", "frequency_band_alarm") in rules
+    assert ("F1", "over_rating") in rules
+    volt = next(e for e in events if e.explanation["rule"] == "voltage_band_alarm")
+    assert volt.start == ts[30]  # start = first anomalous reading, reported after two cycles
+    assert volt.points[0] == "BUS_V"
+
+
+def test_one_cycle_excursion_is_not_an_event():
+    det = Detector(table(), timezone="UTC")
+    ts, v = make_data(days=0.05, seed=4)
+    v[30, [s["name"] for s in SPECS].index("BUS_V")] = 33.0 * 0.85
+    assert [e for e in _run(det, ts, v) if e.kind == EventKind.GRID_ANOMALY] == []
+
+
+def test_load_incident_is_grid_anomaly_with_explanation(warmed_state):
+    det = _fresh_warm(warmed_state)
+    ts, v = _continuation(6)
+    a = 120
+    _drop(v, "F2", 0.4, slice(a, None))  # F2 loses 60 % of its load
+    events = _run(det, ts, v)
+    grid = [e for e in events if e.kind == EventKind.GRID_ANOMALY]
+    assert grid and grid[0].group == "F2", [(e.kind, e.group, e.points) for e in events]
+    assert not [e for e in events if e.kind == EventKind.SENSOR_FAULT]
+    e = grid[0]
+    assert ts[a] <= e.start <= ts[a + 5]
+    ex = e.explanation
+    assert ex["rule"] == "composite" and 0 <= ex["slot"] < 168 and ex["summary"]
+    fig = ex["points"][e.points[0]]
+    assert set(fig) == {"value", "expected", "baseline_mean", "baseline_std", "z"}
+    assert fig["z"] < -3 and fig["value"] < fig["expected"]
+
+
+def test_feeder_trip_and_restore(warmed_state):
+    det = _fresh_warm(warmed_state)
+    ts, v = _continuation(4)
+    names = [s["name"] for s in SPECS]
+    a, b = 60, 120
+    v[a:b, names.index("F3_CB")] = 0.0
+    _drop(v, "F3", 0.0, slice(a, b))
+    events = _run(det, ts, v)
+    trips = [e for e in events if e.kind == EventKind.FEEDER_TRIP]
+    restores = [e for e in events if e.kind == EventKind.FEEDER_RESTORE]
+    assert len(trips) == 1 and trips[0].group == "F3" and trips[0].start == ts[a]
+    assert trips[0].points[0] == "F3_CB"
+    assert trips[0].explanation["points"]["F3_I"]["value"] > 10  # the load just before the opening
+    assert len(restores) == 1 and restores[0].start == ts[b] and restores[0].end == ts[b]
+    ended = det.ended_events()
+    assert trips[0] in ended and trips[0].end == ts[b]
+    # an open breaker is not a stuck sensor nor a grid anomaly of the feeder
+    assert not [
+        e for e in events if e.kind in (EventKind.SENSOR_FAULT, EventKind.GRID_ANOMALY) and e.group == "F3"
+    ]
+
+
+def test_breaker_opening_without_load_is_not_a_trip(warmed_state):
+    det = _fresh_warm(warmed_state)
+    ts, v = _continuation(2)
+    names = [s["name"] for s in SPECS]
+    _drop(v, "F3", 0.0, slice(40, None))
+    v[60:, names.index("F3_CB")] = 0.0
+    events = _run(det, ts, v)
+    assert not [e for e in events if e.kind == EventKind.FEEDER_TRIP]
+
+
+def test_suppression_blocks_new_events(warmed_state):
+    det = _fresh_warm(warmed_state)
+    ts, v = _continuation(3)
+    v[30:40, [s["name"] for s in SPECS].index("BUS_V")] = 33.0 * 0.85
+    det.suppress("BUS", until=float(ts[-1]) + 1)
+    assert [e for e in _run(det, ts, v) if e.group == "BUS"] == []
+    with pytest.raises(KeyError):
+        det.suppress("NOPE", until=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Persistence: restart resumes with identical scores
+# ---------------------------------------------------------------------------------------------------
+def _roundtrip(arrays: dict[str, np.ndarray], meta: dict) -> tuple[dict[str, np.ndarray], dict]:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    buf.seek(0)
+    with np.load(buf) as z:
+        back = {k: z[k] for k in z.files}
+    return back, json.loads(json.dumps(meta))
+
+
+def test_restart_resumes_with_identical_scores(warmed_state):
+    ts, v = _continuation(8, seed=11)
+    names = [s["name"] for s in SPECS]
+    v[200:260, names.index("F1_I")] *= 10  # a fault spanning the restart
+    v[230:300, names.index("BUS_V")] = 33 * 0.89
+    ref = _fresh_warm(warmed_state)
+    ref_events, ref_scores = [], []
+    half = 240
+    for k, b in enumerate(batches(ts, v)):
+        ref_events += ref.process(b)
+        if k >= half:
+            ref_scores.append({g: s["score"] for g, s in ref.group_status().items()})
+    ref_ended = ref.ended_events()
+
+    first = _fresh_warm(warmed_state)
+    events = []
+    for b in batches(ts[:half], v[:half]):
+        events += first.process(b)
+    arrays, meta = _roundtrip(*first.state_arrays())
+    assert arrays["mean"].shape == (168, len(SPECS)) and set(meta["points"]) == set(names)
+    second = Detector(table(), timezone="UTC")
+    second.load_state(arrays, meta)
+    scores = []
+    for b in batches(ts[half:], v[half:]):
+        events += second.process(b)
+        scores.append({g: s["score"] for g, s in second.group_status().items()})
+    assert scores == ref_scores
+    key = [(e.kind, e.group, tuple(e.points), e.start, e.score) for e in events]
+    assert key == [(e.kind, e.group, tuple(e.points), e.start, e.score) for e in ref_events]
+    ended = first.ended_events() + second.ended_events()
+    assert sorted((e.kind, e.start, e.end) for e in ended) == sorted(
+        (e.kind, e.start, e.end) for e in ref_ended
+    )
+    assert any(e.end is not None and e.start < ts[half] for e in ended)  # an event opened before the restart
+
+
+def test_load_state_matches_points_by_name(warmed_state):
+    arrays, meta = warmed_state
+    specs = [s for s in SPECS if s["name"] != "F2_Q"] + [
+        {"name": "F4_I", "quantity": "current", "group": "F4", "parent": "T1", "rating": 300.0}
+    ]
+    det = Detector(PointTable.from_specs(specs), timezone="UTC")
+    det.load_state(arrays, meta)
+    s, _ = det.state_arrays()
+    old = meta["points"].index("F1_I")
+    new = det.points.index_of("F1_I")
+    np.testing.assert_array_equal(s["mean"][:, new], arrays["mean"][:, old])
+    assert np.all(s["n"][:, det.points.index_of("F4_I")] == 0)
+
+
+def test_fleet_prior_fills_cold_slots_and_tags_events():
+    det = Detector(table(), timezone="UTC")
+    shape = np.ones((168, 9))
+    det.apply_prior({"shape": shape, "spread": np.full(9, 0.05)}, version="fleet-7")
+    ts, v = make_data(days=0.1, seed=5)
+    _run(det, ts, v)
+    s, _ = det.state_arrays()
+    j = det.points.index_of("F1_P")
+    assert np.all(s["n"][:, j] > 0) and math.isclose(
+        float(np.median(s["mean"][:, j])), float(np.median(v[:, j])), rel_tol=0.3
+    )
+    ts2 = ts[-1] + STEP * np.arange(1, 8)
+    v2 = np.repeat(v[-1:], 7, axis=0)
+    _drop(v2, "F1", 0.3, slice(None))
+    events = _run(det, ts2, v2)
+    grid = [e for e in events if e.kind == EventKind.GRID_ANOMALY]
+    assert grid and grid[0].model_version == "fleet-7"
