@@ -1,0 +1,211 @@
+"""Federation: allow-list, prior arithmetic, and a real SuperLink + 3 SuperNodes on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_federation import FlowerFleet, Site, build_sites
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.proto.fleet_pb2 import PushMessagesRequest
+from flwr.proto.message_pb2 import PushObjectRequest
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+from gridedge.federation import client_app
+from gridedge.federation.allowlist import ALLOWED_ARRAYS, ExportRefused, check_arrays
+from gridedge.federation.contribution import site_contribution
+from gridedge.federation.models import latest_global, list_models, load_latest_classifier, load_latest_model
+from gridedge.federation.records import from_record, to_record
+from gridedge.gateway.model import QUANTITIES
+from gridedge.scoring.detector import Detector
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> list[Site]:
+    return build_sites(tmp_path_factory.mktemp("sites"))
+
+
+def independent_prior(sites: list[Site]) -> dict[str, np.ndarray]:
+    """The fleet prior written out longhand (loops, no shared helper): count-weighted per slot × quantity."""
+    Q = len(QUANTITIES)
+    num = np.zeros((168, Q))
+    num_s = np.zeros((168, Q))
+    den = np.zeros((168, Q))
+    for s in sites:
+        for p, pt in enumerate(s.points):
+            q = QUANTITIES.index(str(pt.quantity))
+            if q > 5:  # status, counter, tap position: no baselines
+                continue
+            n, m, v = s.n[:, p], s.mean[:, p], s.var[:, p]
+            ok = n >= 3
+            if not ok.any():
+                continue
+            level = np.sum(n[ok] * m[ok]) / np.sum(n[ok])
+            if level <= 0 or np.any(m[ok] <= 0.05 * level):
+                continue
+            for slot in np.flatnonzero(ok):
+                num[slot, q] += n[slot] * m[slot] / level
+                num_s[slot, q] += n[slot] * np.sqrt(v[slot]) / m[slot]
+                den[slot, q] += n[slot]
+    with np.errstate(invalid="ignore"):
+        return {
+            "shape": np.where(den > 0, num / den, np.nan),
+            "spread": np.where(den > 0, num_s / den, np.nan),
+        }
+
+
+def _call_client(site: Site, config: dict, arrays: dict | None = None) -> Message:
+    """Call the ClientApp's train handler in-process, as the SuperNode's ClientApp process would."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    content = RecordDict({"config": ConfigRecord(config)})
+    if arrays is not None:
+        content["arrays"] = to_record(arrays)
+    msg = Message(content, dst_node_id=1, message_type="train")
+    ctx = Context(run_id=1, node_id=1, node_config={"db": str(site.db)}, state=RecordDict(), run_config={})
+    return client_app.train(msg, ctx)
+
+
+def test_allowlist_rejects_unknown_names_shapes_dtypes() -> None:
+    good = {k: np.zeros(s.shape) for k, s in ALLOWED_ARRAYS.items()}
+    check_arrays(good)
+    with pytest.raises(ExportRefused, match="not on the allow-list"):
+        check_arrays({**good, "readings.F1_I": np.zeros(10)})
+    with pytest.raises(ExportRefused, match="shape"):
+        check_arrays({**good, "prior.weight": np.zeros((168, 3))})
+    with pytest.raises(ExportRefused, match="dtype"):
+        check_arrays({**good, "clf.weight": np.zeros(1, np.float32)})
+    with pytest.raises(ExportRefused, match="NaN"):
+        check_arrays({**good, "clf.weight": np.array([np.nan])})
+
+
+def test_clientapp_refuses_a_non_allowed_key(sites: list[Site]) -> None:
+    with pytest.raises(ExportRefused, match=r"raw\.readings"):
+        _call_client(sites[0], {"keys": "prior.weight,raw.readings", "server-round": 1})
+    reply = _call_client(sites[0], {"keys": "prior.weight", "server-round": 1})
+    assert list(reply.content.array_records["arrays"].keys()) == ["prior.weight"]
+    full = _call_client(sites[0], {"server-round": 1})
+    assert set(full.content.array_records["arrays"].keys()) == set(ALLOWED_ARRAYS)
+
+
+def test_client_opens_the_store_read_only(sites: list[Site]) -> None:
+    before = sites[1].db.stat().st_mtime_ns, sites[1].db.read_bytes()
+    site_contribution(sites[1].db)
+    assert (sites[1].db.stat().st_mtime_ns, sites[1].db.read_bytes()) == before
+    from gridedge.federation.reader import open_site
+
+    conn = open_site(sites[1].db)
+    with pytest.raises(Exception, match=r"readonly|read-only|query_only"):
+        conn.execute("DELETE FROM events")
+    conn.close()
+
+
+def _captured_messages(cap: Path) -> list[Message]:
+    objs: dict[str, bytes] = {}
+    ids: list[str] = []
+    for f in sorted(cap.iterdir()):
+        b = f.read_bytes()
+        if f.name.endswith("obj.bin"):
+            r = PushObjectRequest.FromString(b)
+            objs[r.object_id] = r.object_content
+        else:
+            ids += [m.metadata.message_id for m in PushMessagesRequest.FromString(b).messages_list]
+    return [inflate_object_from_contents(i, dict(objs), keep_object_contents=True) for i in ids]
+
+
+def _contains_series(flat: np.ndarray, series: np.ndarray, width: int = 4) -> bool:
+    """True if ``width`` consecutive readings of any stored series appear consecutively in ``flat``."""
+    if flat.size < width:
+        return bool(flat.size and any(np.isin(flat, series[:, j]).all() for j in range(series.shape[1])))
+    windows = {tuple(np.round(flat[i : i + width], 9)) for i in range(flat.size - width + 1)}
+    for j in range(series.shape[1]):
+        col = series[:, j]
+        col = col[np.isfinite(col)]
+        for i in range(col.size - width + 1):
+            if tuple(np.round(col[i : i + width], 9)) in windows:
+                return True
+    return False
+
+
+def test_fleet_rounds_weighted_mean_and_nothing_raw_crosses(sites: list[Site], tmp_path: Path) -> None:
+    cap = tmp_path / "capture"
+    fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites, capture_dir=cap)
+    server_models = tmp_path / "server-models"
+    try:
+        fleet.start_superlink()
+        for i in range(3):
+            fleet.start_supernode(i)
+        fleet.run({"num-rounds": 2, "min-nodes": 3, "model-dir": str(server_models)})
+    except Exception:
+        print(fleet.log_text())
+        raise
+    finally:
+        fleet.stop_all()
+
+    # -- rounds completed; every site holds the same versioned global model -------------------------
+    models = list_models(server_models)
+    assert [m["round"] for m in models] == [1, 2], models
+    assert all(m["sites"] == 3 for m in models)
+    for s in sites:
+        assert [m["version"] for m in list_models(s.model_dir)] == [m["version"] for m in models]
+
+    # -- the global prior equals the count-weighted mean computed independently -------------------
+    prior, version = load_latest_model(server_models)
+    assert version == models[-1]["version"]
+    ref = independent_prior(sites)
+    assert np.array_equal(np.isnan(prior["shape"]), np.isnan(ref["shape"]))
+    np.testing.assert_allclose(prior["shape"], ref["shape"], rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(prior["spread"], ref["spread"], rtol=1e-9, equal_nan=True)
+    assert (
+        np.nanmin(prior["shape"][:, QUANTITIES.index("current")])
+        < 0.9
+        < 1.1
+        < np.nanmax(prior["shape"][:, QUANTITIES.index("current")])
+    )  # a real daily shape, not a flat line
+
+    # -- the global classifier equals the label-weighted mean of the sites' round-2 coefficients ---
+    round1 = np.load(models[0]["path"])
+    contribs = [site_contribution(s.db, dict(round1), seed=s.seed + 2) for s in sites]
+    labels = np.array([m["labelled"] for _, m in contribs], float)
+    coefs = [a["clf.coef_w"] * m["num-examples"] / max(m["labelled"], 1) for a, m in contribs]
+    want = sum(w * c for w, c in zip(labels, coefs, strict=True)) / labels.sum()
+    clf, cversion = load_latest_classifier(server_models)
+    assert cversion == version
+    np.testing.assert_allclose(clf["coef"], want, rtol=1e-9, atol=1e-12)
+
+    # -- nothing raw crossed: every message the SuperLink received holds allow-listed arrays only ---
+    msgs = _captured_messages(cap)
+    train = [m for m in msgs if m.metadata.message_type == "train"]
+    assert len(train) == 6 and len(msgs) == 12
+    for m in msgs:
+        assert not m.has_error()
+        arrays = {k: v for rec in m.content.array_records.values() for k, v in from_record(rec).items()}
+        check_arrays(arrays)
+        if m.metadata.message_type == "train":
+            assert set(arrays) == set(ALLOWED_ARRAYS)
+        for mr in m.content.metric_records.values():
+            assert set(mr) <= {"num-examples", "labelled", "points", "correct", "evaluated"}
+        for a in arrays.values():
+            flat = np.asarray(a, np.float64).ravel()
+            for s in sites:
+                assert not _contains_series(flat, s.series), "a stored reading series crossed"
+
+    # -- the daemon side: a brand-new site starts from the prior instead of observing -------------
+    new = sites[0]
+    det = Detector(new.points, timezone="Europe/Berlin")
+    det.apply_prior(prior, version)
+    from gridedge.protocols.simulators.substation import SubstationModel
+
+    ts, values = SubstationModel(seed=99).history(1_790_000_000.0, 1_790_000_000.0 + 6 * 3600, 300.0)
+    det.warm(ts, values)
+    arrays, meta = det.state_arrays()
+    cur = new.points.index_of("F1_I")
+    assert np.sum(arrays["n"][:, cur] >= 20) > 100  # most of the week is no longer cold after 6 hours
+    assert meta["prior_version"] == version
+
+
+def test_latest_global_none_for_empty_dir(tmp_path: Path) -> None:
+    assert latest_global(tmp_path) is None
+    assert load_latest_model(tmp_path) is None and load_latest_classifier(tmp_path) is None
