@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_federation import FlowerFleet, Site, build_sites
+from fixtures_federation import T0, FlowerFleet, Site, build_sites
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.proto.fleet_pb2 import PushMessagesRequest
 from flwr.proto.message_pb2 import PushObjectRequest
@@ -198,11 +198,16 @@ def test_fleet_rounds_weighted_mean_and_nothing_raw_crosses(sites: list[Site], t
     det.apply_prior(prior, version)
     from gridedge.protocols.simulators.substation import SubstationModel
 
-    ts, values = SubstationModel(seed=99).history(1_790_000_000.0, 1_790_000_000.0 + 6 * 3600, 300.0)
+    # four weeks later, in hours of the week the fleet has seen (the test sites hold 2-4 days each)
+    t0 = T0 + 4 * 604800
+    ts, values = SubstationModel(seed=99).history(t0, t0 + 6 * 3600, 300.0)
     det.warm(ts, values)
     arrays, meta = det.state_arrays()
     cur = new.points.index_of("F1_I")
-    assert np.sum(arrays["n"][:, cur] >= 20) > 100  # most of the week is no longer cold after 6 hours
+    known = int(np.sum(np.isfinite(prior["shape"][:, QUANTITIES.index("current")])))
+    assert known >= 48
+    # after 6 hours every hour of the week the fleet knows is out of observation mode (min_samples 20)
+    assert np.sum(arrays["n"][:, cur] >= 20) >= known
     assert meta["prior_version"] == version
 
 
