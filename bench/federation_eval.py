@@ -1,0 +1,159 @@
+"""Federation evaluation: a new site with the fleet prior vs without, and the federated event classifier
+vs central vs each site alone. Labelled scenarios from bench/scenarios.py, seeds >= 2000.
+
+    .venv/bin/python bench/federation_eval.py [--fleet 3] [--fleet-days 28] [--new-days 7]
+
+FedAvg is computed here in-process with the same functions the ClientApp/ServerApp use (contribution
+arithmetic, ``train_sgd``, count-weighted averaging); the Flower transport itself is covered by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scenarios import generate
+
+from gridedge.federation.classifier import CLASSES, decision, features_matrix, train_sgd
+from gridedge.federation.prior import prior_from_sums, site_prior_sums
+from gridedge.gateway.model import PointTable, ReadingBatch
+from gridedge.scoring.detector import Detector
+
+
+def run_detector(sc, prior=None, warm_days: float = 0.0):
+    """Score a scenario live (1-hour batches); return (detector, events)."""
+    pts = PointTable.from_specs(sc.points)
+    det = Detector(pts, timezone=sc.timezone, frequency_hz=sc.frequency_hz)
+    if prior is not None:
+        det.apply_prior(prior, "bench")
+    T, P = sc.values.shape
+    n_warm = int(warm_days * 86400 / sc.step)
+    if n_warm:
+        det.warm(sc.ts[:n_warm], sc.values[:n_warm], sc.quality[:n_warm])
+    events = []
+    hour = int(3600 / sc.step)
+    for a in range(n_warm, T, hour):
+        b = min(T, a + hour)
+        n = b - a
+        v = sc.values[a:b].ravel()
+        q = np.where(np.isfinite(v), sc.quality[a:b].ravel(), 1).astype(np.uint8)
+        events += det.process(
+            ReadingBatch(point_idx=np.tile(np.arange(P, dtype=np.int32), n), ts=np.repeat(sc.ts[a:b], P),
+                         value=np.nan_to_num(v), quality=q)
+        )  # fmt: skip
+    return det, events
+
+
+def label_events(sc, events) -> list[dict]:
+    """Operator verdicts from the scenario truth: incident / sensor_fault / false_alarm."""
+    out = []
+    for e in events:
+        end = e.end if e.end is not None else e.start
+        lab = "false_alarm"
+        for t in sc.truth:
+            if t["start"] - 600 <= end and e.start <= t.get("end", t["start"]) + 1800:
+                if t["class"] == "grid" and e.group in t.get("accept", [t["group"]]):
+                    lab = "incident"
+                elif t["class"] == "sensor" and t["target"] in e.points:
+                    lab = "sensor_fault"
+        d = e.to_dict()
+        d["kind"] = str(e.kind)
+        d["label"] = lab
+        out.append(d)
+    return out
+
+
+def detection(sc, events, days: float) -> tuple[float, float, int]:
+    """(share of grid incidents detected, false grid episodes per day, incidents) in the first ``days``."""
+    t_end = sc.ts[0] + days * 86400
+    grid = [t for t in sc.truth if t["class"] == "grid" and t["start"] < t_end]
+    gev = [e for e in events if str(e.kind) in ("grid_anomaly", "feeder_trip") and e.start < t_end]
+    hit, used = 0, set()
+    for t in grid:
+        for i, e in enumerate(gev):
+            if (
+                e.group in t.get("accept", [t["group"]])
+                and t["start"] - 600 <= e.start <= t.get("end", t["start"]) + 1800
+            ):
+                hit += 1
+                used.add(i)
+                break
+    false = sum(
+        1 for i, e in enumerate(gev) if i not in used and not any(
+            t["start"] - 600 <= e.start <= t.get("end", t["start"]) + 1800 for t in sc.truth)
+    )  # fmt: skip
+    return (hit / len(grid) if grid else float("nan")), false / days, len(grid)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fleet", type=int, default=3)
+    ap.add_argument("--fleet-days", type=int, default=28)
+    ap.add_argument("--new-days", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=10)
+    args = ap.parse_args()
+    t0 = time.time()
+    sums, labelled = [], []
+    for k in range(args.fleet):
+        sc = generate(2000 + k, days=args.fleet_days, incidents_in_last_days=14)
+        det, events = run_detector(sc, warm_days=0.0)
+        arrays, meta = det.state_arrays()
+        qty = [p["quantity"] for p in sc.points]
+        sums.append(site_prior_sums(arrays["mean"], arrays["var"], arrays["n"], qty))
+        labelled.append((label_events(sc, events), {p["name"]: p["quantity"] for p in sc.points}))
+        print(f"fleet site {k}: seed {2000 + k}, {len(events)} events, {time.time() - t0:.0f}s", flush=True)
+    prior = prior_from_sums(sums)
+
+    # -- a new site: first days with vs without the prior -------------------------------------------
+    new = generate(2100, days=args.new_days, incidents_in_last_days=args.new_days)
+    rows = []
+    for name, pr in (("observation mode (no prior)", None), ("fleet prior", prior)):
+        _, ev = run_detector(new, pr)
+        rows.append((name, *detection(new, ev, args.new_days)))
+    print(f"\nNew site (seed 2100), first {args.new_days} days, 1-minute data:")
+    print(f"{'start':32s} {'grid detected':>14s} {'false grid episodes/day':>24s} {'incidents':>10s}")
+    for name, rate, fpd, n in rows:
+        print(f"{name:32s} {rate:14.0%} {fpd:24.2f} {n:10d}")
+
+    # -- classifier: federated vs central vs local -----------------------------------------------------
+    data = [features_matrix(evs, qmap) for evs, qmap in labelled]
+    # test split: the last 30 % of each site's labelled events (by time)
+    split = [
+        (X[: int(0.7 * len(y))], y[: int(0.7 * len(y))], X[int(0.7 * len(y)) :], y[int(0.7 * len(y)) :])
+        for X, y in data
+    ]
+    Xte = np.vstack([s[2] for s in split])
+    yte = np.concatenate([s[3] for s in split])
+
+    def acc(c, i) -> float:
+        return float(np.mean(np.argmax(decision(c, i, Xte), axis=1) == yte)) if len(yte) else float("nan")
+
+    coef, icpt = None, None
+    for r in range(args.rounds):
+        outs = [(train_sgd(Xtr, ytr, coef, icpt, epochs=5, seed=r), len(ytr)) for Xtr, ytr, _, _ in split]
+        w = np.array([n for _, n in outs], float)
+        coef = sum(n * c for (c, _), n in outs) / w.sum()
+        icpt = sum(n * i for (_, i), n in outs) / w.sum()
+    Xall = np.vstack([s[0] for s in split])
+    yall = np.concatenate([s[1] for s in split])
+    cc, ci = train_sgd(Xall, yall, epochs=5 * args.rounds, seed=0)
+    print(
+        f"\nEvent classifier ({', '.join(CLASSES)}), {len(yall)} training / {len(yte)} test labels, pooled test set:"
+    )
+    print(f"{'model':32s} {'accuracy':>9s}")
+    print(f"{'federated (FedAvg, ' + str(args.rounds) + ' rounds)':32s} {acc(coef, icpt):9.1%}")
+    print(f"{'central (pooled labels)':32s} {acc(cc, ci):9.1%}")
+    for k, (Xtr, ytr, _, _) in enumerate(split):
+        lc, li = train_sgd(Xtr, ytr, epochs=5 * args.rounds, seed=0)
+        print(f"{'site ' + str(k) + ' alone (' + str(len(ytr)) + ' labels)':32s} {acc(lc, li):9.1%}")
+    print(f"\n({time.time() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
