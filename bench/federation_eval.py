@@ -102,7 +102,7 @@ def main() -> int:
     for k in range(args.fleet):
         sc = generate(2000 + k, days=args.fleet_days, incidents_in_last_days=14)
         det, events = run_detector(sc, warm_days=0.0)
-        arrays, meta = det.state_arrays()
+        arrays, _meta = det.state_arrays()
         qty = [p["quantity"] for p in sc.points]
         sums.append(site_prior_sums(arrays["mean"], arrays["var"], arrays["n"], qty))
         labelled.append((label_events(sc, events), {p["name"]: p["quantity"] for p in sc.points}))
@@ -110,7 +110,7 @@ def main() -> int:
     prior = prior_from_sums(sums)
 
     # -- a new site: first days with vs without the prior -------------------------------------------
-    new = generate(2100, days=args.new_days, incidents_in_last_days=args.new_days)
+    new = generate(2100, days=args.new_days, incidents_in_last_days=args.new_days, train_kinds=())
     rows = []
     for name, pr in (("observation mode (no prior)", None), ("fleet prior", prior)):
         _, ev = run_detector(new, pr)
