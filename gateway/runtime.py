@@ -115,6 +115,8 @@ class Runtime:
         self._last_value = np.full(len(self.points), np.nan)
         self._last_quality = np.full(len(self.points), Quality.COMM_LOST, np.uint8)
         self._dev_idx: dict[str, np.ndarray] = {}
+        self._prior_version: str | None = None
+        self._classifier: tuple[dict[str, np.ndarray], str] | None = None
         self._stop = asyncio.Event()
         self._reload_requested = False
         self._reloaded = False
@@ -237,7 +239,23 @@ class Runtime:
         if self.watchdog is not None:
             self.watchdog.beat("scorer")
 
+    def _annotate(self, ev: Event) -> None:
+        """The fleet's event classifier ranks the event (incident / sensor fault / false alarm)."""
+        if self._classifier is None:
+            return
+        from gridedge.federation.classifier import classify, event_features
+
+        arrays, version = self._classifier
+        try:
+            quantity_of = {p.name: str(p.quantity) for p in self.points}
+            label, probs = classify(arrays["coef"], arrays["intercept"], event_features(ev.to_dict(), quantity_of))
+            ev.explanation["classifier"] = {"label": label, "probabilities": probs, "model_version": version}
+            ev.model_version = ev.model_version or version
+        except Exception as exc:  # a model that does not fit this site must not stop alerting
+            log.error(kv("classifier_failed", version=version, error=exc))
+
     def _dispatch_event(self, ev: Event) -> None:
+        self._annotate(ev)
         decision = self.policy.decide(ev, time.time())
         assert self.store is not None
         self.store.add_events([ev], {ev.id: decision})
@@ -485,6 +503,7 @@ class Runtime:
             if now - last_state_save >= 60.0:
                 last_state_save = now
                 self.save_scorer_state()
+                self.apply_fleet_models()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)
 
@@ -499,6 +518,32 @@ class Runtime:
         if self.mqtt is not None:
             s = self.mqtt.stats()
             m.outbox_stats(s.get("outbox_depth", 0), s.get("oldest_unsent_age"), s.get("drops", {}))
+
+    def apply_fleet_models(self) -> None:
+        """Apply the newest global models the federation client pulled into ``federation.model_dir``
+        (hot, no restart); the version is audited and recorded in every event the models influence."""
+        fed = self.cfg.federation
+        if not fed.enabled or self.detector is None:
+            return
+        try:
+            from gridedge.federation.models import load_latest_classifier, load_latest_model
+
+            if fed.use_prior:
+                got = load_latest_model(fed.model_dir)
+                if got is not None and got[1] != self._prior_version:
+                    self.detector.apply_prior(got[0], got[1])
+                    self._prior_version = got[1]
+                    log.info(kv("fleet_prior_applied", version=got[1]))
+                    if self.store is not None:
+                        self.store.audit("federation", "model_update", "prior", {"version": got[1]})
+            clf = load_latest_classifier(fed.model_dir)
+            if clf is not None and (self._classifier is None or clf[1] != self._classifier[1]):
+                self._classifier = clf
+                log.info(kv("fleet_classifier_applied", version=clf[1]))
+                if self.store is not None:
+                    self.store.audit("federation", "model_update", "classifier", {"version": clf[1]})
+        except Exception as exc:
+            log.error(kv("fleet_model_unusable", model_dir=fed.model_dir, error=exc))
 
     def save_scorer_state(self) -> None:
         if self.detector is not None and self.store is not None:
@@ -557,6 +602,7 @@ class Runtime:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.prepare()
+        self.apply_fleet_models()
         self._start_optional_services()
         self._install_signals()
         enabled = [d for d in self.cfg.devices if d.enabled]
