@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def decay_factor(dt: float, tau: float) -> float:
     """exp(-dt/tau), with a second-order series when dt ≪ tau (same result to < 2e-7, 3× cheaper)."""
     if dt <= 0.0:
@@ -41,7 +41,7 @@ def decay_factor(dt: float, tau: float) -> float:
     return math.exp(-u)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def ew_step(mean, var, n, last, s, p, x, r, t, tau):
     """One time-decayed EW update of slot ``s`` of point ``p`` with value ``x`` at time ``t``.
 

@@ -1,0 +1,160 @@
+"""Scoring benchmark: the per-slot EW kernel (numba) vs the same in NumPy vs pure Python, side by side.
+
+Also measures the state layout ([slot, point] as used vs [point, slot]) and the full Detector path
+(a live 26-point batch per call, and a replay batch of many cycles).
+
+Usage::
+
+    .venv/bin/python bench/scoring_bench.py            # 1k, 10k, 100k points
+    .venv/bin/python bench/scoring_bench.py --quick    # fewer cycles
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+from numba import njit
+
+from gridedge.scoring.baseline import (
+    ew_score_update_numba,
+    ew_score_update_numpy,
+    ew_score_update_python,
+    new_baseline,
+)
+
+TAU = 30 * 86400.0
+
+
+@njit(cache=True)
+def _ew_point_major(slot, pidx, ts, val, ok, mean, var, n, last, floor, min_n, tau, z_out):
+    """The same kernel over state laid out [point, slot] (for the layout comparison only)."""
+    for i in range(len(pidx)):
+        p = pidx[i]
+        s = slot[i]
+        x = val[i]
+        w = n[p, s]
+        if w >= min_n:
+            z_out[i] = (x - mean[p, s]) / math.sqrt(var[p, s] + floor[p] * floor[p])
+        else:
+            z_out[i] = np.nan
+        if ok[i]:
+            if w > 0.0:
+                u = (ts[i] - last[p, s]) / tau
+                w *= 1.0 - u * (1.0 - 0.5 * u) if u < 0.01 else math.exp(-u)
+            w += 1.0
+            a = 1.0 / w
+            m = mean[p, s]
+            d = x - m
+            mean[p, s] = m + a * d
+            var[p, s] = (1.0 - a) * (var[p, s] + a * d * d)
+            n[p, s] = w
+            last[p, s] = ts[i]
+
+
+def _cycles(P: int, cycles: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    pidx = np.arange(P, dtype=np.int32)
+    val = rng.normal(100.0, 5.0, P)
+    ok = np.ones(P, np.bool_)
+    for c in range(cycles):
+        slot = np.full(P, c % 168, np.int16)  # every cycle a new slot row: the cache-unfriendly case
+        ts = np.full(P, 1.7e9 + 60.0 * c)
+        yield slot, pidx, ts, val, ok
+
+
+def bench_kernel(fn, P: int, cycles: int, layout: str = "slot_point") -> float:
+    """ns per reading of ``fn`` over ``cycles`` full cycles of ``P`` points."""
+    st = new_baseline(P)
+    if layout == "point_slot":
+        st = {k: np.ascontiguousarray(v.T) for k, v in st.items()}
+    for v in st.values():
+        v.fill(0.0)  # touch every page now: first-touch page faults are not the kernel's cost
+    floor = np.full(P, 0.01)
+    z = np.empty(P)
+    data = list(_cycles(P, cycles))
+    fn(*data[0], *st.values(), floor, 2.0, TAU, z)  # warm-up (compile / caches)
+    t0 = time.perf_counter()
+    for args in data:
+        fn(*args, *st.values(), floor, 2.0, TAU, z)
+    dt = time.perf_counter() - t0
+    return dt / (cycles * P) * 1e9
+
+
+def bench_detector(quick: bool) -> list[tuple[str, str]]:
+    """Full Detector: live 26-point batches (µs/call) and a replay batch (ns/reading)."""
+    from bench.scenarios import generate
+    from gridedge.gateway.model import PointTable, ReadingBatch
+    from gridedge.scoring import Detector
+
+    sc = generate(0, days=14 if quick else 28)
+    pts = PointTable.from_specs(sc.points)
+    T, P = sc.values.shape
+    det = Detector(pts, timezone=sc.timezone)
+    half = T // 2
+    det.warm(sc.ts[:1000], sc.values[:1000])  # compile / load cache
+    det = Detector(pts, timezone=sc.timezone)
+    t0 = time.perf_counter()
+    det.warm(sc.ts[:half], sc.values[:half])
+    warm_ns = (time.perf_counter() - t0) / (half * P) * 1e9
+    live = [
+        ReadingBatch(np.arange(P, dtype=np.int32), np.full(P, sc.ts[k]), sc.values[k], np.zeros(P, np.uint8))
+        for k in range(half, half + 2000)
+    ]
+    t0 = time.perf_counter()
+    for b in live:
+        det.process(b)
+    live_us = (time.perf_counter() - t0) / len(live) * 1e6
+    a, b = half + 2000, min(T, half + 2000 + 1440)
+    n = b - a
+    rb = ReadingBatch(
+        np.tile(np.arange(P, dtype=np.int32), n),
+        np.repeat(sc.ts[a:b], P),
+        sc.values[a:b].ravel(),
+        np.where(np.isfinite(sc.values[a:b].ravel()), 0, 1).astype(np.uint8),
+    )
+    t0 = time.perf_counter()
+    det.process(rb)
+    replay_ns = (time.perf_counter() - t0) / len(rb) * 1e9
+    return [
+        ("Detector.warm (26 points, 1-min history)", f"{warm_ns:8.1f} ns/reading"),
+        ("Detector.process, live batch of 26 readings", f"{live_us:8.1f} µs/call"),
+        ("Detector.process, replay batch (1 day × 26)", f"{replay_ns:8.1f} ns/reading"),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer cycles (CI smoke run)")
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    for P in sizes:
+        cyc = max(20, int((2e6 if args.quick else 2e7) // P))
+        py_cycles = max(1, int(2e5 // P))
+        rows.append(
+            (
+                P,
+                bench_kernel(ew_score_update_numba, P, cyc),
+                bench_kernel(_ew_point_major, P, cyc, layout="point_slot"),
+                bench_kernel(ew_score_update_numpy, P, cyc),
+                bench_kernel(ew_score_update_python, P, py_cycles),
+            )
+        )
+    print("EW baseline kernel (score + learn), ns per reading, one full cycle per call, new slot each cycle")
+    print(
+        f"{'points':>8} | {'numba [slot,point]':>18} | {'numba [point,slot]':>18} | {'NumPy':>8} | {'pure Python':>11}"
+    )
+    print("-" * 76)
+    for P, nb, nbt, npy, py in rows:
+        print(f"{P:>8} | {nb:>18.1f} | {nbt:>18.1f} | {npy:>8.1f} | {py:>11.1f}")
+    print()
+    for name, fig in bench_detector(args.quick):
+        print(f"{name:<46} {fig}")
+
+
+if __name__ == "__main__":
+    main()
