@@ -103,6 +103,10 @@ def _sqlite_utils() -> ModuleType:
     return sqlite_utils
 
 
+# Imported with the module (not at the first open) so opening a store stays fast.
+_sqlite_utils()
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply every pending forward migration, each in its own transaction with its record; return the version."""
     db = _sqlite_utils().Database(conn, recursive_triggers=False, execute_plugins=False)
