@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def run_disk_full(store: Store, make_full: Callable[[], None], make_room: Callab
         (refused if seq < 0 else accepted).append(k)
         k += 1
         assert k < 400_000, "the disk never filled up"
+    deadline = time.monotonic() + 10  # on a busy machine the writer may not have tried yet
+    while not store.stats()["disk_full"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     st = store.stats()
     assert st["disk_full"] is True
     assert st["write_errors"] > 0 and "full" in (st["last_error"] or "")
