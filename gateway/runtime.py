@@ -295,6 +295,10 @@ class Runtime:
     def _command_from_thread(self, cmd: Any) -> dict:
         """paho calls this on its network thread: run the command on the event loop, which owns the
         detector and policy, and wait for its result (errors propagate to the bridge's error reply)."""
+        if cmd.verb in ("ack", "label"):
+            # Store-only commands: the store is thread-safe and these wait for their commit, which must
+            # not hold up the event loop.
+            return self.handle_command(cmd)
         loop = self._loop
         if loop is None or loop.is_closed():
             raise RuntimeError("gateway is not running")
