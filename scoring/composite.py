@@ -62,7 +62,7 @@ def fit_thresholds(
 
 
 def zscale_from_hist(hist: np.ndarray, grid: np.ndarray, min_count: float = 1000.0) -> np.ndarray:
-    """z divisor per point: its |z| 99th percentile over the Gaussian one (2.576), within [1, 4]."""
+    """z divisor per point: its |z| 99th percentile over the Gaussian one (2.576), within [1, 2]."""
     out = np.ones(hist.shape[0])
     edges = np.concatenate([[0.0], grid])  # column 0 holds |z| < grid[0]
     for p in range(hist.shape[0]):
@@ -72,5 +72,5 @@ def zscale_from_hist(hist: np.ndarray, grid: np.ndarray, min_count: float = 1000
         c = np.cumsum(hist[p])
         k = int(np.searchsorted(c, 0.99 * tot))
         q99 = edges[min(k + 1, len(edges) - 1)]
-        out[p] = min(max(q99 / 2.576, 1.0), 4.0)
+        out[p] = min(max(q99 / 2.576, 1.0), 2.0)
     return out

@@ -568,6 +568,24 @@ def run_batch(
             if abs(cm) > 0.6:
                 cm = 0.0
         sf[SF_CM] = cm
+        # temperatures: weather moves every transformer's oil together — score each against the
+        # others' deviation (leave-one-out), so only what is its own remains
+        tsum = 0.0
+        tcnt = 0
+        for k in range(i, j):
+            p = pidx[k]
+            if qcode[p] == Q_TEMP and math.isfinite(pf[p, PF_Z]) and pf[p, PF_GOOD] == t:
+                if pi[p, PI_COND] == 0 and pi[p, PI_FAULT] == 0:
+                    tsum += pf[p, PF_VAL] - pf[p, PF_MEAN]
+                    tcnt += 1
+        if tcnt >= 2:
+            for k in range(i, j):
+                p = pidx[k]
+                if qcode[p] == Q_TEMP and math.isfinite(pf[p, PF_Z]) and pf[p, PF_GOOD] == t:
+                    dev = pf[p, PF_VAL] - pf[p, PF_MEAN]
+                    own = pi[p, PI_COND] == 0 and pi[p, PI_FAULT] == 0
+                    loo = (tsum - dev) / (tcnt - 1) if own else tsum / tcnt
+                    pf[p, PF_ZADJ] = (dev - loo) / pf[p, PF_SD] / pf[p, PF_ZSCALE]
         for k in range(i, j):
             p = pidx[k]
             if _is_load(qcode[p]) and math.isfinite(pf[p, PF_Z]) and pf[p, PF_GOOD] == t:
@@ -960,7 +978,16 @@ def run_batch(
                     continue
                 x = pf[p, PF_VAL]
                 z = pf[p, PF_ZADJ]
-                if math.isfinite(z):
+                # a total that equals the sum of its children (satisfied sum relation) adds no
+                # information of its own: the children's composites carry it
+                redundant = False
+                for rr in range(prel_ptr[p], prel_ptr[p + 1]):
+                    r = prel[rr]
+                    if (rel_type[r] == REL_SUMP or rel_type[r] == REL_SUMQ) and ri[r] == RS_SAT:
+                        for k2 in range(rel_ptr[r], rel_ptr[r + 1]):
+                            if rel_pt[k2] == p and rel_role[k2] == ROLE_TOTAL:
+                                redundant = True
+                if math.isfinite(z) and not redundant:
                     nwarm += 1
                     c = abs(z) - 1.0
                     if c > 0.0:
