@@ -44,10 +44,10 @@ def fit_thresholds(
         weeks = observed_s[g] / WEEK
         rate = episodes[g] / weeks
         target = target_per_group_week
-        bulk = np.flatnonzero((episodes[g] >= 3) & (rate >= 8.0 * target))
+        bulk = np.flatnonzero((episodes[g] >= 8) & (rate >= 8.0 * target))
         thr = math.nan
         if len(bulk) >= 2:
-            sel = bulk[-6:]  # the highest thresholds of the noise part: closest to the tail we need
+            sel = bulk[-5:]  # the highest thresholds of the noise part: closest to the tail we need
             x = grid[sel]
             y = np.log(rate[sel])
             if np.ptp(x) > 0:

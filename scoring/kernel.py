@@ -1138,8 +1138,10 @@ def run_batch(
             if w >= _warm_n(pf, p, minn):
                 sd = pf[p, PF_SD]
                 z = (x - m) / sd
-                # calibration histogram of |z| (raw) per point
-                az = abs(z)
+                # calibration histogram of |z| per point, after the common-mode corrections (what
+                # the composite sees), before the per-point scale
+                za = pf[p, PF_ZADJ] * pf[p, PF_ZSCALE]
+                az = abs(za) if math.isfinite(za) else abs(z)
                 if az >= cal_grid[0]:
                     b = int((math.log(az) - log_k0) / log_step)
                     if b >= K:
