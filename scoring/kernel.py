@@ -454,7 +454,9 @@ def run_batch(
                             nsnap += 1
                     d1 = 0.0  # the return step is not a new candidate
             da = pf[p, PF_DABS]
-            if da > 0.0 and abs(d1) > 3.0 * da:
+            # "moved" (for the lone-spike test of its peers): clearly beyond its usual step and its
+            # noise floor, so one or two resolution steps of a quantised reading do not count
+            if da > 0.0 and abs(d1) > 4.0 * da and abs(d1) > 2.0 * f:
                 moved[p] = 1
             if (
                 da > 0.0
@@ -743,6 +745,22 @@ def run_batch(
                     if abs(sq) < 0.05:
                         continue
                     d = er / sq
+                    # its own group moving the same way is the grid, not this sensor
+                    coherent = False
+                    gq = gidx[q]
+                    for k2 in range(grp_ptr[gq], grp_ptr[gq + 1]):
+                        o = grp_pts[k2]
+                        zo = pf[o, PF_Z]
+                        if (
+                            o != q
+                            and _scored(qcode[o])
+                            and math.isfinite(zo)
+                            and abs(zo) > 2.5
+                            and zo * d > 0.0
+                        ):
+                            coherent = True
+                    if coherent:
+                        continue
                     cost = 0.0
                     for rr in range(prel_ptr[q], prel_ptr[q + 1]):
                         r2 = prel[rr]
