@@ -587,12 +587,17 @@ def run_batch(
                     dev = pf[p, PF_VAL] - pf[p, PF_MEAN]
                     own = pi[p, PI_COND] == 0 and pi[p, PI_FAULT] == 0
                     loo = (tsum - dev) / (tcnt - 1) if own else tsum / tcnt
+                    loo = min(max(loo, min(dev, 0.0)), max(dev, 0.0))  # explain, never add
                     pf[p, PF_ZADJ] = (dev - loo) / pf[p, PF_SD] / pf[p, PF_ZSCALE]
         for k in range(i, j):
             p = pidx[k]
             if _is_load(qcode[p]) and math.isfinite(pf[p, PF_Z]) and pf[p, PF_GOOD] == t:
                 m = pf[p, PF_MEAN]
-                pf[p, PF_ZADJ] = (pf[p, PF_VAL] - m * (1.0 + cm)) / pf[p, PF_SD] / pf[p, PF_ZSCALE]
+                # the common mode may explain this point's deviation, never add to it: a feeder that
+                # stays put while the others rise is not anomalous
+                own = pf[p, PF_VAL] / m - 1.0 if m != 0.0 else 0.0
+                c = min(max(cm, min(own, 0.0)), max(own, 0.0))
+                pf[p, PF_ZADJ] = (pf[p, PF_VAL] - m * (1.0 + c)) / pf[p, PF_SD] / pf[p, PF_ZSCALE]
         # ---------------- phase 2d: relations and isolation ----------------------------------------
         if R > 0:
             for r in range(R):
