@@ -54,9 +54,12 @@ def fit_thresholds(
                 b, a = np.polyfit(x, y, 1)
                 if b < 0:
                     thr = (math.log(target) - a) / b
-        if math.isnan(thr):
-            under = np.flatnonzero(rate <= target)
-            thr = float(grid[under[0]]) if len(under) else thr_max
+        under = np.flatnonzero(rate <= target)
+        empirical = float(grid[under[0]]) if len(under) else thr_max
+        # the tail fit is conservative for light (Gaussian-like) tails: when the data themselves
+        # already show the target rate at a lower threshold over enough weeks, believe the data
+        if math.isnan(thr) or (weeks >= 3.0 and empirical < thr):
+            thr = empirical
         out[g] = min(max(thr, thr_min), thr_max)
     return out
 
