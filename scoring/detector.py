@@ -174,10 +174,12 @@ class Detector:
         self._next_recal: float | None = None
         self._prior: dict[str, np.ndarray] | None = None
         self._prior_version: str | None = None
-        self._rec_i = np.zeros((_REC_CAP, 5), np.int64)
-        self._rec_f = np.zeros((_REC_CAP, 3))
-        self._snap_i = np.zeros((_REC_CAP * 8, 3), np.int64)
-        self._snap_f = np.zeros((_REC_CAP * 8, 5))
+        # the kernel stops at a segment boundary when fewer than 2P + 3G + D + 8 record rows are left
+        cap = max(_REC_CAP, 2 * (2 * P + 3 * G + D + 8))
+        self._rec_i = np.zeros((cap, 5), np.int64)
+        self._rec_f = np.zeros((cap, 3))
+        self._snap_i = np.zeros((max(_REC_CAP * 8, cap), 3), np.int64)
+        self._snap_f = np.zeros((max(_REC_CAP * 8, cap), 5))
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -259,7 +261,10 @@ class Detector:
             a_p, a_t, a_v, a_q, a_s, a_f = pidx[sl], ts[sl], val[sl], qual[sl], slot[sl], frac[sl]
             pos = 0
             while pos < end - start:
+                before = pos
                 pos, nrec, nsnap = self._kernel(a_p, a_t, a_v, a_q, a_s, a_f, pos, emit)
+                if pos == before and nrec == 0:  # cannot happen with the capacity above; never spin
+                    raise RuntimeError("scoring kernel made no progress")
                 if emit and nrec:
                     out.extend(self._events_from_records(nrec, nsnap))
             start = end
@@ -278,6 +283,8 @@ class Detector:
             return []
         ts = batch.ts
         pidx, val, qual = batch.point_idx, batch.value, batch.quality
+        if int(pidx.min()) < 0 or int(pidx.max()) >= len(self.points):
+            raise ValueError(f"batch names point indices outside 0..{len(self.points) - 1}")
         if len(ts) > 1 and np.any(np.diff(ts) < 0):
             order = np.argsort(ts, kind="stable")
             pidx, ts, val, qual = pidx[order], ts[order], val[order], qual[order]
