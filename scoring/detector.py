@@ -94,7 +94,9 @@ class Detector:
         self._lo, self._hi = phys["lo"], phys["hi"]
         self._gidx = np.ascontiguousarray(points.group_idx.astype(np.int64))
         self._didx = np.array([self._dindex[p.device] for p in points], np.int64)
-        self._dev_n = np.bincount(self._didx, minlength=D).astype(np.int64)
+        # devices are judged stale on their analog points (status points may report by exception)
+        scored = np.array([K.is_scored(int(q)) for q in self._qcode], np.bool_)
+        self._dev_n = np.bincount(self._didx[scored], minlength=D).astype(np.int64)
         members: list[list[int]] = [[] for _ in range(G)]
         for p in points:
             members[self._gindex[p.group]].append(p.index)

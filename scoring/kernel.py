@@ -877,7 +877,8 @@ def run_batch(
                 lim = prm[PR_STALE] if prm[PR_STALE] > 0.0 else 5.0 * dtp
                 if t - pf[p, PF_GOOD] > lim:
                     pi[p, PI_COND] |= B_DROPOUT
-                    df[didx[p], 2] += 1.0
+                    if _scored(qcode[p]):  # status points may report by exception only
+                        df[didx[p], 2] += 1.0
                 else:
                     pi[p, PI_COND] &= ~B_DROPOUT
             for d in range(D):

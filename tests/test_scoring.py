@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.gateway.model import EventKind, PointTable
+from gridedge.gateway.model import EventKind, PointTable, ReadingBatch
 from gridedge.scoring import Detector, SlotClock
 from gridedge.scoring.baseline import (
     ew_score_update_numba,
@@ -415,3 +415,30 @@ def test_fleet_prior_fills_cold_slots_and_tags_events():
     events = _run(det, ts2, v2)
     grid = [e for e in events if e.kind == EventKind.GRID_ANOMALY]
     assert grid and grid[0].model_version == "fleet-7"
+
+
+def test_silent_device_is_one_stale_event_not_sensor_faults():
+    from gridedge.gateway.model import Point, Quantity
+
+    pts = PointTable(
+        [
+            Point(0, "V", Quantity.VOLTAGE, group="BUS", device="rtu", nominal=33.0),
+            Point(1, "F", Quantity.FREQUENCY, group="BUS", device="rtu"),
+            Point(2, "I", Quantity.CURRENT, group="F1", device="ied", rating=300.0),
+            Point(3, "P", Quantity.ACTIVE_POWER, group="F1", device="ied"),
+            Point(4, "CB", Quantity.STATUS, group="F1", device="ied"),
+        ]
+    )
+    det = Detector(pts, timezone="Europe/Berlin", frequency_hz=60.0)
+    t = 1.7e9
+    events = []
+    for k in range(300):
+        rtu = np.array([33.1 + 0.01 * math.sin(k), 60.0 + 0.01 * math.sin(k / 3)])
+        events += det.process(ReadingBatch.uniform(np.array([0, 1], np.int32), rtu, ts=t + k))
+        if k < 150 or k >= 250:  # the IED is silent for 100 s
+            ied = np.array([100 + math.sin(k / 7), 5.5 + 0.05 * math.sin(k / 7), 1.0])
+            events += det.process(ReadingBatch.uniform(np.array([2, 3, 4], np.int32), ied, ts=t + k + 0.3))
+    assert [(e.kind, e.explanation["rule"]) for e in events] == [(EventKind.STALE, "device_stale")]
+    assert set(events[0].points) == {"I", "P", "CB"} and t + 150 <= events[0].start <= t + 160
+    ended = det.ended_events()
+    assert ended == events and t + 250 <= ended[0].end <= t + 252
