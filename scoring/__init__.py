@@ -5,6 +5,7 @@ and ``gridedge replay``.
 """
 
 from .detector import STATE_VERSION, Detector
+from .rules import RULE_NAMES
 from .slots import N_SLOTS, SlotClock
 
-__all__ = ["N_SLOTS", "STATE_VERSION", "Detector", "SlotClock"]
+__all__ = ["N_SLOTS", "RULE_NAMES", "STATE_VERSION", "Detector", "SlotClock"]
