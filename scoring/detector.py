@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from .rules import RULE_NAMES, point_physics
 from .sensor_faults import build_relations
 from .slots import N_SLOTS, SlotClock
 
-__all__ = ["STATE_VERSION", "Detector"]
+__all__ = ["STATE_VERSION", "Detector", "ScoringDefaults"]
 
 log = logging.getLogger("gridedge.scoring")
 
@@ -57,6 +58,24 @@ def _f(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+@dataclass(frozen=True)
+class ScoringDefaults:
+    """The defaults of ``gateway.config.ScoringSection`` (scoring does not import the gateway)."""
+
+    memory: float = 30 * 86400.0
+    min_samples: int = 20
+    target_false_alerts_per_week: float = 1.0
+    min_duration: int = 2
+    voltage_band_pct: tuple[float, float] = (5.0, 10.0)
+    frequency_band_hz: tuple[float, float] = (0.2, 0.5)
+    stale_after: float = 0.0
+    suppress: tuple[Any, ...] = ()
+    conservative_threshold: float = 8.0
+    min_threshold: float = 3.0
+    calibration_period: float = 7 * 86400.0
+    recalibrate_every: float = 6 * 3600.0
+
+
 class Detector:
     """Per-point hour-of-week baselines, group composites, grid rules and sensor-fault checks."""
 
@@ -68,12 +87,10 @@ class Detector:
         frequency_hz: float = 50.0,
         config: Any | None = None,
     ) -> None:
-        from gridedge.gateway.config import ScoringSection
-
         self.points = points
         self.timezone = timezone
         self.frequency_hz = float(frequency_hz)
-        self.config = config if config is not None else ScoringSection()
+        self.config = config if config is not None else ScoringDefaults()
         cfg = self.config
         self.clock = SlotClock(timezone)
         P = len(points)

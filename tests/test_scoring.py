@@ -442,3 +442,14 @@ def test_silent_device_is_one_stale_event_not_sensor_faults():
     assert set(events[0].points) == {"I", "P", "CB"} and t + 150 <= events[0].start <= t + 160
     ended = det.ended_events()
     assert ended == events and t + 250 <= ended[0].end <= t + 252
+
+
+def test_defaults_mirror_the_config_section():
+    from gridedge.gateway.config import ScoringSection
+    from gridedge.scoring.detector import ScoringDefaults
+
+    cfg, dflt = ScoringSection(), ScoringDefaults()
+    for name in ScoringDefaults.__dataclass_fields__:
+        if name != "suppress":
+            got = getattr(cfg, name)
+            assert (tuple(got) if isinstance(got, list | tuple) else got) == getattr(dflt, name), name
