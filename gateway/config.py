@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from gridedge.gateway.model import Point, PointTable, Quantity
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -28,6 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from gridedge.gateway.model import Point, PointTable, Quantity
 
 __all__ = [
     "ConfigError",

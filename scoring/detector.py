@@ -603,6 +603,9 @@ class Detector:
             "rule": rule_name,
             "slot": slot,
             "summary": summary,
+            # When the detector raised it (start may be back-dated to the first anomalous reading): replay
+            # drives the alert policy's clock with this, so offline cooldowns equal live ones.
+            "detected_at": float(t_ev),
             "points": figures,
             "threshold": _f(self.state["gf"][self._gindex[group], K.GF_THR])
             if group in self._gindex
