@@ -81,6 +81,36 @@ def make_driver(dev: Any, point_index: dict[str, int], store: Store | None = Non
     raise ValueError(f"unknown protocol {dev.protocol!r}")
 
 
+def _precompile_scoring(cfg: SiteConfig) -> None:
+    """Compile (or load from numba's cache) every scoring kernel before the first poll.
+
+    A fresh install compiles for tens of seconds on the first batch; doing it here, on a throwaway
+    detector, keeps that out of the event loop's first cycles (READY=1 is sent only afterwards).
+    """
+    from gridedge.gateway.model import Point, Quantity
+    from gridedge.scoring.detector import Detector
+
+    t0 = time.perf_counter()
+    pts = PointTable([
+        Point(0, "_i", Quantity.CURRENT, group="_g", rating=100.0), Point(1, "_p", Quantity.ACTIVE_POWER, group="_g"),
+        Point(2, "_v", Quantity.VOLTAGE, group="_b", nominal=10.0), Point(3, "_cb", Quantity.STATUS, group="_g"),
+    ])  # fmt: skip
+    det = Detector(
+        pts, timezone=cfg.site.timezone, frequency_hz=float(cfg.site.frequency_hz), config=cfg.scoring
+    )
+    now = time.time()
+    ts = now - 3600 + 60.0 * np.arange(30)
+    values = np.tile([50.0, 1.0, 10.0, 1.0], (30, 1))
+    det.warm(ts, values)
+    det.calibrate()
+    for k in range(3):
+        det.process(
+            ReadingBatch.uniform(np.arange(4, dtype=np.int32), np.array([50.0, 1.0, 10.0, 1.0]), ts=now + k)
+        )
+    det.state_arrays()
+    log.info(kv("scoring_ready", seconds=round(time.perf_counter() - t0, 2)))
+
+
 class Runtime:
     """Composition of drivers, detector, alert policy, store, MQTT and health for one site config.
 
@@ -151,6 +181,7 @@ class Runtime:
                 frequency_hz=float(self.cfg.site.frequency_hz),
                 config=self.cfg.scoring,
             )
+            _precompile_scoring(self.cfg)
             saved = self.store.load_scorer_state(SCORER_STATE_NAME)
             if saved is not None:
                 arrays, meta = saved
@@ -248,7 +279,9 @@ class Runtime:
         arrays, version = self._classifier
         try:
             quantity_of = {p.name: str(p.quantity) for p in self.points}
-            label, probs = classify(arrays["coef"], arrays["intercept"], event_features(ev.to_dict(), quantity_of))
+            label, probs = classify(
+                arrays["coef"], arrays["intercept"], event_features(ev.to_dict(), quantity_of)
+            )
             ev.explanation["classifier"] = {"label": label, "probabilities": probs, "model_version": version}
             ev.model_version = ev.model_version or version
         except Exception as exc:  # a model that does not fit this site must not stop alerting
@@ -627,7 +660,9 @@ class Runtime:
                     tg.create_task(self._device_loop(d), name=f"device:{d.name}")
                     if self.watchdog is not None:
                         # A device polled every minute is not stalled after 30 s: each gets its own horizon.
-                        self.watchdog.expect(f"poll:{d.name}", stall_after=3 * d.poll + 5 * d.timeout + d.backoff_max)
+                        self.watchdog.expect(
+                            f"poll:{d.name}", stall_after=3 * d.poll + 5 * d.timeout + d.backoff_max
+                        )
                 tg.create_task(self._housekeeping(), name="housekeeping")
                 if self.notifier is not None and self.notifier.enabled:
                     self.notifier.ready()  # also ends RELOADING=1 after a reload
