@@ -202,6 +202,7 @@ def test_daemon_kill9_cycles(tmp_path):
     assert fig["lost_readings"] == 0 and fig["lost_outbox_rows"] == 0 and fig["integrity_failures"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_daemon_kill9_smoke(tmp_path):
     """Three cycles (kill after readings, kill, clean stop is not reached): the harness itself works."""
