@@ -271,8 +271,21 @@ class MqttBridge:
                 "ts": time.time(),
                 "site": self.site,
                 "client_id": self.client_id,
+                "alarms": sorted(getattr(self, "_alarms", ())),
             }
         )
+
+    def set_alarms(self, alarms: set[str]) -> None:
+        """Gateway alarms (e.g. ``disk_full``) carried in the retained ``status``; republished on change."""
+        alarms = set(alarms)
+        if alarms == getattr(self, "_alarms", set()):
+            return
+        self._alarms = alarms
+        client = getattr(self, "_client", None)
+        if client is not None and self.connected:
+            client.publish(
+                f"{self.root}/status", self._status_payload("online", "alarms changed"), qos=1, retain=True
+            )
 
     def _set_will(self, c: mqtt.Client) -> None:
         c.will_set(

@@ -528,6 +528,8 @@ class Runtime:
                     self.metrics.watchdog_state(healthy)
             if self.metrics is not None:
                 self._update_metrics()
+            if self.mqtt is not None and self.store is not None:
+                self.mqtt.set_alarms({"disk_full"} if self.store.stats().get("disk_full") else set())
             if now - last_status >= 5.0:
                 last_status = now
                 for name in self.devices:

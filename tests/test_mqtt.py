@@ -427,3 +427,19 @@ def test_stop_without_broker_keeps_the_outbox(tmp_path):
     assert seq == 1
     with sqlite3.connect(tmp_path / "g.db") as db:
         assert db.execute("SELECT kind, seq FROM outbox").fetchall() == [("alert", 1)]
+
+
+def test_gateway_alarms_ride_on_the_retained_status(tmp_path, broker):
+    bridge = make_bridge(tmp_path, broker.port)
+    try:
+        bridge.start()
+        assert bridge.wait_connected(10)
+        bridge.set_alarms({"disk_full"})
+        assert wait_until(lambda: (retained(broker.port, f"{ROOT}/status") or {}).get("alarms") == ["disk_full"], 10)
+        status = retained(broker.port, f"{ROOT}/status")
+        validator("status").validate(status)
+        assert status["state"] == "online"
+        bridge.set_alarms(set())
+        assert wait_until(lambda: (retained(broker.port, f"{ROOT}/status") or {}).get("alarms") == [], 10)
+    finally:
+        bridge.stop()
