@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from gridedge.gateway.config import (
     ConfigError,
     SiteConfig,
