@@ -376,6 +376,10 @@ def test_memory_bound_refuses_and_counts(tmp_path):
                 refused += 10
             else:
                 accepted += 10
+        # The writer notices the full disk at its next commit attempt (commit_interval): wait for it.
+        deadline = time.monotonic() + 15
+        while not s.stats()["disk_full"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         st = s.stats()
         assert st["disk_full"] and st["write_errors"] > 0
         held = accepted - st["readings_committed"]
