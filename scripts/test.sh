@@ -4,4 +4,4 @@
 source "$(dirname "$0")/_env.sh"
 apt_install mosquitto:/usr/sbin/mosquitto socat:socat systemd:systemd-analyze dpkg-dev:dpkg-buildpackage debhelper:dh fakeroot:fakeroot
 ruff check .
-exec python -m pytest -q -p no:cacheprovider "$@"
+exec python -m pytest -q -p no:cacheprovider --durations=15 "$@"
