@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 __all__ = ["render_status"]
+
+
+def _human(key: str, val: Any) -> str:
+    """Times as ISO 8601 UTC, byte counts as MiB, everything else as it is."""
+    if isinstance(val, int | float) and not isinstance(val, bool):
+        if key.endswith("_reading") or key in ("updated", "last_commit_ts"):
+            return datetime.fromtimestamp(val, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        if key.endswith("_bytes"):
+            return f"{val / 2**20:,.1f} MiB"
+    return str(val)
 
 
 def render_status(status: dict[str, Any], db: str, console: Console | None = None) -> None:
@@ -20,12 +31,17 @@ def render_status(status: dict[str, Any], db: str, console: Console | None = Non
         if key not in ("points", "readings", "events", "alerts", "outbox", "devices") and not isinstance(
             val, dict | list
         ):
-            summary.add_row(key, str(val))
+            summary.add_row(key, _human(key, val))
     con.print(summary)
     devices = Table(title="devices")
-    for col in ("device", "state", "points", "good"):
-        devices.add_column(col)
+    for col in ("device", "state", "points", "good", "retry in", "last error"):
+        devices.add_column(col, overflow="fold")
     for name, d in sorted(status.get("devices", {}).items()):
         colour = "green" if d.get("state") == "up" else "red"
-        devices.add_row(name, f"[{colour}]{d.get('state')}[/]", str(d.get("points")), str(d.get("good")))
+        backoff = d.get("backoff")
+        devices.add_row(
+            name, f"[{colour}]{d.get('state')}[/]", str(d.get("points")), str(d.get("good")),
+            f"{backoff:.1f} s" if isinstance(backoff, int | float) and d.get("state") != "up" else "",
+            str(d.get("last_error") or ""),
+        )  # fmt: skip
     con.print(devices)

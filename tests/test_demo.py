@@ -38,3 +38,22 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     # Within the first minute a newcomer sees explained grid alerts and sensor-fault alerts.
     assert {"grid_anomaly", "sensor_fault"} <= kinds, kinds
     assert explained is not None and json.loads(explained[0]).get("summary")
+
+
+def test_status_human_view_renders_a_store(tmp_path: Path) -> None:
+    from gridedge.gateway.model import PointTable
+    from gridedge.gateway.store import Store
+
+    db = tmp_path / "s.db"
+    st = Store(db, points=PointTable.from_specs([{"name": "X", "quantity": "current", "group": "G"}]))
+    st.open()
+    st.update_device_status("rtu9", state="down", points=1, good=0, last_error="refused", backoff=4.0)
+    st.close()
+    out = subprocess.run(
+        [*CLI, "status", "--db", str(db)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "rtu9" in out and "down" in out and "refused" in out and "4.0 s" in out
+    missing = subprocess.run(
+        [*CLI, "status", "--db", str(tmp_path / "none.db")], capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 2 and "no database" in missing.stderr
