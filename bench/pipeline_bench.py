@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -104,7 +106,43 @@ def _pct(a: np.ndarray, q: float) -> float:
     return float(np.percentile(a, q)) if len(a) else float("nan")
 
 
-def run_size(label: str, window: float, warmup: float, workdir: Path, mqtt_port: int) -> Result:
+def _start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
+    """Sample the daemon with py-spy (collapsed stacks) when it is installed; None otherwise."""
+    exe = shutil.which("py-spy")
+    if exe is None:
+        print("# py-spy not on PATH: no profile taken", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+         "--format", "raw", "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def summarize_profile(raw: Path, top: int = 25) -> str:
+    """Self time and inclusive time per function from py-spy's collapsed stacks, as a text table."""
+    self_n: dict[str, int] = {}
+    incl_n: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        frames = [f.split(" (")[0] + " " + f.split("/")[-1].rstrip(")") for f in stack.split(";")]
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl_n[f] = incl_n.get(f, 0) + n
+    out = [f"samples: {total}", "self %  incl %  function"]
+    for f, n in sorted(self_n.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"{100 * n / total:6.1f}  {100 * incl_n[f] / total:6.1f}  {f}")
+    return "\n".join(out)
+
+
+def run_size(
+    label: str, window: float, warmup: float, workdir: Path, mqtt_port: int, profile_dir: Path | None = None
+) -> Result:
     from fixtures_durability import FIRST_READINGS_TIMEOUT, Daemon, observe, proc_sample, wait_for
     from fixtures_mqtt import Collector
 
@@ -131,6 +169,9 @@ def run_size(label: str, window: float, warmup: float, workdir: Path, mqtt_port:
             n_msgs0 = len(sub.raw())
             o0, s0 = observe(db), proc_sample(d.pid)
             watcher.recording = True
+            prof = None
+            if profile_dir is not None:
+                prof = _start_profiler(d.pid, window, profile_dir / f"{label}.txt")
             samples = [s0]
             injections: list[tuple[str, float]] = []
             copies = spec.per_device // 29
@@ -149,6 +190,9 @@ def run_size(label: str, window: float, warmup: float, workdir: Path, mqtt_port:
                     next_inj = time.monotonic() + 3.0
             watcher.recording = False
             o1, s1 = observe(db), samples[-1]
+            if prof is not None:
+                prof.wait(timeout=window + 30)
+                print(f"# profile {label}\n" + summarize_profile(profile_dir / f"{label}.txt"), file=sys.stderr)
             time.sleep(5.0)  # let the last alerts arrive
             res.rate = (o1.readings - o0.readings) / (s1.t - s0.t)
             res.cpu_pct = 100.0 * (s1.cpu_s - s0.cpu_s) / (s1.t - s0.t)
@@ -220,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=30.0, help="measuring window per size, seconds")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds after the first readings")
     ap.add_argument("--json", help="also write the results as JSON here")
+    ap.add_argument("--profile", metavar="DIR", help="sample the daemon with py-spy during each window (collapsed "
+                    "stacks + a self/inclusive summary on stderr); py-spy must be on PATH")
     a = ap.parse_args(argv)
     import fixtures_mqtt
     from fixtures_mqtt import Broker
@@ -231,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         broker = Broker(work / "broker").start()
         try:
             for label in a.sizes:
-                r = run_size(label, a.window, a.warmup, work, broker.port)
+                r = run_size(label, a.window, a.warmup, work, broker.port, Path(a.profile) if a.profile else None)
                 results.append(r)
                 print(f"# {label}: {r}", file=sys.stderr, flush=True)
         finally:

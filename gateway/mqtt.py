@@ -187,6 +187,9 @@ class MqttBridge:
         # Pump state (owned by the pump thread): mid → outbox id, last id handed to paho.
         self._inflight: dict[int, int] = {}
         self._last_sent_id = 0
+        # outbox.put_count when a peek last came back short (everything queued was sent): every QoS 0
+        # value publish wakes the pump through on_publish, and an empty query per wake-up cost ~2 % CPU
+        self._drained_at_put_count = -1
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
         self._wake = threading.Event()
         self._pump_thread: threading.Thread | None = None
@@ -502,7 +505,13 @@ class MqttBridge:
 
     def _send_batch(self) -> None:
         room = self.window - len(self._inflight)
-        rows = self.outbox.peek(limit=min(room, 200), after_id=self._last_sent_id)
+        marker = self.outbox.put_count
+        if marker == self._drained_at_put_count:
+            return  # nothing queued since the outbox was last found drained
+        limit = min(room, 200)
+        rows = self.outbox.peek(limit=limit, after_id=self._last_sent_id)
+        if len(rows) < limit:
+            self._drained_at_put_count = marker
         for row in rows:
             if not self._connected.is_set():
                 return

@@ -85,6 +85,8 @@ class Outbox:
                 self._conn.execute(SHARED_DDL[name])
         self._seq = self._load_seq()
         self._depth = int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        #: committed puts since open: lets the sender skip a query when nothing new was queued
+        self.put_count = 0
 
     # ---------------------------------------------------------------------------------------------
     def _tx(self):
@@ -132,6 +134,7 @@ class Outbox:
             if seq > 0:  # only after COMMIT succeeded do the in-memory counters move
                 self._seq[stream] = seq
                 self._depth += 1
+                self.put_count += 1
         return seq
 
     def _put_tx(self, kind, stream, topic, payload, qos, retain, now) -> int:
@@ -196,6 +199,7 @@ class Outbox:
                 self._depth, self.drops, self.over_quota = depth0, drops0, over0  # nothing was committed
                 raise
             self._seq[stream] = seq
+            self.put_count += len(seqs)
         return seqs
 
     def _make_room(self, kind: str) -> bool:
