@@ -5,8 +5,9 @@ the event (kind, rule, score, duration, per-point z pattern, expected vs actual 
 quantity of the point that leads it. Features are bounded transforms (log1p, fractions, sin/cos), not
 per-site standardisation, so every site maps an event to the same space and coefficients average.
 
-The model is scikit-learn's :class:`~sklearn.linear_model.SGDClassifier` (logistic loss, one-vs-rest
-over :data:`CLASSES`): its ``coef_`` [C, F] and ``intercept_`` [C] are the only things that leave.
+The model is multinomial logistic regression over :data:`CLASSES` (the model of scikit-learn's
+``LogisticRegression``; the bench checks the federated fit against it) trained by full-batch gradient
+steps (:func:`train_local`): its ``coef`` [C, F] and ``intercept`` [C] are the only things that leave.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ __all__ = [
     "decision",
     "event_features",
     "features_matrix",
-    "train_sgd",
+    "softmax_grad",
+    "train_local",
 ]
 
 #: Operator verdicts (the ``events.label`` values and ``cmd/label`` payload).
@@ -39,7 +41,7 @@ LABEL_ALIASES: dict[str, str] = {
     "benign": "false_alarm",
 }
 
-_KINDS = ("grid_anomaly", "sensor_fault", "feeder_trip", "stale")
+_KINDS = ("grid_anomaly", "sensor_fault", "feeder_trip", "feeder_restore", "stale")
 _RULES = {
     "composite": "composite",
     "voltage_band_warning": "band",
@@ -53,8 +55,12 @@ _RULES = {
     "peer_drift": "drift",
     "spike": "spike",
     "dropout": "dropout",
+    "breaker_open_under_load": "breaker",
+    "breaker_closed": "breaker",
 }
-_RULE_FAMILIES = ("composite", "band", "over_rating", "range_scale", "stuck", "drift", "spike", "dropout")
+_RULE_FAMILIES = (
+    "composite", "band", "over_rating", "range_scale", "stuck", "drift", "spike", "dropout", "breaker"
+)  # fmt: skip
 _LEAD_Q = ("voltage", "current", "frequency", "active_power", "reactive_power", "temperature")
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -71,8 +77,13 @@ FEATURE_NAMES: tuple[str, ...] = (
     "hour_sin",
     "hour_cos",
     "weekend",
-    "bias_free_one",  # a constant 1: lets a pure-L2 model keep a class prior independent of the intercept
 )
+
+
+#: Fixed divisors of the log features (the same constants at every site): they bring each feature to
+#: roughly [0, 1.5] so one gradient step size suits all of them. No per-site standardisation: a site's
+#: own mean/std would map the same event to different vectors at different sites.
+_LOG_SCALE = {"score": 5.0, "duration": 5.0, "z": 4.0, "points": 2.0, "rel": 4.0}
 
 
 def _clip_log(x: float, cap: float = 1e6) -> float:
@@ -102,14 +113,18 @@ def event_features(event: Mapping[str, Any], quantity_of: Mapping[str, str]) -> 
         f[i + _LEAD_Q.index(lead_q)] = 1.0
     i += len(_LEAD_Q)
     score = event.get("score")
-    f[i] = _clip_log(0.0 if score is None or not math.isfinite(float(score)) else abs(float(score)))
+    sc = _LOG_SCALE
+    f[i] = (
+        _clip_log(0.0 if score is None or not math.isfinite(float(score)) else abs(float(score)))
+        / sc["score"]
+    )
     start, end = event.get("start"), event.get("end")
     dur = (float(end) - float(start)) / 60.0 if end is not None and start is not None else 0.0
-    f[i + 1] = _clip_log(dur)
+    f[i + 1] = _clip_log(dur) / sc["duration"]
     figs = [v for v in (expl.get("points") or {}).values() if isinstance(v, Mapping)]
     zs = np.array([float(v["z"]) for v in figs if v.get("z") is not None], np.float64)
-    f[i + 2] = _clip_log(np.max(np.abs(zs))) if zs.size else 0.0
-    f[i + 3] = _clip_log(len(pts))
+    f[i + 2] = _clip_log(np.max(np.abs(zs))) / sc["z"] if zs.size else 0.0
+    f[i + 3] = _clip_log(len(pts)) / sc["points"]
     f[i + 4] = float(np.mean(np.abs(zs) >= 2.0)) if zs.size else 0.0
     f[i + 5] = float(abs(np.sum(zs)) / np.sum(np.abs(zs))) if zs.size and np.sum(np.abs(zs)) > 0 else 0.0
     rel = [
@@ -117,14 +132,13 @@ def event_features(event: Mapping[str, Any], quantity_of: Mapping[str, str]) -> 
         for v in figs
         if v.get("value") is not None and v.get("expected") is not None
     ]
-    f[i + 6] = _clip_log(max(rel), cap=100.0) if rel else 0.0
+    f[i + 6] = _clip_log(max(rel), cap=100.0) / sc["rel"] if rel else 0.0
     slot = expl.get("slot")
     if slot is not None and int(slot) >= 0:
         hour = int(slot) % 24
         f[i + 7] = math.sin(2 * math.pi * hour / 24.0)
         f[i + 8] = math.cos(2 * math.pi * hour / 24.0)
         f[i + 9] = 1.0 if int(slot) // 24 >= 5 else 0.0
-    f[i + 10] = 1.0
     return f
 
 
@@ -143,48 +157,66 @@ def features_matrix(
     return X, np.array(ys, np.int64)
 
 
-def train_sgd(
+#: Local full-batch gradient steps per round, step size and L2 strength: the same at every site and in
+#: the central reference (bench/federation_eval.py), so "federated vs central" compares like with like.
+LOCAL_STEPS = 1
+LEARNING_RATE = 1.0
+L2 = 3e-2
+
+
+def softmax_grad(
+    X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, alpha: float = L2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient of the mean multinomial log-loss over ``(X, y)`` plus ``alpha/2·‖coef‖²``."""
+    z = X @ coef.T + intercept
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0
+    p /= len(y)
+    return p.T @ X + alpha * coef, p.sum(axis=0)
+
+
+def train_local(
     X: np.ndarray,
     y: np.ndarray,
     coef: np.ndarray | None = None,
     intercept: np.ndarray | None = None,
     *,
-    epochs: int = 5,
-    seed: int = 0,
-    alpha: float = 1e-3,
-    eta0: float = 0.05,
+    steps: int = LOCAL_STEPS,
+    lr: float = LEARNING_RATE,
+    alpha: float = L2,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Local SGD epochs (logistic loss, one-vs-rest) starting from ``coef``/``intercept``; returns the new ones.
+    """``steps`` full-batch gradient steps (multinomial logistic regression, L2) from ``coef``/``intercept``.
 
-    The same function trains centrally (on pooled labels) and on a site, so the two are comparable.
+    Why full-batch gradient descent and not per-sample SGD: FedAvg weighted by labelled events of
+    sites that each take ONE full-batch step from the same global model is exactly one gradient step
+    on the pooled labels (Σ nₖ·(w − η·gₖ)/Σ nₖ = w − η·g). So R federated rounds equal R central steps
+    to rounding, whatever the class mix at each site. Per-sample SGD with a constant step (the first
+    version) made every site's model a noisy function of its sample order, and several local epochs
+    drift towards each site's own optimum; the average of those sat 7 points below central.
+    Deterministic (no sampling), so a site's reply is reproducible for ``export-preview``.
     """
-    from sklearn.linear_model import SGDClassifier
-
     C, F = len(CLASSES), len(FEATURE_NAMES)
     coef = np.zeros((C, F)) if coef is None else np.array(coef, np.float64)
     intercept = np.zeros(C) if intercept is None else np.array(intercept, np.float64)
     if len(y) == 0:
         return coef, intercept
-    clf = SGDClassifier(loss="log_loss", alpha=alpha, learning_rate="constant", eta0=eta0, random_state=seed)
-    # The first partial_fit allocates coef_ for all classes; then restart from the global model.
-    clf.partial_fit(X[:1], y[:1], classes=np.arange(C))
-    clf.coef_ = coef.copy()
-    clf.intercept_ = intercept.copy()
-    rng = np.random.default_rng(seed)
-    for _ in range(int(epochs)):
-        order = rng.permutation(len(y))
-        clf.partial_fit(X[order], y[order])
-    return np.asarray(clf.coef_, np.float64).copy(), np.asarray(clf.intercept_, np.float64).copy()
+    for _ in range(int(steps)):
+        gw, gb = softmax_grad(X, y, coef, intercept, alpha)
+        coef -= lr * gw
+        intercept -= lr * gb
+    return coef, intercept
 
 
 def decision(coef: np.ndarray, intercept: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """One-vs-rest scores [N, C]."""
+    """Class scores (logits) [N, C]."""
     return np.atleast_2d(X) @ np.asarray(coef).T + np.asarray(intercept)
 
 
 def classify(coef: np.ndarray, intercept: np.ndarray, features: np.ndarray) -> tuple[str, dict[str, float]]:
-    """Most likely class of one event and normalised one-vs-rest probabilities (for ranking/annotation)."""
+    """Most likely class of one event and its class probabilities (softmax, for ranking/annotation)."""
     d = decision(coef, intercept, features)[0]
-    p = 1.0 / (1.0 + np.exp(-np.clip(d, -50, 50)))
-    p = p / p.sum() if p.sum() > 0 else np.full(len(CLASSES), 1.0 / len(CLASSES))
+    p = np.exp(d - np.max(d))
+    p = p / p.sum()
     return CLASSES[int(np.argmax(d))], {c: float(v) for c, v in zip(CLASSES, p, strict=True)}

@@ -77,7 +77,7 @@ def _export_preview(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     model_dir = args.model_dir or mdir
     g = latest_global(model_dir) if model_dir else None
-    arrays, metrics = site_contribution(db, g[0] if g else None, epochs=args.epochs, seed=args.seed)
+    arrays, metrics = site_contribution(db, g[0] if g else None, steps=args.steps)
     desc = describe(arrays, metrics)
     if args.json:
         print(json.dumps(desc, indent=1))
@@ -144,8 +144,9 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     ep.add_argument(
         "--model-dir", metavar="DIR", help="global models (the classifier starts from the newest)"
     )
-    ep.add_argument("--epochs", type=int, default=5, help="local SGD epochs (as the SuperNode's node config)")
-    ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument(
+        "--steps", type=int, default=1, help="local gradient steps (as the SuperNode's node config)"
+    )
     ep.add_argument("--json", action="store_true", help="every value, as JSON")
     ep.set_defaults(func=_export_preview)
 

@@ -6,7 +6,14 @@ the store. When a new global model arrives (the evaluate message of a round) it 
 site's model directory (node config ``model-dir``), where the daemon picks it up hot.
 
 SuperNode node config keys: ``db`` (path of the site database, required), ``model-dir`` (where to keep
-global models; optional), ``epochs`` (local SGD epochs, default 5), ``seed``.
+global models; optional), ``steps`` (local gradient steps per round, default 1), ``dp`` (``true``: this
+site's classifier leaves only in differentially private rounds, clipped by Flower's
+``fixedclipping_mod``; in other rounds the site sends the prior and withholds the classifier).
+
+Differential privacy: when the server wraps its strategy in ``DifferentialPrivacyClientSideFixedClipping``
+the train message carries the clipping norm; the ClientApp then runs Flower's ``fixedclipping_mod``
+around its train handler (:func:`dp_clipping_mod`), so the classifier update is clipped after the
+handler and before the reply leaves. Without the key the mod is a no-op (non-DP runs work unchanged).
 """
 
 from __future__ import annotations
@@ -14,25 +21,45 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from .allowlist import ALLOWED_ARRAYS, ExportRefused, check_arrays, check_metrics, check_requested
 from .classifier import decision, features_matrix
-from .contribution import global_classifier, site_contribution
+from .contribution import DP_KEYS, global_classifier, site_contribution
 from .models import model_version, save_global
 from .reader import open_site, read_labelled_events, read_points
 from .records import from_record, to_record
 
-__all__ = ["app"]
+__all__ = ["app", "dp_clipping_mod", "node_wants_dp"]
 
 log = logging.getLogger("gridedge.federation")
-
-app = ClientApp()
 
 
 def _config(msg: Message) -> ConfigRecord:
     return msg.content.config_records.get("config", ConfigRecord())
+
+
+def _is_dp_round(msg: Message) -> bool:
+    return any(KEY_CLIPPING_NORM in cr for cr in msg.content.config_records.values())
+
+
+def node_wants_dp(context: Context) -> bool:
+    """The site's node config ``dp`` (true/false; default false)."""
+    return str(context.node_config.get("dp", "false")).strip().lower() in ("1", "true", "yes", "on")
+
+
+def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` for train messages of DP rounds; a pass-through otherwise."""
+    if msg.metadata.message_type == MessageType.TRAIN and _is_dp_round(msg):
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[dp_clipping_mod])
 
 
 def _global_arrays(msg: Message) -> dict[str, np.ndarray]:
@@ -48,18 +75,22 @@ def train(msg: Message, context: Context) -> Message:
     requested = [k for k in str(cfg.get("keys", "")).split(",") if k]
     check_requested(requested)
     db = str(context.node_config["db"])
+    dp_round = _is_dp_round(msg)
+    if dp_round and sorted(requested) != sorted(DP_KEYS):
+        raise ExportRefused(f"a DP round may ask for {', '.join(DP_KEYS)} only, not {requested}")
+    mode = "uniform" if dp_round else ("withheld" if node_wants_dp(context) else "weighted")
     arrays, metrics = site_contribution(
-        db,
-        _global_arrays(msg),
-        epochs=int(context.node_config.get("epochs", 5)),
-        seed=int(context.node_config.get("seed", 0)) + int(cfg.get("server-round", 0)),
+        db, _global_arrays(msg), steps=int(context.node_config.get("steps", 1)), classifier=mode
     )
     if requested:
         arrays = {k: arrays[k] for k in requested}
     check_arrays(arrays)  # last gate before the reply is built
     check_metrics(metrics)
     content = RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(dict(metrics))})
-    log.info("event=federation_reply round=%s arrays=%s", cfg.get("server-round"), ",".join(sorted(arrays)))
+    log.info(
+        "event=federation_reply round=%s arrays=%s classifier=%s",
+        cfg.get("server-round"), ",".join(sorted(arrays)), mode,
+    )  # fmt: skip
     return Message(content=content, reply_to=msg)
 
 

@@ -7,45 +7,125 @@ so an auditor sees exactly the arrays the SuperNode would return.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from .allowlist import ALLOWED_ARRAYS, check_arrays, check_metrics
-from .classifier import CLASSES, FEATURE_NAMES, features_matrix, train_sgd
+from .classifier import CLASSES, FEATURE_NAMES, LOCAL_STEPS, features_matrix, train_local
 from .prior import site_prior_sums
 from .reader import open_site, read_detector_state, read_labelled_events, read_points
 
-__all__ = ["describe", "global_classifier", "site_contribution"]
+__all__ = [
+    "DP_KEYS",
+    "ClassifierMode",
+    "contribution_from",
+    "describe",
+    "fedavg",
+    "global_classifier",
+    "site_contribution",
+]
 
 log = logging.getLogger("gridedge.federation")
 
 
+#: How a site's classifier enters a round: ``weighted`` (FedAvg weighted by labelled events, the default),
+#: ``uniform`` (the raw local model, every site weight 1: the differential-privacy rounds, whose noise
+#: calibration assumes equal weights), ``withheld`` (the site sends the prior but no classifier: its
+#: node config demands DP and the round is not a DP round).
+ClassifierMode = Literal["weighted", "uniform", "withheld"]
+
+#: The arrays of a DP classifier round (the only ones fixedclipping_mod clips: a model *update*).
+DP_KEYS: tuple[str, ...] = ("clf.coef_w", "clf.intercept_w")
+
+
 def global_classifier(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(coef, intercept)`` of the global classifier in FedAvg's aggregated arrays (None before any labels)."""
-    if "clf.weight" not in arrays:
+    """``(coef, intercept)`` of the global classifier in FedAvg's aggregated arrays (None before any labels).
+
+    Without ``clf.weight`` (a DP round sends only :data:`DP_KEYS`) the arrays are the coefficients.
+    """
+    if "clf.coef_w" not in arrays:
         return None
-    w = float(np.asarray(arrays["clf.weight"]).ravel()[0])
+    w = float(np.asarray(arrays["clf.weight"]).ravel()[0]) if "clf.weight" in arrays else 1.0
     if w <= 0:
         return None
     return np.asarray(arrays["clf.coef_w"]) / w, np.asarray(arrays["clf.intercept_w"]) / w
+
+
+def fedavg(
+    replies: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, int | float]]],
+) -> dict[str, np.ndarray]:
+    """Σₖ Nₖ·xₖ / Σₖ Nₖ per array over ``(arrays, metrics)`` replies, N = ``num-examples``: Flower's
+    FedAvg arithmetic, for the benchmark and tests (the ServerApp uses Flower's own)."""
+    total = float(sum(float(m["num-examples"]) for _, m in replies))
+    return {
+        k: sum(float(m["num-examples"]) * np.asarray(a[k], np.float64) for a, m in replies) / total
+        for k in replies[0][0]
+    }
+
+
+def contribution_from(
+    sums: Mapping[str, np.ndarray],
+    X: np.ndarray,
+    y: np.ndarray,
+    global_arrays: Mapping[str, np.ndarray] | None = None,
+    *,
+    steps: int = LOCAL_STEPS,
+    classifier: ClassifierMode = "weighted",
+    points: int = 0,
+) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
+    """The arithmetic of a contribution from prior sums and labelled features (no I/O; the bench uses it).
+
+    ``global_arrays``: the current global model as received (its classifier is the starting point of
+    the local gradient steps). Raises :class:`~gridedge.federation.allowlist.ExportRefused` if anything
+    outside the allow-list would leave.
+    """
+    g = global_classifier(global_arrays or {})
+    labelled = len(y)
+    if classifier == "withheld":
+        coef, intercept = np.zeros((len(CLASSES), len(FEATURE_NAMES))), np.zeros(len(CLASSES))
+        labelled = 0
+    else:
+        coef, intercept = train_local(X, y, *(g or (None, None)), steps=steps)
+    if classifier == "uniform":
+        # a DP round: the local model itself, weight 1 per site (FedAvg becomes the plain mean, which is
+        # what the server's noise, std = z·C/m, is calibrated for); a site without labels returns the
+        # global model unchanged (a zero update).
+        out = {"clf.coef_w": coef, "clf.intercept_w": intercept}
+        metrics: dict[str, int | float] = {"num-examples": 1.0, "labelled": labelled, "points": points}
+    else:
+        n_samples = float(sums["weight"].sum())
+        # N: FedAvg's weight. Each array is divided by it, so Σ_k N_k·(x_k/N_k)/Σ N = Σ x_k/Σ N, and the
+        # ratio of two aggregated arrays is the fleet's count-weighted mean, cell by cell.
+        N = n_samples + labelled
+        if N <= 0:
+            N = 1.0
+        out = {
+            "prior.shape_w": sums["shape_sum"] / N,
+            "prior.spread_w": sums["spread_sum"] / N,
+            "prior.weight": sums["weight"] / N,
+            "clf.coef_w": coef * labelled / N,
+            "clf.intercept_w": intercept * labelled / N,
+            "clf.weight": np.array([labelled / N]),
+        }
+        metrics = {"num-examples": N, "labelled": labelled, "points": points}
+    out = {k: np.ascontiguousarray(v, np.float64) for k, v in out.items()}
+    check_arrays(out)
+    check_metrics(metrics)
+    return out, metrics
 
 
 def site_contribution(
     db: str | Path,
     global_arrays: Mapping[str, np.ndarray] | None = None,
     *,
-    epochs: int = 5,
-    seed: int = 0,
+    steps: int = LOCAL_STEPS,
+    classifier: ClassifierMode = "weighted",
 ) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
-    """Arrays (allow-listed names only) and metrics this site returns for one round.
-
-    ``global_arrays``: the current global model as received (its classifier is the starting point of
-    the local SGD epochs). Raises :class:`~gridedge.federation.allowlist.ExportRefused` if anything
-    outside the allow-list would leave.
-    """
+    """Arrays (allow-listed names only) and metrics this site returns for one round, from its store
+    (opened read-only). See :func:`contribution_from`."""
     conn = open_site(db)
     try:
         pts = read_points(conn)
@@ -60,31 +140,14 @@ def site_contribution(
         names = list(meta["points"])
         quantities = [pts.get(n, {}).get("quantity", "") for n in names]
         sums = site_prior_sums(arrays["mean"], arrays["var"], arrays["n"], quantities)
-    quantity_of = {n: d["quantity"] for n, d in pts.items()}
-    X, y = features_matrix(events, quantity_of)
-    g = global_classifier(global_arrays or {})
-    coef, intercept = train_sgd(X, y, *(g or (None, None)), epochs=epochs, seed=seed)
-    n_samples = float(sums["weight"].sum())
-    labelled = len(y)
-    # N: FedAvg's weight. Each array is divided by it, so Σ_k N_k·(x_k/N_k)/Σ N = Σ x_k/Σ N, and the ratio
-    # of two aggregated arrays is the fleet's count-weighted mean, cell by cell.
-    N = n_samples + labelled
-    if N <= 0:
-        N = 1.0
-    out = {
-        "prior.shape_w": sums["shape_sum"] / N,
-        "prior.spread_w": sums["spread_sum"] / N,
-        "prior.weight": sums["weight"] / N,
-        "clf.coef_w": coef * labelled / N,
-        "clf.intercept_w": intercept * labelled / N,
-        "clf.weight": np.array([labelled / N]),
-    }
-    out = {k: np.ascontiguousarray(v, np.float64) for k, v in out.items()}
-    metrics: dict[str, int | float] = {"num-examples": N, "labelled": labelled, "points": len(pts)}
-    check_arrays(out)
-    check_metrics(metrics)
-    assert out["clf.coef_w"].shape == (len(CLASSES), len(FEATURE_NAMES))
-    log.info("event=contribution samples=%.0f labelled=%d points=%d", n_samples, labelled, len(pts))
+    X, y = features_matrix(events, {n: d["quantity"] for n, d in pts.items()})
+    out, metrics = contribution_from(
+        sums, X, y, global_arrays, steps=steps, classifier=classifier, points=len(pts)
+    )
+    log.info(
+        "event=contribution samples=%.0f labelled=%d points=%d classifier=%s",
+        float(sums["weight"].sum()), len(y), len(pts), classifier,
+    )  # fmt: skip
     return out, metrics
 
 

@@ -23,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .allowlist import ALLOWED_ARRAYS, check_arrays
+from .allowlist import ALLOWED_ARRAYS, ExportRefused, check_arrays
 from .contribution import global_classifier
 from .prior import finalise_prior
 
 __all__ = [
+    "dp_releases",
+    "is_current_format",
     "latest_global",
     "list_models",
     "load_latest_classifier",
@@ -87,6 +89,22 @@ def list_models(model_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def is_current_format(arrays: Mapping[str, np.ndarray]) -> bool:
+    """True if ``arrays`` are exactly the allow-listed names, shapes and dtypes of this version."""
+    if set(arrays) != set(ALLOWED_ARRAYS):
+        return False
+    try:
+        check_arrays(arrays)
+    except ExportRefused:
+        return False
+    return True
+
+
+def dp_releases(model_dir: str | Path) -> int:
+    """DP classifier releases so far in ``model_dir`` (the budget accumulates over runs)."""
+    return max((int((m.get("dp") or {}).get("releases", 0)) for m in list_models(model_dir)), default=0)
+
+
 def latest_global(model_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """The aggregated arrays and meta of the newest complete model, or None."""
     models = list_models(model_dir)
@@ -105,7 +123,7 @@ def load_latest_model(model_dir: str | Path) -> tuple[dict[str, np.ndarray], str
     if g is None:
         return None
     arrays, info = g
-    if float(np.sum(arrays["prior.weight"])) <= 0:
+    if not is_current_format(arrays) or float(np.sum(arrays["prior.weight"])) <= 0:
         return None
     return finalise_prior(arrays["prior.shape_w"], arrays["prior.spread_w"], arrays["prior.weight"]), str(
         info["version"]
@@ -118,6 +136,8 @@ def load_latest_classifier(model_dir: str | Path) -> tuple[dict[str, np.ndarray]
     if g is None:
         return None
     arrays, info = g
+    if not is_current_format(arrays):
+        return None  # written by a version with other features: not applicable to this code's events
     clf = global_classifier(arrays)
     if clf is None:
         return None
