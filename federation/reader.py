@@ -6,13 +6,14 @@ store, and the daemon (the single writer) is never blocked beyond SQLite's WAL r
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gridedge.gateway.scorer_state import read_state
 
 __all__ = ["open_site", "read_detector_state", "read_labelled_events", "read_points"]
 
@@ -38,12 +39,11 @@ def read_detector_state(
     conn: sqlite3.Connection, name: str = "detector"
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """The baseline arrays (``mean``, ``var``, ``n``; [168, P]) and meta of the saved detector state."""
-    row = conn.execute("SELECT meta, data FROM scorer_state WHERE name=?", (name,)).fetchone()
-    if row is None:
+    got = read_state(conn, name)  # the same reader the daemon restores from (slot rows reassembled)
+    if got is None:
         return None
-    with np.load(io.BytesIO(row[1]), allow_pickle=False) as npz:
-        arrays = {k: np.asarray(npz[k], np.float64) for k in ("mean", "var", "n")}
-    return arrays, json.loads(row[0])
+    arrays, meta = got
+    return {k: np.asarray(arrays[k], np.float64) for k in ("mean", "var", "n")}, meta
 
 
 def read_labelled_events(conn: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -171,6 +171,11 @@ class StorageSection(_Strict):
         ge=10_000,
         description="readings held in memory while the disk is full or failing, then counted drops",
     )
+    state_save_interval: Duration = Field(
+        300.0,
+        description="how often the detector state is checkpointed (only changed hour-of-week slots are "
+        "rewritten); a crash loses at most this much learning, a clean stop none",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,6 +395,16 @@ class ScoringSection(_Strict):
         7 * 86400.0, description="observed time after which the calibrated threshold applies in full"
     )
     recalibrate_every: Duration = Field(6 * 3600.0, description="data time between automatic recalibrations")
+    thermal_time_constant: Duration = Field(
+        150 * 60.0,
+        description="transformer thermal model: top-oil time constant (IEC 60076-7; 150-210 min for ONAN units)",
+    )
+    thermal_loss_ratio: float = Field(
+        5.0, gt=0, description="transformer thermal model: load losses at rated load / no-load losses (R)"
+    )
+    thermal_oil_exponent: float = Field(
+        0.8, gt=0, le=2.0, description="transformer thermal model: top-oil exponent x (0.8 ONAN, 0.9 OF)"
+    )
 
 
 class AlertsSection(_Strict):
@@ -464,12 +479,55 @@ class MqttSection(_Strict):
         return None
 
 
+def _node_config_strings(v: Any) -> Any:
+    """Flower node config values as strings (YAML numbers and booleans included)."""
+    if isinstance(v, dict):
+        return {k: str(x).lower() if isinstance(x, bool) else str(x) for k, x in v.items()}
+    return v
+
+
 class FederationSection(_Strict):
     enabled: bool = False
     model_dir: str = Field("/var/lib/gridedge/models", description="where pulled global models are kept")
     use_prior: bool = Field(
         True, description="start cold slots from the fleet baseline prior when one is present"
     )
+    superlink: str | None = Field(
+        None,
+        description="HOST:PORT of the control centre's Flower SuperLink (Fleet API); "
+        "needed by `gridedge federation supernode`",
+    )
+    root_certificates: str | None = Field(
+        None,
+        description="file: PEM CA certificate(s) that signed the SuperLink's TLS certificate "
+        "(TLS is required unless insecure)",
+    )
+    auth_private_key: str | None = Field(
+        None,
+        description="file: this SuperNode's EC private key (OpenSSH format) for SuperNode authentication; "
+        "a path, never the key itself; checked when the SuperNode starts",
+    )
+    insecure: bool = Field(
+        False, description="plain-text gRPC to the SuperLink (lab use only; no TLS, no auth)"
+    )
+    dp: bool = Field(
+        False,
+        description="this site's event classifier leaves only in differentially private rounds "
+        "(clipped here, noised by the server); other rounds get the prior only",
+    )
+    node_config: Annotated[dict[str, str], BeforeValidator(_node_config_strings)] = Field(
+        default_factory=dict,
+        description="extra Flower node config for the ClientApp (db defaults to storage.path, "
+        "model-dir to federation.model_dir, dp to federation.dp)",
+    )
+
+    @field_validator("auth_private_key", "root_certificates")
+    @classmethod
+    def _file_reference(cls, v: str | None) -> str | None:
+        # secrets and certificates are referenced by path: inline PEM text does not belong in a site file
+        if v is not None and ("-----BEGIN" in v or "\n" in v):
+            raise ValueError("give the path of a file, not its contents")
+        return v
 
 
 class MetricsSection(_Strict):

@@ -511,7 +511,8 @@ class Runtime:
         }  # fmt: skip
 
     async def _housekeeping(self) -> None:
-        last_status = last_state_save = 0.0
+        # the first state save comes at once: after it, each save rewrites only the slots that changed
+        last_status = last_fleet_check = last_state_save = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
             if self.watchdog is not None and self.store is not None:
@@ -539,9 +540,11 @@ class Runtime:
                 if self.mqtt is not None and self.detector is not None:
                     with contextlib.suppress(Exception):
                         self.mqtt.publish_group_scores(self.detector.group_status())
-            if now - last_state_save >= 60.0:
+            if now - last_state_save >= self.cfg.storage.state_save_interval:
                 last_state_save = now
                 self.save_scorer_state()
+            if now - last_fleet_check >= 60.0:
+                last_fleet_check = now
                 self.apply_fleet_models()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)

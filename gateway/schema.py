@@ -70,6 +70,15 @@ SHARED_DDL: dict[str, str] = {
             meta TEXT NOT NULL,            -- JSON (point names in index order, format version, time zone)
             data BLOB NOT NULL             -- numpy .npz of the state arrays
         )""",
+    # Hour-of-week rows of the detector state (gateway/scorer_state.py): only changed slots are rewritten.
+    "scorer_slots": """
+        CREATE TABLE IF NOT EXISTS scorer_slots (
+            name TEXT NOT NULL,
+            slot INTEGER NOT NULL,         -- hour of the week, 0..167
+            updated REAL NOT NULL,
+            data BLOB NOT NULL,            -- numpy .npz: row `slot` of each [168, ...] state array
+            PRIMARY KEY (name, slot)
+        )""",
     # Small key/value facts: IEC 61850 EntryIDs, model versions, last federation round.
     "meta": """
         CREATE TABLE IF NOT EXISTS meta (
@@ -170,9 +179,14 @@ def _m1_initial(db: Any) -> None:
     )
 
 
+def _m2_scorer_slots(db: Any) -> None:
+    db.execute(SHARED_DDL["scorer_slots"])
+
+
 #: Forward migrations: (version, name, function(sqlite_utils.Database)). Append only; never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[Any], None]]] = [
     (1, "initial", _m1_initial),
+    (2, "scorer_slots", _m2_scorer_slots),
 ]
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]

@@ -18,7 +18,6 @@ Readers use read-only connections (:func:`open_readonly`, :func:`read_status`, :
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .model import BAD_QUALITY_MASK, Event, PointTable, ReadingBatch
+from .scorer_state import SlotDiff, pack_blob, read_state, split_slot_arrays
 from .store_codec import compact, decode_chunk, encode_chunk
 from .store_db import connect_writer, is_retryable, migrate, open_readonly
 from .store_query import history as _history
@@ -172,6 +172,7 @@ class Store:
         self._db_file_bytes = 0
         self._last_error_log = 0.0
         self._force_compact = False
+        self._slot_diffs: dict[str, SlotDiff] = {}
         self._hk_retry_at = 0.0  # monotonic time before which failed housekeeping is not retried
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -407,29 +408,52 @@ class Store:
 
         return bool(self._wait_op(self._enqueue_op(fn, "ack", wait=True), timeout))
 
-    def save_scorer_state(self, name: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        """Store detector state as an ``.npz`` blob (serialised here, written by the writer)."""
-        buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-        row = (name, self.clock(), json.dumps(meta, default=_json_default), buf.getvalue())
-        self._enqueue_op(
-            lambda c: c.execute(
+    def save_scorer_state(
+        self, name: str, arrays: dict[str, np.ndarray], meta: dict, *, full: bool = False
+    ) -> int:
+        """Queue the detector state for writing; returns how many hour-of-week slot rows it rewrites.
+
+        Hour-of-week arrays (``[168, …]``) go one row per slot into ``scorer_slots``, and only the slots
+        whose content changed since the last save of ``name`` (all of them with ``full=True`` or the
+        first time); the other arrays and ``meta`` go in one ``scorer_state`` blob — both in one
+        transaction (see :mod:`gateway.scorer_state`). Serialised here, written by the writer.
+        """
+        slot_arrays, other = split_slot_arrays(arrays)
+        diff = self._slot_diffs.setdefault(name, SlotDiff())
+        if full:
+            diff.reset()
+        slots = diff.changed(slot_arrays) if slot_arrays else np.empty(0, np.int64)
+        now = self.clock()
+        meta = dict(meta)
+        meta["slot_arrays"] = {k: [v.dtype.str, *v.shape[1:]] for k, v in slot_arrays.items()}
+        row = (name, now, json.dumps(meta, default=_json_default), pack_blob(other))
+        slot_rows = [
+            (name, int(i), now, pack_blob({k: v[i] for k, v in slot_arrays.items()})) for i in slots.tolist()
+        ]
+        full_rewrite = len(slots) == len(next(iter(slot_arrays.values()))) if slot_arrays else False
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute(
                 "INSERT INTO scorer_state(name, updated, meta, data) VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE "
                 "SET updated=excluded.updated, meta=excluded.meta, data=excluded.data",
                 row,
-            ),
-            "scorer_state",
-        )
+            )
+            if full_rewrite:  # rows of an older layout (other point count) must not survive
+                c.execute("DELETE FROM scorer_slots WHERE name=?", (name,))
+            c.executemany(
+                "INSERT INTO scorer_slots(name, slot, updated, data) VALUES (?,?,?,?) ON CONFLICT(name, slot) "
+                "DO UPDATE SET updated=excluded.updated, data=excluded.data",
+                slot_rows,
+            )
+
+        self._enqueue_op(write, "scorer_state")
+        diff.commit()  # queued ops are retried until they commit; a crash before that restarts from disk
+        return len(slot_rows)
 
     def load_scorer_state(self, name: str) -> tuple[dict[str, np.ndarray], dict] | None:
         """The newest saved state (after earlier queued writes commit), or None."""
         self._settle()
-        row = self._reader().execute("SELECT meta, data FROM scorer_state WHERE name=?", (name,)).fetchone()
-        if row is None:
-            return None
-        with np.load(io.BytesIO(row[1]), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        return arrays, json.loads(row[0])
+        return read_state(self._reader(), name)
 
     def set_meta(self, key: str, value: str) -> None:
         """Set a small key/value fact (ordered with the other writes)."""

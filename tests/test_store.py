@@ -200,6 +200,60 @@ def test_small_tables_roundtrip(store):
         conn.close()
 
 
+def test_scorer_state_rewrites_only_changed_slots(tmp_path):
+    """Hour-of-week arrays are saved per slot and only where they changed; a restart reassembles them."""
+    rng = np.random.default_rng(3)
+    state = {
+        "mean": rng.normal(size=(168, 50)),
+        "n": rng.integers(0, 100, size=(168, 50)).astype(np.float64),
+        "pf": rng.normal(size=(50, 4)),  # not a slot array: saved whole every time
+    }
+    path = tmp_path / "s.db"
+    with Store(path, points=make_points(2)) as st:
+        assert st.save_scorer_state("detector", state, {"version": "v"}) == 168  # first save: all
+        assert st.save_scorer_state("detector", state, {"version": "v"}) == 0  # nothing changed
+        state["mean"][17, 3] += 1e-9
+        state["n"][120, 0] += 1
+        state["pf"][0, 0] = 42.0
+        assert st.save_scorer_state("detector", state, {"version": "v"}) == 2
+        assert st.save_scorer_state("detector", state, {"version": "v"}, full=True) == 168
+        state["mean"][5] = 7.0
+        assert st.save_scorer_state("detector", state, {"version": "v"}) == 1
+    with Store(path, points=make_points(2)) as st:
+        arrays, meta = st.load_scorer_state("detector")
+    assert meta["version"] == "v"
+    for k in state:
+        np.testing.assert_array_equal(arrays[k], state[k])
+    conn = sqlite3.connect(path)
+    try:  # the slot rows really are separate rows (what makes a save small)
+        assert conn.execute("SELECT count(*) FROM scorer_slots WHERE name='detector'").fetchone()[0] == 168
+    finally:
+        conn.close()
+
+
+def test_scorer_state_of_the_old_single_blob_format_still_loads(tmp_path):
+    import io
+    import json
+
+    path = tmp_path / "old.db"
+    with Store(path, points=make_points(2)):
+        pass
+    mean = np.arange(168 * 3, dtype=np.float64).reshape(168, 3)
+    buf = io.BytesIO()
+    np.savez(buf, mean=mean)
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO scorer_state(name, updated, meta, data) VALUES ('detector', 0, ?, ?)",
+        (json.dumps({"version": "old"}), buf.getvalue()),
+    )
+    conn.commit()
+    conn.close()
+    with Store(path, points=make_points(2)) as st:
+        arrays, meta = st.load_scorer_state("detector")
+    np.testing.assert_array_equal(arrays["mean"], mean)
+    assert meta["version"] == "old"
+
+
 def test_outbox_table_is_shared_ddl_and_other_writer_coexists(store):
     """The MQTT outbox writes through its own connection; both writers must succeed (busy_timeout)."""
     conn = sqlite3.connect(store.path, timeout=5, isolation_level=None, check_same_thread=False)
@@ -408,7 +462,7 @@ def test_migrations_are_recorded_once(tmp_path):
     conn = open_readonly(path)
     try:
         rows = conn.execute("SELECT version, name FROM schema_version").fetchall()
-        assert rows == [(1, "initial")]
+        assert rows == [(1, "initial"), (2, "scorer_slots")]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     finally:
