@@ -28,12 +28,16 @@ from .composite import fit_thresholds, zscale_from_hist
 from .rules import RULE_NAMES, point_physics
 from .sensor_faults import build_relations
 from .slots import N_SLOTS, SlotClock
+from .thermal import build_thermal
 
 __all__ = ["STATE_VERSION", "Detector", "ScoringDefaults"]
 
+_PQ = ("active_power", "reactive_power")
+
 log = logging.getLogger("gridedge.scoring")
 
-STATE_VERSION = "gridedge-scoring/1"
+STATE_VERSION = "gridedge-scoring/2"
+_OLD_VERSIONS = ("gridedge-scoring/1",)  # migrated on load: thermal models start cold
 _KINDS = [
     EventKind.GRID_ANOMALY,
     EventKind.SENSOR_FAULT,
@@ -74,6 +78,9 @@ class ScoringDefaults:
     min_threshold: float = 3.0
     calibration_period: float = 7 * 86400.0
     recalibrate_every: float = 6 * 3600.0
+    thermal_time_constant: float = 150 * 60.0
+    thermal_loss_ratio: float = 5.0
+    thermal_oil_exponent: float = 0.8
 
 
 class Detector:
@@ -132,6 +139,9 @@ class Detector:
                 self._gleaf[gparent[g]] = False
         self.relations = build_relations(points)
         R = len(self.relations.keys)
+        th = build_thermal(points, self.group_names, gparent)
+        self.thermal = th
+        H = len(th.groups)
 
         # ---- parameters ------------------------------------------------------------------------------
         prm = np.zeros(K.NPR)
@@ -152,6 +162,12 @@ class Detector:
         prm[K.PR_RESTORE_HOLD] = 1800.0
         prm[K.PR_LEARN_BLOCK_MAX] = 86400.0
         prm[K.PR_REL_MIN_N] = 120.0
+        prm[K.PR_TH_TAU] = float(getattr(cfg, "thermal_time_constant", 150 * 60.0))
+        prm[K.PR_TH_R] = float(getattr(cfg, "thermal_loss_ratio", 5.0))
+        prm[K.PR_TH_X] = float(getattr(cfg, "thermal_oil_exponent", 0.8))
+        prm[K.PR_TH_RATIO] = 3.0
+        prm[K.PR_TH_WARM] = 2 * 86400.0
+        prm[K.PR_TH_LC] = 5.0
         self.prm = prm
         self._thr_cons = float(cfg.conservative_threshold)
         self._thr_min = float(cfg.min_threshold)
@@ -187,6 +203,7 @@ class Detector:
             "cal_ep": np.zeros((G, len(K.CAL_GRID))),
             "zhist": np.zeros((P, len(K.CAL_GRID) + 1)),
             "thr_cal": np.full(G, np.nan),
+            "th": self._new_th(H),
         }
         self._open: dict[tuple[int, int], Event] = {}
         self._ended: list[Event] = []
@@ -198,7 +215,7 @@ class Detector:
         self._rec_i = np.zeros((cap, 5), np.int64)
         self._rec_f = np.zeros((cap, 3))
         self._snap_i = np.zeros((max(_REC_CAP * 8, cap), 3), np.int64)
-        self._snap_f = np.zeros((max(_REC_CAP * 8, cap), 5))
+        self._snap_f = np.zeros((max(_REC_CAP * 8, cap), 6))
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -208,6 +225,13 @@ class Detector:
             pf[:, c] = np.nan
         pf[:, K.PF_ZSCALE] = 1.0
         return pf
+
+    @staticmethod
+    def _new_th(H: int) -> np.ndarray:
+        th = np.zeros((H, K.NTH))
+        for c in (K.TH_F, K.TH_S, K.TH_E, K.TH_EXP, K.TH_K, K.TH_U):
+            th[:, c] = np.nan
+        return th
 
     def _new_gf(self, G: int) -> np.ndarray:
         gf = np.zeros((G, K.NGF))
@@ -244,6 +268,7 @@ class Detector:
             self._qcode, self._weight, self._nominal, self._rating, self._floor_abs, self._floor_rel,
             self._lo, self._hi, self._gidx, self._didx, self._dev_n,
             self._grp_ptr, self._grp_pts, self._gparent, self._gleaf,
+            s["th"], self.thermal.groups, self.thermal.oil, self.thermal.rating, self.thermal.of_point,
             rel.rel_type, rel.rel_ptr, rel.rel_pt, rel.rel_role, rel.prel_ptr, rel.prel,
             self._win_kind, self._win_idx, self._win_t0, self._win_t1,
             K.CAL_GRID, self.prm, BAD_QUALITY_MASK,
@@ -444,6 +469,7 @@ class Detector:
             "groups": self.group_names,
             "devices": self.device_names,
             "relations": self.relations.keys,
+            "thermal": self.thermal.names,
             "site_suppressed_until": float(self.prm[K.PR_SITE_SUPP]),
             "next_recal": self._next_recal,
             "open_events": [e.to_dict() for e in self._open.values()],
@@ -454,8 +480,12 @@ class Detector:
 
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Restore state saved by :meth:`state_arrays`; points, groups, relations matched by name."""
-        if meta.get("version") != STATE_VERSION:
-            raise ValueError(f"scorer state version {meta.get('version')!r} is not {STATE_VERSION!r}")
+        version = meta.get("version")
+        if version != STATE_VERSION and version not in _OLD_VERSIONS:
+            raise ValueError(f"scorer state version {version!r} is not {STATE_VERSION!r}")
+        if version != STATE_VERSION:
+            # gridedge-scoring/1 had no thermal models: everything else carries over, they start cold
+            log.info("event=scorer_state_migrated from=%s to=%s thermal_models=cold", version, STATE_VERSION)
         s = self.state
 
         def match(old: list[str], new: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -479,6 +509,10 @@ class Detector:
             s[k][rd] = arrays[k][rs]
         for k in ("ds", "df"):
             s[k][dd] = arrays[k][ds_]
+        if "th" in arrays and "thermal" in meta:
+            hs, hd = match(list(meta["thermal"]), self.thermal.names)
+            if arrays["th"].ndim == 2 and arrays["th"].shape[1] == K.NTH:
+                s["th"][hd] = arrays["th"][hs]
         s["sf"][:] = arrays["sf"]
         if len(ps) != len(self.points):
             # a new point: its group/relations changed; let segment ids stay consistent
@@ -550,12 +584,16 @@ class Detector:
         pts = self.points
         rule_name = RULE_NAMES.get(rule, str(rule))
         figures: dict[str, dict[str, Any]] = {}
+        thermal: dict[str, Any] | None = None
         slot = -1
         for k in rows:
             p = int(snap_i[k, 1])
+            if p < 0:  # a thermal-model row (see kernel._th_snap)
+                thermal = self._thermal_figures(-1 - p, int(snap_i[k, 2]), snap_f[k])
+                continue
             if slot < 0 and snap_i[k, 2] >= 0:
                 slot = int(snap_i[k, 2])
-            v, exp_v, m, sd, z = (float(x) for x in snap_f[k])
+            v, exp_v, m, sd, z = (float(x) for x in snap_f[k, :5])
             figures[pts[p].name] = {
                 "value": _f(v),
                 "expected": _f(exp_v),
@@ -563,6 +601,12 @@ class Detector:
                 "baseline_std": _f(sd),
                 "z": _f(z),
             }
+        if thermal is not None and thermal["point"] in figures:
+            # the oil temperature is scored against its thermal model: show that expectation and z
+            fig = figures[thermal["point"]]
+            fig["expected"] = thermal["modelled"]
+            res, sd_ = thermal["residual"], thermal["residual_std"]
+            fig["z"] = _f(res / sd_) if res is not None and sd_ else fig["z"]
         ek = _KINDS[kind]
         model_version = None
         if kind == K.K_SENSOR:
@@ -571,6 +615,8 @@ class Detector:
             names = [name] + [n for n in figures if n != name]
             fig = figures.get(name, {})
             summary = self._sensor_summary(rule_name, name, fig)
+            if rule_name == "thermal_model_drift" and thermal is not None:
+                summary = self._thermal_summary(rule_name, group, thermal)
             if self.state["pf"][target, K.PF_PRIOR] > 0:
                 model_version = self._prior_version
         elif kind == K.K_STALE:
@@ -591,6 +637,8 @@ class Detector:
                 if any(self.state["pf"][pts.index_of(n), K.PF_PRIOR] > 0 for n in names):
                     model_version = self._prior_version
                 summary = self._grid_summary(rule_name, group, lead, figures, score, target)
+                if rule_name == "thermal_model" and thermal is not None:
+                    summary = self._thermal_summary(rule_name, group, thermal)
             elif kind == K.K_TRIP:
                 cb = pts[aux].name
                 names = [cb] + [n for n in member_names if n != cb]
@@ -613,6 +661,8 @@ class Detector:
         }
         if kind == K.K_GRID:
             explanation["common_mode"] = _f(self.state["sf"][K.SF_CM])
+        if thermal is not None:
+            explanation["thermal"] = thermal
         return Event(
             kind=ek,
             group=group,
@@ -621,6 +671,58 @@ class Detector:
             score=score,
             explanation=explanation,
             model_version=model_version,
+        )
+
+    def _thermal_figures(self, h: int, src: int, row: np.ndarray) -> dict[str, Any]:
+        """The thermal model's figures for an explanation (measured vs modelled oil and the load used)."""
+        th = self.thermal
+        g = int(th.groups[h])
+        oil = self.points[int(th.oil[h])].name
+        measured, modelled, k, filt, sd, u = (float(x) for x in row[:6])
+        if src == 0:
+            load_from = ", ".join(
+                self.points[i].name for i in self._members[g] if self.points[i].quantity in _PQ
+            )
+        elif src == 1:
+            kids = [c for c in range(len(self.group_names)) if self._gparent[c] == g]
+            load_from = "sum of " + ", ".join(
+                self.points[i].name for c in kids for i in self._members[c] if self.points[i].quantity in _PQ
+            )
+        else:
+            load_from = "last clean load (no clean power reading)"
+        return {
+            "point": oil,
+            "measured": _f(measured),
+            "modelled": _f(modelled),
+            "residual": _f(measured - modelled),
+            "residual_std": _f(sd),
+            "load_pu": _f(k),
+            "load_from": load_from,
+            "filtered_load_factor": _f(filt),
+            "implied_steady_excess": _f(u),
+            "time_constant_min": float(self.prm[K.PR_TH_TAU]) / 60.0,
+            "loss_ratio": float(self.prm[K.PR_TH_R]),
+            "oil_exponent": float(self.prm[K.PR_TH_X]),
+            "peers": [n for n in th.names if n != self.group_names[g]],
+        }
+
+    @staticmethod
+    def _thermal_summary(rule: str, group: str, th: dict[str, Any]) -> str:
+        m, x, res, u = th["modelled"], th["measured"], th["residual"], th["implied_steady_excess"]
+        if None in (m, x, res):
+            return f"{group}: {rule}"
+        load = f"{th['load_pu']:.2f} p.u." if th["load_pu"] is not None else "its load"
+        base = (
+            f"oil temperature {th['point']} = {x:.1f} °C is {res:+.1f} °C off the {m:.1f} °C its thermal model "
+            f"expects from its load ({load} from {th['load_from']}, {th['time_constant_min']:.0f}-min time "
+            f"constant) next to {', '.join(th['peers'])}"
+        )
+        utxt = f" (heading for {u:+.1f} °C)" if u is not None else ""
+        if rule == "thermal_model":
+            return f"{group}: {base}; it rose as fast as a step in cooling would{utxt} — cooling failure?"
+        return (
+            f"sensor {th['point']}: {base}; it crept up slower than any change in cooling could{utxt} — "
+            f"the sensor is drifting"
         )
 
     @staticmethod

@@ -47,11 +47,14 @@ RULE_DRIFT = 13
 RULE_SPIKE = 14
 RULE_DROPOUT = 15
 RULE_DEVICE_STALE = 16
+RULE_THDRIFT = 17
+RULE_THERMAL = 7
 RULE_TRIP = 20
 RULE_RESTORE = 21
 
 # ---- condition bits of a point (PI_COND) ---------------------------------------------------------
 B_RANGE, B_SCALE, B_STUCK, B_DRIFT, B_DROPOUT, B_SPIKE, B_DEVSTALE = 1, 2, 4, 8, 16, 32, 64
+B_THDRIFT = 128  # oil temperature disagrees with its thermal model, too slowly for a cooling failure
 
 # ---- per-point float state pf[P, NPF] ----------------------------------------------------------------
 PF_VAL = 0  # newest good value
@@ -152,7 +155,40 @@ PR_DRIFT_N = 17
 PR_RESTORE_HOLD = 18
 PR_LEARN_BLOCK_MAX = 19
 PR_REL_MIN_N = 20
-NPR = 21
+PR_TH_TAU = 21  # thermal model: oil time constant (s)
+PR_TH_R = 22  # ratio of load losses at rated load to no-load losses
+PR_TH_X = 23  # oil exponent
+PR_TH_RATIO = 24  # implied steady excess / current excess that marks a cooling failure (fast rise)
+PR_TH_WARM = 25  # learned time (s) before the thermal model scores
+PR_TH_LC = 26  # classification level in residual std
+NPR = 27
+
+# ---- thermal model per transformer th[H, NTH] (H = groups with one oil temperature and a load) ----
+TH_F = 0  # first-order filtered load factor ((k²R+1)/(R+1))^x
+TH_T = 1  # time of the last filter update
+TH_S = 2  # last good apparent power the model used
+TH_K = 3  # per-unit load k of the last update
+TH_FK = 4  # unfiltered load factor of the last update
+TH_SLVL = 5  # EW level of S (rating fallback when no rating is configured)
+TH_N = 6  # regression weight (time-decayed)
+TH_LT = 7  # learned time (s)
+TH_B0, TH_B1, TH_B2 = 8, 9, 10  # coefficients: d = b0 + b1·F_own + b2·mean(F_others)
+TH_A00, TH_A01, TH_A02, TH_A11, TH_A12, TH_A22 = 11, 12, 13, 14, 15, 16  # EW Σ x xᵀ
+TH_V0, TH_V1, TH_V2 = 17, 18, 19  # EW Σ x d
+TH_VAR = 20  # EW variance of the residual
+TH_E = 21  # residual (measured − modelled), °C
+TH_EF = 22  # residual smoothed over 10 min
+TH_ES = 23  # residual smoothed over 40 min
+TH_U = 24  # implied steady-state excess ef + τ·d(ef)/dt
+TH_EXP = 25  # modelled oil temperature (measured − residual)
+TH_LATCH = 26  # 1 cooling failure (grid), -1 sensor drift, 0 none
+TH_SRC = 27  # load source: 0 own P/Q, 1 children's P/Q, 2 held (no clean source)
+TH_EVT = 28  # time of the last residual evaluation
+TH_SD = 29  # residual std used (with floor)
+TH_LLEARN = 30  # time of the last learning step
+NTH = 31
+TH_TF = 600.0  # fast smoothing of the residual (s)
+TH_TS = 2400.0  # slow smoothing (s)
 
 # ---- site scalars sf[] --------------------------------------------------------------------------
 SF_SEG = 0
@@ -315,6 +351,277 @@ def _snap(snap_i, snap_f, nsnap, rec, p, pf, mean, var, n, floor_abs, floor_rel,
 
 
 @njit(cache=True)
+def _th_snap(snap_i, snap_f, nsnap, rec, th, h, pf, th_pt):
+    """A thermal-model row for an explanation: point index stored as -1 - h (not a point)."""
+    if nsnap >= len(snap_i):
+        return nsnap
+    snap_i[nsnap, 0] = rec
+    snap_i[nsnap, 1] = -1 - h
+    snap_i[nsnap, 2] = int(th[h, TH_SRC])
+    snap_f[nsnap, 0] = pf[th_pt[h], PF_VAL]
+    snap_f[nsnap, 1] = th[h, TH_EXP]
+    snap_f[nsnap, 2] = th[h, TH_K]
+    snap_f[nsnap, 3] = th[h, TH_F]
+    snap_f[nsnap, 4] = th[h, TH_SD]
+    snap_f[nsnap, 5] = th[h, TH_U]
+    return nsnap + 1
+
+
+@njit(cache=True)
+def _th_clean(pf, pi, q, t):
+    return _fresh(pf, q, t) and pi[q, PI_COND] == 0 and pi[q, PI_FAULT] == 0 and pi[q, PI_INCONS] == 0
+
+
+@njit(cache=True)
+def _th_load(g, t, pf, pi, qcode, grp_ptr, grp_pts, gparent):
+    """Apparent power of a transformer: its own P/Q if clean, else the sum of its children's (src 0/1)."""
+    sp = 0.0
+    sq = 0.0
+    found = False
+    ok = True
+    for kk in range(grp_ptr[g], grp_ptr[g + 1]):
+        q = grp_pts[kk]
+        qc = qcode[q]
+        if qc == Q_P or qc == Q_Q:
+            found = True
+            if not _th_clean(pf, pi, q, t):
+                ok = False
+            elif qc == Q_P:
+                sp += pf[q, PF_VAL]
+            else:
+                sq += pf[q, PF_VAL]
+    if found and ok:
+        return math.sqrt(sp * sp + sq * sq), 0
+    sp = 0.0
+    sq = 0.0
+    found = False
+    ok = True
+    for c in range(len(gparent)):
+        if gparent[c] != g:
+            continue
+        for kk in range(grp_ptr[c], grp_ptr[c + 1]):
+            q = grp_pts[kk]
+            qc = qcode[q]
+            if qc == Q_P or qc == Q_Q:
+                found = True
+                if not _th_clean(pf, pi, q, t):
+                    ok = False
+                elif qc == Q_P:
+                    sp += pf[q, PF_VAL]
+                else:
+                    sq += pf[q, PF_VAL]
+    if found and ok:
+        return math.sqrt(sp * sp + sq * sq), 1
+    return np.nan, 2
+
+
+@njit(cache=True)
+def _th_solve(th, h):
+    """Ridge-regularised 3×3 normal equations → the model's coefficients (Cramer's rule)."""
+    a00 = th[h, TH_A00]
+    a01 = th[h, TH_A01]
+    a02 = th[h, TH_A02]
+    a11 = th[h, TH_A11]
+    a12 = th[h, TH_A12]
+    a22 = th[h, TH_A22]
+    lam = 1e-6 * (a00 + a11 + a22) + 1e-12
+    a00 += lam
+    a11 += lam
+    a22 += lam
+    v0 = th[h, TH_V0]
+    v1 = th[h, TH_V1]
+    v2 = th[h, TH_V2]
+    c00 = a11 * a22 - a12 * a12
+    c01 = a02 * a12 - a01 * a22
+    c02 = a01 * a12 - a02 * a11
+    det = a00 * c00 + a01 * c01 + a02 * c02
+    if abs(det) < 1e-300:
+        return
+    c11 = a00 * a22 - a02 * a02
+    c12 = a01 * a02 - a00 * a12
+    c22 = a00 * a11 - a01 * a01
+    th[h, TH_B0] = (c00 * v0 + c01 * v1 + c02 * v2) / det
+    th[h, TH_B1] = (c01 * v0 + c11 * v1 + c12 * v2) / det
+    th[h, TH_B2] = (c02 * v0 + c12 * v1 + c22 * v2) / det
+
+
+@njit(cache=True)
+def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi, gf, qcode, grp_ptr, grp_pts,
+                     gparent, floor_abs, prm):  # fmt: skip
+    """Thermal model of every transformer with an oil temperature (IEC 60076-7 top-oil, first order).
+
+    The oil's steady rise over ambient follows ((k²R + 1)/(R + 1))^x of the per-unit load k through
+    a first-order lag (time constant τ). Ambient (weather) is common to all transformers of a site,
+    so the model is fitted and scored leave-one-out: measured oil minus the others' mean against
+    b0 + b1·F_own + b2·mean(F_others) (F = filtered load factor), learned online (time-decayed least
+    squares on clean, non-alerting data). A positive residual that rises fast (its implied steady
+    excess ≥ ratio × the current one: a step in cooling seen through τ) is a cooling failure and feeds
+    the group's composite; one that creeps up slower than any step through τ is the sensor drifting.
+    """
+    H = th.shape[0]
+    tau_th = prm[PR_TH_TAU]
+    R = prm[PR_TH_R]
+    xo = prm[PR_TH_X]
+    mem = prm[PR_TAU]
+    for h in range(H):
+        th_ok[h] = 0
+        p = th_pt[h]
+        if pi[p, PI_SEG] != seg or pf[p, PF_GOOD] != t:
+            continue
+        g = th_grp[h]
+        S, src = _th_load(g, t, pf, pi, qcode, grp_ptr, grp_pts, gparent)
+        if math.isfinite(S):
+            th[h, TH_S] = S
+            th[h, TH_SRC] = src
+            lv = th[h, TH_SLVL]
+            th[h, TH_SLVL] = S if lv <= 0.0 else lv + 1e-4 * (S - lv)
+        else:
+            S = th[h, TH_S]
+            th[h, TH_SRC] = 2
+            if not math.isfinite(S) or th[h, TH_T] <= 0.0:
+                continue
+        rat = th_rat[h]
+        if not (rat > 0.0):
+            rat = 2.0 * th[h, TH_SLVL]  # no rating configured: assume the typical load is half of it
+        if not (rat > 0.0):
+            continue
+        k = S / rat
+        fk = ((k * k * R + 1.0) / (R + 1.0)) ** xo
+        if th[h, TH_T] <= 0.0 or not math.isfinite(th[h, TH_F]):
+            th[h, TH_F] = fk  # start in steady state
+        else:
+            a = math.exp(-max(t - th[h, TH_T], 0.0) / tau_th)
+            th[h, TH_F] = a * th[h, TH_F] + (1.0 - a) * fk
+        th[h, TH_FK] = fk
+        th[h, TH_K] = k
+        th[h, TH_T] = t
+        th_ok[h] = 1
+    for h in range(H):
+        if th_ok[h] == 0:
+            continue
+        p = th_pt[h]
+        g = th_grp[h]
+        own_fault = pi[p, PI_FAULT] != 0 and pi[p, PI_FAULT] != RULE_THDRIFT
+        if (pi[p, PI_COND] & ~B_THDRIFT) != 0 or own_fault:
+            continue
+        so = 0.0
+        sF = 0.0
+        c = 0
+        for h2 in range(H):
+            if h2 == h or th_ok[h2] == 0:
+                continue
+            p2 = th_pt[h2]
+            if pi[p2, PI_COND] != 0 or pi[p2, PI_FAULT] != 0:
+                continue
+            so += pf[p2, PF_VAL]
+            sF += th[h2, TH_F]
+            c += 1
+        if c == 0:
+            continue
+        x = pf[p, PF_VAL]
+        d = x - so / c
+        x1 = th[h, TH_F]
+        x2 = sF / c
+        e = d - (th[h, TH_B0] + th[h, TH_B1] * x1 + th[h, TH_B2] * x2)
+        warm = th[h, TH_LT] >= prm[PR_TH_WARM]
+        fl = floor_abs[p]
+        sd = math.sqrt(th[h, TH_VAR] + fl * fl)
+        dte = t - th[h, TH_EVT] if th[h, TH_EVT] > 0.0 else 0.0
+        if dte <= 0.0 or dte > 4.0 * TH_TF:
+            th[h, TH_EF] = e
+            th[h, TH_ES] = e
+        else:
+            th[h, TH_EF] += (1.0 - math.exp(-dte / TH_TF)) * (e - th[h, TH_EF])
+            th[h, TH_ES] += (1.0 - math.exp(-dte / TH_TS)) * (e - th[h, TH_ES])
+        th[h, TH_EVT] = t
+        ef = th[h, TH_EF]
+        u = ef + tau_th * (ef - th[h, TH_ES]) / (TH_TS - TH_TF)
+        th[h, TH_E] = e
+        th[h, TH_U] = u
+        th[h, TH_SD] = sd
+        th[h, TH_EXP] = x - e
+        th_x[h, 0] = d
+        th_x[h, 1] = x1
+        th_x[h, 2] = x2
+        th_ok[h] = 2
+    for h in range(H):
+        if th_ok[h] != 2:
+            continue
+        p = th_pt[h]
+        g = th_grp[h]
+        x = pf[p, PF_VAL]
+        d = th_x[h, 0]
+        x1 = th_x[h, 1]
+        x2 = th_x[h, 2]
+        e = th[h, TH_E]
+        ef = th[h, TH_EF]
+        u = th[h, TH_U]
+        sd = th[h, TH_SD]
+        warm = th[h, TH_LT] >= prm[PR_TH_WARM]
+        # ---- classification (warm models only) ----
+        lat = th[h, TH_LATCH]
+        if warm:
+            if lat != 0.0 and ef < 2.0 * sd:
+                lat = 0.0
+            lc = max(prm[PR_TH_LC] * sd, 1.0)
+            if lat == 0.0 and ef > lc:
+                # a larger opposite deviation of another transformer explains this one
+                explained = False
+                for h2 in range(H):
+                    if h2 != h and th_ok[h2] == 2 and th[h2, TH_EF] < -1.5 * ef:
+                        explained = True
+                if not explained:
+                    if u >= prm[PR_TH_RATIO] * ef:
+                        lat = 1.0
+                    elif ef > max(2.0 * lc, 2.5):
+                        lat = -1.0
+            th[h, TH_LATCH] = lat
+            if lat < 0.0:
+                pi[p, PI_COND] |= B_THDRIFT
+            else:
+                pi[p, PI_COND] &= ~B_THDRIFT
+            # a cooling failure feeds the composite while the oil still heads up (or holds): once it
+            # heads back to the model (implied steady excess well under the current one) the cooling
+            # works again — the slow τ tail that follows is recovery, not a new incident
+            z = e / sd if (lat > 0.0 and e > 0.0 and u > 0.5 * ef) else 0.0
+            pf[p, PF_ZADJ] = z / pf[p, PF_ZSCALE]
+            pf[p, PF_REXP] = x - e
+        # ---- learning: clean, calm data only ----
+        if lat != 0.0 or pi[p, PI_COND] != 0 or pi[p, PI_FAULT] != 0:
+            continue
+        if gi[g, GI_RUN] != 0 or gi[g, GI_ACTIVE] != 0 or pf[p, PF_SUPP] > t:
+            continue
+        if warm and (abs(e) > 4.0 * sd or abs(th[h, TH_EF]) > 3.0 * sd):
+            continue  # a slow departure (a drifting sensor) must not teach the model or widen its spread
+        dl = t - th[h, TH_LLEARN] if th[h, TH_LLEARN] > 0.0 else 0.0
+        dec = math.exp(-dl / mem) if dl > 0.0 else 1.0
+        n_ = th[h, TH_N] * dec + 1.0
+        th[h, TH_N] = n_
+        for cc in range(TH_A00, TH_V2 + 1):
+            th[h, cc] *= dec
+        th[h, TH_A00] += 1.0
+        th[h, TH_A01] += x1
+        th[h, TH_A02] += x2
+        th[h, TH_A11] += x1 * x1
+        th[h, TH_A12] += x1 * x2
+        th[h, TH_A22] += x2 * x2
+        th[h, TH_V0] += d
+        th[h, TH_V1] += x1 * d
+        th[h, TH_V2] += x2 * d
+        if th[h, TH_LLEARN] > 0.0:
+            # residual variance over ~half a day (prediction error before this step's update); the
+            # first hours (coefficients still settling) are forgotten quickly
+            al = max(1.0 / n_, min(1.0, dl / 43200.0))
+            if th[h, TH_LT] < 0.25 * prm[PR_TH_WARM]:
+                al = max(al, 0.05)
+            e2 = min(e * e, 9.0 * sd * sd) if warm else e * e
+            th[h, TH_VAR] += al * (e2 - th[h, TH_VAR])
+            th[h, TH_LT] += min(dl, 600.0)
+        th[h, TH_LLEARN] = t
+        _th_solve(th, h)
+
+
+@njit(cache=True)
 def run_batch(
     pidx, ts, val, qual, slot, frac, start,  # the batch (sorted by ts) and where to resume
     mean, var, n, last,  # [168, P] baselines
@@ -322,6 +629,7 @@ def run_batch(
     cal_run, cal_ep, zhist,  # calibration counters [G, K], [G, K], [P, K]
     qcode, weight, nominal, rating, floor_abs, floor_rel, lo, hi, gidx, didx, dev_n,  # per point
     grp_ptr, grp_pts, gparent, gleaf,  # groups (CSR) and parent group (-1 none); groups sorted children first
+    th, th_grp, th_pt, th_rat, th_of_pt,  # thermal models [H, NTH], their group, oil point, rating; point → h
     rel_type, rel_ptr, rel_pt, rel_role, prel_ptr, prel,  # relations (CSR) and relations of each point
     win_kind, win_idx, win_t0, win_t1,  # suppression windows
     cal_grid, prm, bad_mask,
@@ -359,6 +667,9 @@ def run_batch(
     cand = np.zeros(P, np.int64)
     moved = np.zeros(P, np.int64)
     gtouch = np.zeros(G, np.int64)
+    H = th.shape[0]
+    th_ok = np.zeros(H, np.int64)
+    th_x = np.zeros((H, 3))
     i = start
     while i < N:
         if emit and nrec + need_room > rec_cap:
@@ -589,6 +900,10 @@ def run_batch(
                     loo = (tsum - dev) / (tcnt - 1) if own else tsum / tcnt
                     loo = min(max(loo, min(dev, 0.0)), max(dev, 0.0))  # explain, never add
                     pf[p, PF_ZADJ] = (dev - loo) / pf[p, PF_SD] / pf[p, PF_ZSCALE]
+        # oil temperatures with a thermal model (once warm) are scored against it instead
+        if H > 0:
+            _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi, gf, qcode, grp_ptr,
+                             grp_pts, gparent, floor_abs, prm)  # fmt: skip
         for k in range(i, j):
             p = pidx[k]
             if _is_load(qcode[p]) and math.isfinite(pf[p, PF_Z]) and pf[p, PF_GOOD] == t:
@@ -927,6 +1242,8 @@ def run_batch(
                 code = RULE_STUCK
             elif c & B_DRIFT:
                 code = RULE_STUCK if pi[p, PI_STUCK] >= 5 else RULE_DRIFT
+            elif c & B_THDRIFT:
+                code = RULE_THDRIFT
             elif c & B_DROPOUT:
                 code = RULE_DROPOUT
             if pi[p, PI_FAULT] == 0:
@@ -954,12 +1271,15 @@ def run_batch(
                                     if q != p:
                                         nsnap = _snap(snap_i, snap_f, nsnap, nrec - 1, q, pf, mean, var, n,
                                                       floor_abs, floor_rel, minn, pi[q, PI_SLOT])  # fmt: skip
+                            if th_of_pt[p] >= 0:
+                                nsnap = _th_snap(snap_i, snap_f, nsnap, nrec - 1, th, th_of_pt[p], pf, th_pt)
                 else:
                     pi[p, PI_FRUN] = 0
             else:
                 if code == 0 and (c & B_DEVSTALE) == 0:
                     pi[p, PI_FCLR] += 1
-                    if pi[p, PI_FCLR] >= (3 * clear_n if pi[p, PI_FAULT] == RULE_DRIFT else clear_n):
+                    slow = pi[p, PI_FAULT] == RULE_DRIFT or pi[p, PI_FAULT] == RULE_THDRIFT
+                    if pi[p, PI_FCLR] >= (3 * clear_n if slow else clear_n):
                         if emit:
                             nrec = _record(rec_i, rec_f, nrec, K_SENSOR, R_END, p, pi[p, PI_FAULT],
                                            pf[p, PF_FSTART], t, 0.0, 0)  # fmt: skip
@@ -1071,6 +1391,14 @@ def run_batch(
                 if gi[g, GI_RUN] == 0:
                     gf[g, GF_START] = t
                     gi[g, GI_RULE] = rule if rlevel > 0 else RULE_COMPOSITE
+                    # led by an oil temperature its thermal model flags as a cooling failure
+                    if (
+                        rlevel == 0
+                        and peak >= 0
+                        and th_of_pt[peak] >= 0
+                        and th[th_of_pt[peak], TH_LATCH] > 0.0
+                    ):
+                        gi[g, GI_RULE] = RULE_THERMAL
                     gf[g, GF_EVSCORE] = 0.0
                 gi[g, GI_RUN] += 1
                 gi[g, GI_CLR] = 0
@@ -1095,6 +1423,8 @@ def run_batch(
                             q = grp_pts[k2]
                             nsnap = _snap(snap_i, snap_f, nsnap, nrec - 1, q, pf, mean, var, n, floor_abs,
                                           floor_rel, minn, pi[q, PI_SLOT])  # fmt: skip
+                            if th_of_pt[q] >= 0 and th[th_of_pt[q], TH_EVT] > 0.0:
+                                nsnap = _th_snap(snap_i, snap_f, nsnap, nrec - 1, th, th_of_pt[q], pf, th_pt)
             else:
                 gi[g, GI_RUN] = 0
                 if gi[g, GI_ACTIVE] == 1:

@@ -31,6 +31,8 @@ RULE_NAMES: dict[int, str] = {
     K.RULE_SPIKE: "spike",
     K.RULE_DROPOUT: "dropout",
     K.RULE_DEVICE_STALE: "device_stale",
+    K.RULE_THERMAL: "thermal_model",
+    K.RULE_THDRIFT: "thermal_model_drift",
     K.RULE_TRIP: "breaker_open_under_load",
     K.RULE_RESTORE: "breaker_closed",
 }
