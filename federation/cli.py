@@ -1,16 +1,28 @@
-"""``gridedge federation`` sub-commands: status, export-preview, pull."""
+"""``gridedge federation`` sub-commands: status, export-preview, pull, supernode."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["add_federation_arguments"]
+__all__ = ["OFFLINE_ENV", "SupernodeConfigError", "add_federation_arguments", "supernode_command"]
+
+#: Set for every Flower process: no telemetry, no update check (the fleet is offline by design).
+OFFLINE_ENV: dict[str, str] = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+class SupernodeConfigError(ValueError):
+    """The site file does not describe a SuperNode that can start (missing address, unreadable file)."""
+
 
 EXIT_OK, EXIT_INVALID = 0, 2
 
@@ -122,8 +134,82 @@ def _pull(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _readable(path: str, what: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise SupernodeConfigError(f"federation.{what}: no file at {path}")
+    try:
+        with open(p, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise SupernodeConfigError(f"federation.{what}: cannot read {path}: {exc.strerror}") from exc
+    return str(p)
+
+
+def _toml_value(v: str) -> str:
+    return json.dumps(v)  # a TOML basic string (Flower parses node config as TOML key=value pairs)
+
+
+def supernode_command(
+    cfg: Any, executable: str | None = None, extra_args: tuple[str, ...] = ()
+) -> tuple[list[str], dict[str, str]]:
+    """The ``flower-supernode`` command line and the environment to add, from a :class:`SiteConfig`.
+
+    File references (CA, node key) are checked here, when the SuperNode is about to start: a missing or
+    unreadable file is a :class:`SupernodeConfigError` naming the key. The node config carries
+    ``db`` (default: ``storage.path``), ``model-dir`` (``federation.model_dir``), ``dp`` and the
+    section's ``node_config`` entries (which may override those).
+    """
+    fed = cfg.federation
+    if not fed.superlink:
+        raise SupernodeConfigError("federation.superlink: give HOST:PORT of the control centre's SuperLink")
+    exe = executable or str(Path(sys.executable).parent / "flower-supernode")
+    if not Path(exe).exists():
+        exe = shutil.which("flower-supernode") or exe
+    argv = [exe, "--superlink", str(fed.superlink)]
+    if fed.insecure:
+        if fed.auth_private_key:
+            raise SupernodeConfigError("federation.auth_private_key needs TLS (insecure: false)")
+        argv.append("--insecure")
+    else:
+        if not fed.root_certificates:
+            raise SupernodeConfigError(
+                "federation.root_certificates: give the CA file of the SuperLink (TLS is required)"
+            )
+        argv += ["--root-certificates", _readable(fed.root_certificates, "root_certificates")]
+    if fed.auth_private_key:
+        argv += ["--auth-supernode-private-key", _readable(fed.auth_private_key, "auth_private_key")]
+    node: dict[str, str] = {
+        "db": str(cfg.storage.path),
+        "model-dir": str(fed.model_dir),
+        "dp": "true" if fed.dp else "false",
+    }
+    node.update(fed.node_config)
+    argv += ["--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in node.items())]
+    argv += ["--isolation", "subprocess", *extra_args]
+    return argv, dict(OFFLINE_ENV)
+
+
+def _supernode(args: argparse.Namespace) -> int:
+    from gridedge.gateway.config import load_config
+
+    try:
+        cfg = load_config(args.config)
+        argv, env = supernode_command(cfg, extra_args=tuple(args.extra))
+    except Exception as exc:  # config or file error: the field engineer's to fix
+        print(f"gridedge federation supernode: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.dry_run:
+        print(" ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(argv))
+        return EXIT_OK
+    full_env: Mapping[str, str] = {**os.environ, **env}
+    sys.stdout.flush()
+    os.execve(argv[0], argv, dict(full_env))  # replaces this process: systemd supervises flower-supernode
+    return EXIT_OK  # pragma: no cover
+
+
 def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``status``, ``export-preview`` and ``pull`` under ``gridedge federation``."""
+    """Add ``status``, ``export-preview``, ``pull`` and ``supernode`` under ``gridedge federation``."""
     sub = parser.add_subparsers(dest="federation_command", required=True, metavar="SUBCOMMAND")
 
     st = sub.add_parser("status", help="last round and model versions in a model directory")
@@ -155,3 +241,15 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     pl.add_argument("--model-dir", metavar="DIR")
     pl.add_argument("-c", "--config", metavar="SITE.yaml")
     pl.set_defaults(func=_pull)
+
+    sn = sub.add_parser(
+        "supernode",
+        help="start this site's Flower SuperNode from the site file (offline settings applied)",
+        description="Build the flower-supernode command line from the federation section of the site "
+        "file (SuperLink address, CA file, node key file, node config), set FLWR_TELEMETRY_ENABLED=0 "
+        "and FLWR_DISABLE_UPDATE_CHECK=1, and exec it.",
+    )
+    sn.add_argument("-c", "--config", required=True, metavar="SITE.yaml", help="site file")
+    sn.add_argument("--dry-run", action="store_true", help="print the environment and command, do not start")
+    sn.add_argument("extra", nargs="*", metavar="-- ARG", help="extra flower-supernode arguments (after --)")
+    sn.set_defaults(func=_supernode)

@@ -54,9 +54,22 @@ def node_wants_dp(context: Context) -> bool:
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's ``fixedclipping_mod`` for train messages of DP rounds; a pass-through otherwise."""
-    if msg.metadata.message_type == MessageType.TRAIN and _is_dp_round(msg):
-        return fixedclipping_mod(msg, context, call_next)
-    return call_next(msg, context)
+    if msg.metadata.message_type != MessageType.TRAIN or not _is_dp_round(msg):
+        return call_next(msg, context)
+    replies: list[Message] = []
+
+    def inner(m: Message, c: Context) -> Message:
+        replies.append(call_next(m, c))
+        return replies[-1]
+
+    try:
+        return fixedclipping_mod(msg, context, inner)
+    except ZeroDivisionError:
+        # Flower 1.41 divides by the update's norm: a zero update (a site without labels returns the
+        # global model unchanged) is within any clipping norm as it is.
+        if not replies:
+            raise
+        return replies[-1]
 
 
 app = ClientApp(mods=[dp_clipping_mod])
@@ -102,9 +115,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     fleet_round = int(cfg.get("fleet-round", 0))
     version = str(cfg.get("model-version", ""))
     model_dir = context.node_config.get("model-dir")
-    if model_dir and arrays and set(arrays) == set(ALLOWED_ARRAYS):
+    if model_dir and version and arrays and set(arrays) == set(ALLOWED_ARRAYS):
         check_arrays(arrays)
-        if version and model_version(fleet_round, arrays) != version:
+        if model_version(fleet_round, arrays) != version:
             raise ExportRefused(f"global model digest does not match its version {version}")
         save_global(str(model_dir), fleet_round, arrays, source="superlink")
     conn = open_site(str(context.node_config["db"]))

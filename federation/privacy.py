@@ -53,7 +53,7 @@ class DpSettings:
     """The DP parameters of a run (run config keys ``dp-noise-multiplier``, ``dp-clipping-norm``, ``dp-delta``)."""
 
     noise_multiplier: float = 1.0
-    clipping_norm: float = 0.5
+    clipping_norm: float = 0.3
     delta: float = 1e-5
 
     def noise_std(self, sites: int) -> float:

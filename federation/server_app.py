@@ -73,6 +73,7 @@ class FleetFedAvg(FedAvg):
         #: set by :class:`FleetDP`: it saves the model itself, after adding its noise
         self.defer_commit = False
         self._last_sites, self._last_labelled = 0, 0.0
+        self.last_round = int(base_round)
         #: extra metadata written with every model (DP settings and budget)
         self.meta: dict[str, object] = {}
 
@@ -124,6 +125,7 @@ class FleetFedAvg(FedAvg):
             **self.meta,
         )
         self.current = merged
+        self.last_round = fleet_round
         self.history.append({"round": fleet_round, "version": self.last_version, "sites": self._last_sites})
         log.info(
             "event=global_model round=%d version=%s sites=%d",
@@ -136,8 +138,9 @@ class FleetFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        # the sites receive the full model and store it under the same version (they recompute the digest)
-        config["fleet-round"] = self.base_round + server_round
+        # the sites receive the full model and store it under the same version (they recompute the digest);
+        # the last *committed* round: a round whose aggregation was skipped sends the previous model
+        config["fleet-round"] = self.last_round
         config["model-version"] = self.last_version or ""
         full = to_record(self.current) if self.current else arrays
         return super().configure_evaluate(server_round, full, config, grid)

@@ -210,7 +210,7 @@ class FlowerFleet:
         )
         fh.close()
 
-    def start_superlink(self) -> None:
+    def start_superlink(self, extra_args: tuple[str, ...] = ()) -> None:
         argv = [sys.executable, str(REPO / "tests" / "flwr_tap.py")]
         if self.capture_dir is not None:
             argv += ["--capture-dir", str(self.capture_dir)]
@@ -221,19 +221,31 @@ class FlowerFleet:
                      "--ssl-keyfile", str(self.tls["key"])]  # fmt: skip
         else:
             argv += ["--insecure"]
-        self._spawn("superlink", argv)
+        self._spawn("superlink", [*argv, *extra_args])
         self._wait_port(self.port, 60)
 
-    def start_supernode(self, i: int) -> None:
+    def start_supernode(self, i: int, extra_args: tuple[str, ...] = (), node_config: str = "") -> None:
         s = self.sites[i]
         argv = [str(VENV_BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(_free_port()),
-                "--node-config", f'db="{s.db}" model-dir="{s.model_dir}" seed={s.seed}']  # fmt: skip
+                "--node-config", f'db="{s.db}" model-dir="{s.model_dir}" seed={s.seed} {node_config}'.strip()]  # fmt: skip
         if self.tls:
             argv += ["--root-certificates", str(self.tls["ca"])]
         else:
             argv += ["--insecure"]
-        self._spawn(f"supernode{i}", argv)
+        self._spawn(f"supernode{i}", [*argv, *extra_args])
+
+    def start_argv(self, key: str, argv: list[str]) -> None:
+        """Start any process (e.g. a SuperNode command line built by ``gridedge federation supernode``)."""
+        self._spawn(key, argv)
+
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the ``flwr`` CLI against this fleet (its connection is written first)."""
+        self.write_connection()
+        return subprocess.run(
+            [str(VENV_BIN / "flwr"), *args], env=self.env, capture_output=True, text=True,
+            timeout=timeout, cwd=self.home,
+        )  # fmt: skip
 
     def stop(self, key: str, sig: int = signal.SIGTERM) -> None:
         p = self.procs.pop(key, None)

@@ -10,11 +10,12 @@ from fixtures_federation import T0, FlowerFleet, Site, build_sites
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.proto.fleet_pb2 import PushMessagesRequest
 from flwr.proto.message_pb2 import PushObjectRequest
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
 from gridedge.federation import client_app
 from gridedge.federation.allowlist import ALLOWED_ARRAYS, ExportRefused, check_arrays
-from gridedge.federation.contribution import site_contribution
+from gridedge.federation.contribution import DP_KEYS, site_contribution
 from gridedge.federation.models import latest_global, list_models, load_latest_classifier, load_latest_model
 from gridedge.federation.records import from_record, to_record
 from gridedge.gateway.model import QUANTITIES
@@ -55,8 +56,11 @@ def independent_prior(sites: list[Site]) -> dict[str, np.ndarray]:
         }
 
 
-def _call_client(site: Site, config: dict, arrays: dict | None = None) -> Message:
-    """Call the ClientApp's train handler in-process, as the SuperNode's ClientApp process would."""
+def _call_client(
+    site: Site, config: dict, arrays: dict | None = None, node_config: dict | None = None, mods: bool = False
+) -> Message:
+    """Call the ClientApp's train handler in-process (``mods``: through the app with its mods), as the
+    SuperNode's ClientApp process would."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
@@ -64,8 +68,9 @@ def _call_client(site: Site, config: dict, arrays: dict | None = None) -> Messag
     if arrays is not None:
         content["arrays"] = to_record(arrays)
     msg = Message(content, dst_node_id=1, message_type="train")
-    ctx = Context(run_id=1, node_id=1, node_config={"db": str(site.db)}, state=RecordDict(), run_config={})
-    return client_app.train(msg, ctx)
+    nc = {"db": str(site.db), **(node_config or {})}
+    ctx = Context(run_id=1, node_id=1, node_config=nc, state=RecordDict(), run_config={})
+    return client_app.app(msg, ctx) if mods else client_app.train(msg, ctx)
 
 
 def test_allowlist_rejects_unknown_names_shapes_dtypes() -> None:
@@ -88,6 +93,26 @@ def test_clientapp_refuses_a_non_allowed_key(sites: list[Site]) -> None:
     assert list(reply.content.array_records["arrays"].keys()) == ["prior.weight"]
     full = _call_client(sites[0], {"server-round": 1})
     assert set(full.content.array_records["arrays"].keys()) == set(ALLOWED_ARRAYS)
+
+
+def test_dp_round_reply_is_clipped_and_a_dp_site_withholds_its_classifier(sites: list[Site]) -> None:
+    zeros = {k: np.zeros(ALLOWED_ARRAYS[k].shape) for k in DP_KEYS}
+    cfg = {"keys": ",".join(DP_KEYS), "server-round": 1, KEY_CLIPPING_NORM: 0.05}
+    reply = _call_client(sites[0], cfg, zeros, mods=True)
+    arrays = from_record(reply.content.array_records["arrays"])
+    assert sorted(arrays) == sorted(DP_KEYS)
+    norm = float(np.sqrt(sum(np.sum(a**2) for a in arrays.values())))  # the update (global was zero)
+    unclipped = site_contribution(sites[0].db, zeros, classifier="uniform")[0]
+    assert float(np.sqrt(sum(np.sum(a**2) for a in unclipped.values()))) > 0.05
+    assert norm == pytest.approx(0.05, rel=1e-9)  # clipped by Flower's fixedclipping_mod
+    assert reply.content.metric_records["metrics"]["num-examples"] == 1.0
+    with pytest.raises(ExportRefused, match="DP round"):
+        _call_client(sites[0], {**cfg, "keys": "prior.weight"}, zeros, mods=True)
+    # a site whose node config demands DP sends the prior but no classifier in a non-DP round
+    plain = _call_client(sites[0], {"server-round": 1}, node_config={"dp": "true"}, mods=True)
+    got = from_record(plain.content.array_records["arrays"])
+    assert float(got["clf.weight"][0]) == 0.0 and not got["clf.coef_w"].any()
+    assert float(got["prior.weight"].sum()) > 0
 
 
 def test_client_opens_the_store_read_only(sites: list[Site]) -> None:

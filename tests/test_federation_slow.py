@@ -8,6 +8,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,7 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fixtures_federation import FlowerFleet, Site, build_sites
 
+from gridedge.federation.allowlist import ALLOWED_ARRAYS
+from gridedge.federation.contribution import DP_KEYS, site_contribution
 from gridedge.federation.models import list_models
+from gridedge.federation.privacy import gaussian_epsilon
 
 pytestmark = pytest.mark.slow
 
@@ -104,3 +108,48 @@ def test_offline_supernode_misses_a_round_and_catches_up(sites: list[Site], tmp_
     models = list_models(models_dir)
     assert [(m["round"], m["sites"]) for m in models] == [(1, 2), (2, 3)]
     assert [m["version"] for m in list_models(sites[2].model_dir)] == [models[-1]["version"]]
+
+
+def test_dp_run_adds_the_noise_its_settings_imply(sites: list[Site], tmp_path: Path) -> None:
+    """dp=true: one prior round, then a classifier round clipped at the sites (fixedclipping_mod) and
+    noised at the server; the saved classifier is the clipped mean plus noise of std z·C/m."""
+    z, C, delta = 2.0, 0.3, 1e-5
+    fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites)
+    models_dir = tmp_path / "models"
+    try:
+        fleet.start_superlink()
+        for i in range(3):
+            fleet.start_supernode(i, node_config="dp=true" if i == 0 else "")
+        fleet.run({"num-rounds": 1, "min-nodes": 3, "model-dir": str(models_dir), "dp": True,
+                   "dp-noise-multiplier": z, "dp-clipping-norm": C, "dp-delta": delta})  # fmt: skip
+    except Exception:
+        print(fleet.log_text())
+        raise
+    finally:
+        fleet.stop_all()
+    models = list_models(models_dir)
+    assert [(m["round"], m["sites"]) for m in models] == [(1, 3), (2, 3)], fleet.log_text()
+    prior_round, dp_round = (dict(np.load(m["path"])) for m in models)
+    assert "dp" not in models[0] and float(prior_round["clf.weight"][0]) == 0.0
+    for k in ("prior.shape_w", "prior.spread_w", "prior.weight"):  # the DP rounds leave the prior alone
+        np.testing.assert_array_equal(dp_round[k], prior_round[k])
+
+    # the clipped mean the sites' updates imply (global classifier before the round: zero), longhand
+    zero = {k: np.zeros(ALLOWED_ARRAYS[k].shape) for k in DP_KEYS}
+    updates = []
+    for s in sites:
+        a, _ = site_contribution(s.db, zero, classifier="uniform")
+        u = np.concatenate([a[k].ravel() for k in DP_KEYS])
+        updates.append(u * min(1.0, C / np.linalg.norm(u)) if np.linalg.norm(u) > 0 else u)
+    clean = np.mean(updates, axis=0)
+    got = np.concatenate([dp_round[k].ravel() / dp_round["clf.weight"][0] for k in DP_KEYS])
+    resid = got - clean
+    want_std = z * C / 3
+    assert 0.7 * want_std < float(np.std(resid)) < 1.3 * want_std, (np.std(resid), want_std)
+    assert abs(float(np.mean(resid))) < 4 * want_std / np.sqrt(resid.size)
+    budget = models[1]["dp"]
+    assert budget["releases"] == 1 and budget["noise_std"] == pytest.approx(want_std)
+    assert budget["epsilon"] == pytest.approx(gaussian_epsilon(z, 1, delta)[0])
+    # every site stored the noised model (what it received in the evaluate message)
+    for s in sites:
+        assert list_models(s.model_dir)[-1]["version"] == models[1]["version"]

@@ -155,11 +155,10 @@ def test_federation_unit_contract(federation) -> None:
     env = s["Environment"]
     assert "FLWR_TELEMETRY_ENABLED=0" in env
     assert "FLWR_DISABLE_UPDATE_CHECK=1" in env
-    assert last(federation, "Service", "EnvironmentFile") == "/etc/gridedge/federation.env"
+    # the command line is built from the site file (tests/test_federation.py checks what it builds)
     cmd = last(federation, "Service", "ExecStart")
-    assert cmd is not None and cmd.startswith("/opt/gridedge/bin/flower-supernode ")
-    assert "--superlink ${SUPERLINK}" in cmd
-    assert "--root-certificates ${ROOT_CERTIFICATES}" in cmd
+    assert cmd == "/opt/gridedge/bin/gridedge federation supernode -c /etc/gridedge/site.yaml"
+    assert last(federation, "Service", "ExecStartPre") == cmd + " --dry-run"
     assert "--insecure" not in cmd
     assert "--allow-runtime-dependency-installation" not in cmd
 
