@@ -38,6 +38,8 @@ __all__ = ["DeviceState", "DeviceStats", "Runtime", "make_driver"]
 log = logging.getLogger("gridedge.runtime")
 
 SCORER_STATE_NAME = "detector"
+#: Seconds between two ``poll_overrun`` log lines of one device (the skipped cycles are summed in each).
+OVERRUN_LOG_INTERVAL = 10.0
 
 
 class DeviceState(enum.StrEnum):
@@ -432,6 +434,8 @@ class Runtime:
         period = dev.poll
         next_t = time.monotonic()
         poll_timeout = max(dev.timeout * 3, period, 1.0)
+        overrun_logged = -OVERRUN_LOG_INTERVAL  # monotonic time of the last poll_overrun line
+        overruns = skipped = 0  # since that line
         while not self._stop.is_set():
             t0 = time.monotonic()
             batch = await asyncio.wait_for(driver.poll(), timeout=poll_timeout)
@@ -452,14 +456,21 @@ class Runtime:
                 missed = int((now - next_t) // period) + 1
                 stats.skipped_cycles += missed
                 next_t += missed * period
-                log.warning(
-                    kv(
-                        "poll_overrun",
-                        device=dev.name,
-                        skipped=missed,
-                        duration=round(stats.last_poll_duration, 3),
+                overruns, skipped = overruns + 1, skipped + missed
+                # One line per device per OVERRUN_LOG_INTERVAL, not one per cycle: a device slower than
+                # a 50 ms period would otherwise log 20 lines/s. The counts stay exact (summed per line).
+                if now - overrun_logged >= OVERRUN_LOG_INTERVAL:
+                    log.warning(
+                        kv(
+                            "poll_overrun",
+                            device=dev.name,
+                            skipped=skipped,
+                            overruns=overruns,
+                            duration=round(stats.last_poll_duration, 3),
+                            skipped_total=stats.skipped_cycles,
+                        )
                     )
-                )
+                    overrun_logged, overruns, skipped = now, 0, 0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, next_t - time.monotonic()))
 
