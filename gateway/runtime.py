@@ -601,7 +601,8 @@ class Runtime:
     def save_scorer_state(self) -> None:
         if self.detector is not None and self.store is not None:
             try:
-                arrays, meta = self.detector.state_arrays()
+                # serialised right here on the loop thread, before the detector runs again: no copy
+                arrays, meta = self.detector.state_arrays(copy=False)
                 self.store.save_scorer_state(SCORER_STATE_NAME, arrays, meta)
             except Exception:
                 log.exception(kv("scorer_state_save_failed"))

@@ -458,9 +458,13 @@ class Detector:
             self._prior = None
 
     # ------------------------------------------------------------------------------------------------
-    def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays (``mean``, ``var``, ``n`` of shape [168, P] and the rest) + JSON-able meta."""
-        arrays = {k: v.copy() for k, v in self.state.items()}
+    def state_arrays(self, *, copy: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays (``mean``, ``var``, ``n`` of shape [168, P] and the rest) + JSON-able meta.
+
+        ``copy=False`` hands out the live arrays (no 60 MB copy at 10,000 points) for a caller that
+        serialises them before the detector runs again, on the same thread.
+        """
+        arrays = {k: v.copy() for k, v in self.state.items()} if copy else dict(self.state)
         meta = {
             "version": STATE_VERSION,
             "timezone": self.timezone,
