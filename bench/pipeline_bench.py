@@ -171,6 +171,7 @@ def run_size(
             watcher.recording = True
             prof = None
             if profile_dir is not None:
+                profile_dir.mkdir(parents=True, exist_ok=True)
                 prof = _start_profiler(d.pid, window, profile_dir / f"{label}.txt")
             samples = [s0]
             injections: list[tuple[str, float]] = []
