@@ -208,11 +208,11 @@ def main() -> int:
         f"(test mix {np.bincount(yte, minlength=len(CLASSES)).tolist()}, train mix "
         f"{np.bincount(yall, minlength=len(CLASSES)).tolist()}), pooled test set:"
     )
-    print(f"{'model':40s} {'accuracy':>9s}")
+    print(f"{'model':46s} {'accuracy':>9s}")
     for name, a in rows:
-        print(f"{name:40s} {a:9.1%}")
+        print(f"{name:46s} {a:9.1%}")
     print(
-        f"{'federated + DP (z=' + format(dp.noise_multiplier, 'g') + ', C=' + format(dp.clipping_norm, 'g') + ')':40s} "
+        f"{'federated + DP (z=' + format(dp.noise_multiplier, 'g') + ', C=' + format(dp.clipping_norm, 'g') + ')':46s} "
         f"{np.mean(dp_acc):9.1%} ± {np.std(dp_acc):.1%} over {len(dp_acc)} noise draws"
     )
     gap = (rows[0][1] - rows[2][1]) * 100

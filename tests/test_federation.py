@@ -239,3 +239,55 @@ def test_fleet_rounds_weighted_mean_and_nothing_raw_crosses(sites: list[Site], t
 def test_latest_global_none_for_empty_dir(tmp_path: Path) -> None:
     assert latest_global(tmp_path) is None
     assert load_latest_model(tmp_path) is None and load_latest_classifier(tmp_path) is None
+
+
+def _site_file(tmp_path: Path, **fed: object) -> Path:
+    import yaml
+
+    doc = {
+        "site": {"name": "s", "timezone": "Europe/Berlin"},
+        "storage": {"path": str(tmp_path / "gw.db")},
+        "devices": [{"name": "rtu", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 1502, "points": [
+            {"name": "F1_I", "quantity": "current", "group": "F1", "register": 0, "type": "float32"}]}],
+        "federation": {"enabled": True, "model_dir": str(tmp_path / "models"), **fed},
+    }  # fmt: skip
+    p = tmp_path / "site.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_supernode_command_from_the_site_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gridedge.federation.cli import OFFLINE_ENV, SupernodeConfigError, supernode_command
+    from gridedge.gateway.cli import main as gridedge_main
+    from gridedge.gateway.config import ConfigError, load_config
+
+    ca, key = tmp_path / "ca.pem", tmp_path / "node.key"
+    f = _site_file(tmp_path, superlink="fleet.example:9092", root_certificates=str(ca),
+                   auth_private_key=str(key), dp=True, node_config={"steps": 2, "db": "/srv/other.db"})  # fmt: skip
+    cfg = load_config(f)  # files are not checked at load time ...
+    with pytest.raises(SupernodeConfigError, match="root_certificates: no file"):
+        supernode_command(cfg)  # ... but when the SuperNode is about to start
+    ca.write_text("CA")
+    with pytest.raises(SupernodeConfigError, match="auth_private_key: no file"):
+        supernode_command(cfg)
+    assert gridedge_main(["federation", "supernode", "-c", str(f), "--dry-run"]) == 2
+    key.write_text("KEY")
+    argv, env = supernode_command(cfg, extra_args=("--port", "9999"))
+    assert env == OFFLINE_ENV == {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    assert argv[0].endswith("flower-supernode") and "--insecure" not in argv
+    assert argv[argv.index("--superlink") + 1] == "fleet.example:9092"
+    assert argv[argv.index("--root-certificates") + 1] == str(ca)
+    assert argv[argv.index("--auth-supernode-private-key") + 1] == str(key)
+    node = argv[argv.index("--node-config") + 1]
+    assert f'model-dir="{tmp_path / "models"}"' in node and 'dp="true"' in node and 'steps="2"' in node
+    assert 'db="/srv/other.db"' in node  # node_config overrides the storage path
+    assert argv[-2:] == ["--port", "9999"]
+    capsys.readouterr()
+    assert gridedge_main(["federation", "supernode", "-c", str(f), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 ") and "--superlink" in out
+    # no address, or a key pasted inline instead of a path: clear errors
+    with pytest.raises(SupernodeConfigError, match=r"federation\.superlink"):
+        supernode_command(load_config(_site_file(tmp_path)))
+    with pytest.raises(ConfigError, match="path of a file"):
+        load_config(_site_file(tmp_path, auth_private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nabc"))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
+import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +17,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fixtures_federation import FlowerFleet, Site, build_sites
+from fixtures_federation import FlowerFleet, Site, _free_port, build_sites
 
 from gridedge.federation.allowlist import ALLOWED_ARRAYS
+from gridedge.federation.cli import OFFLINE_ENV, supernode_command
 from gridedge.federation.contribution import DP_KEYS, site_contribution
 from gridedge.federation.models import list_models
 from gridedge.federation.privacy import gaussian_epsilon
+from gridedge.gateway.config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +158,81 @@ def test_dp_run_adds_the_noise_its_settings_imply(sites: list[Site], tmp_path: P
     # every site stored the noised model (what it received in the evaluate message)
     for s in sites:
         assert list_models(s.model_dir)[-1]["version"] == models[1]["version"]
+
+
+def _ec_keypair(d: Path, name: str) -> tuple[Path, Path]:
+    """A SuperNode key pair as Flower expects it: EC (NIST P-384), OpenSSH private and public files."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    priv, pub = d / f"{name}.key", d / f"{name}.pub"
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
+    priv.chmod(0o600)
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    return priv, pub
+
+
+def test_supernode_auth_registered_joins_unregistered_is_refused(sites: list[Site], tmp_path: Path) -> None:
+    """--enable-supernode-auth over TLS: the SuperNode started from a site file (gridedge federation
+    supernode) with a registered key takes part; one with an unregistered key never does."""
+    tls = make_ca(tmp_path / "pki")
+    ok_key, ok_pub = _ec_keypair(tmp_path / "pki", "site0")
+    bad_key, _ = _ec_keypair(tmp_path / "pki", "intruder")
+    fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites, tls=tls)
+    s0 = sites[0]
+    site_file = tmp_path / "site0.yaml"
+    site_file.write_text(
+        SITE_YAML.format(
+            db=s0.db, models=tmp_path / "site0-models", port=fleet.port, ca=tls["ca"], key=ok_key
+        )
+    )
+    argv, env = supernode_command(load_config(site_file), extra_args=("--port", str(_free_port())))
+    assert env == OFFLINE_ENV and "--auth-supernode-private-key" in argv and "--insecure" not in argv
+    models_dir = tmp_path / "models"
+    try:
+        fleet.start_superlink(extra_args=("--enable-supernode-auth",))
+        reg = fleet.flwr("supernode", "register", str(ok_pub), "gridedge", "--format", "json")
+        assert reg.returncode == 0 and json.loads(reg.stdout)["success"], reg.stdout + reg.stderr
+        fleet.start_argv("supernode0", argv)
+        fleet.start_supernode(1, extra_args=("--auth-supernode-private-key", str(bad_key)))
+        fleet.run({"num-rounds": 1, "min-nodes": 1, "model-dir": str(models_dir)})
+        time.sleep(3)  # the intruder has had the whole run to try
+        listed = fleet.flwr("supernode", "list", "gridedge", "--format", "json")
+        log1 = fleet.logs["supernode1"].read_text(errors="replace")
+    except Exception:
+        print(fleet.log_text())
+        raise
+    finally:
+        fleet.stop_all()
+    assert [m["sites"] for m in list_models(models_dir)] == [1]
+    assert list_models(tmp_path / "site0-models"), "the registered site received the global model"
+    assert list_models(sites[1].model_dir) == [] or all(
+        m["version"] not in {x["version"] for x in list_models(models_dir)}
+        for m in list_models(sites[1].model_dir)
+    )
+    nodes = json.loads(listed.stdout).get("nodes", [])
+    assert len(nodes) == 1, listed.stdout
+    # Flower 1.41: the SuperLink refuses to activate an unknown key; the SuperNode exits with code 305
+    assert re.search(r"Failed to activate SuperNode", log1), log1[-2000:]
+
+
+SITE_YAML = """\
+site: {{name: site0, timezone: Europe/Berlin}}
+storage: {{path: "{db}"}}
+devices:
+  - name: rtu
+    protocol: modbus_tcp
+    host: 127.0.0.1
+    port: 1502
+    points: [{{name: F1_I, quantity: current, group: F1, register: 0, type: float32}}]
+federation:
+  enabled: true
+  model_dir: "{models}"
+  superlink: "127.0.0.1:{port}"
+  root_certificates: "{ca}"
+  auth_private_key: "{key}"
+"""
