@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -278,4 +279,241 @@ def test_exception_storm(tmp_path: Path) -> None:
         finally:
             _stop_clean(d, db)
             notify.close()
+    _emit(fig)
+
+
+# ------------------------------------------------------------------------------------------ broker down
+#: A "normal" site for the compressed hour: 300 points behind a 1 % deadband publish about once per point
+#: per minute, i.e. ~18,000 value messages per hour. Here the deadband is 0 and the simulated values change
+#: every second, so the same 300 points produce that hour's worth in about one minute.
+HOUR_SITE_MESSAGES = 300 * 60
+OUTAGE_S = 60.0
+
+
+def _seq_stream(sub: Any, prefix: str) -> list[int]:
+    """``seq`` of every message on topics under ``prefix``, in arrival order (duplicates kept)."""
+    out = []
+    for topic, payload, _retain in sub.raw():
+        if topic.startswith(prefix):
+            try:
+                out.append(int(json.loads(payload)["seq"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_broker_down_for_a_compressed_hour(tmp_path: Path) -> None:
+    """mosquitto stopped for 60 s while ~300 value messages/s (500 points) queue in the outbox, then back."""
+    from fixtures_mqtt import Broker, Collector
+
+    db = tmp_path / "site.db"
+    mport = free_port()
+    fig: dict[str, Any] = {"test": "faults_broker_down", "outage_s": OUTAGE_S,
+                           "hour_site_messages": HOUR_SITE_MESSAGES}  # fmt: skip
+    spec = SiteSpec(points=500, devices=1, poll=1.0, update=1.0)  # ~300 changed values per second
+    broker = Broker(tmp_path / "broker", persistence=True).start()
+    port = broker.port
+    # A persistent session on a persistent broker: the subscription survives the broker's restart, so
+    # every message the gateway sends after it is queued for the collector whoever reconnects first.
+    sub = Collector(port, ["gridedge/#"], client_id="h3-fault-collector", persistent=True).start()
+    notify = NotifySocket(tmp_path / "notify.sock")
+    d: Daemon | None = None
+    try:
+        with SimSite(spec) as site:
+            doc = site_doc(site, str(db), storage={"path": str(db), "commit_interval": "200ms"},
+                           metrics={"enabled": True, "host": "127.0.0.1", "port": mport},
+                           mqtt={"host": "127.0.0.1", "port": port, "publish_values": True,
+                                 "values_in_outbox": True, "deadband": 0.0, "reconnect_min": "200ms",
+                                 "reconnect_max": "2s"})  # fmt: skip
+            d = Daemon(_write(tmp_path, doc), tmp_path / "daemon.log", env=notify.env(30)).start()
+            root = "gridedge/sim-site/point/"
+            _wait_steady(d, db, 5 * spec.points)
+            assert wait_for(lambda: len(_seq_stream(sub, root)) >= 3 * spec.points, 60), d.log_text()[-3000:]
+            time.sleep(3.0)
+            m_before = scrape_metrics(mport)
+            # ---- the outage
+            before_out = len(_seq_stream(sub, root))
+            broker.stop()
+            t0 = time.monotonic()
+            ages, depths = [], []
+            while time.monotonic() - t0 < OUTAGE_S:
+                time.sleep(5.0)
+                m = scrape_metrics(mport)
+                ages.append(m.get("gridedge_outbox_oldest_age_seconds", 0.0))
+                depths.append(m.get("gridedge_outbox_depth", 0.0))
+            t1 = time.monotonic()
+            fig["outbox_depth_at_restart"] = int(depths[-1])
+            fig["outbox_age_at_restart_s"] = round(ages[-1], 1)
+            fig["rate_msgs_s"] = round(depths[-1] / (t1 - t0), 1)
+            fig["hours_compressed"] = round(depths[-1] / HOUR_SITE_MESSAGES, 2)
+            assert depths == sorted(depths) and depths[-1] >= 0.8 * HOUR_SITE_MESSAGES, depths
+            assert ages[-1] >= OUTAGE_S - 10, ages  # the age metric reflects the outage
+            # ---- the broker returns (same port, its persistent sessions restored)
+            broker = Broker(tmp_path / "broker", port=port, persistence=True).start()
+            t_up = time.monotonic()
+            assert wait_for(lambda: scrape_metrics(mport).get("gridedge_outbox_depth", 1e9) < 200, 300), (
+                d.log_text()[-3000:]
+            )
+            fig["drain_s"] = round(time.monotonic() - t_up, 1)
+            fig["drain_msgs_s"] = round(depths[-1] / max(fig["drain_s"], 0.1))
+            assert wait_for(
+                lambda: scrape_metrics(mport).get("gridedge_outbox_oldest_age_seconds", 1e9) < 10, 60
+            )
+            m_after = scrape_metrics(mport)
+            fig["watchdog_max_gap_s"] = round(notify.max_gap(t0, time.monotonic()), 2)
+            assert fig["watchdog_max_gap_s"] < 5.0
+            drops = {k: v - m_before.get(k, 0) for k, v in m_after.items()
+                     if k.startswith("gridedge_dropped_total") and 'stage="outbox"' in k}  # fmt: skip
+            fig["outbox_drops"] = {k: v for k, v in drops.items() if v}
+            assert not fig["outbox_drops"], "the outbox dropped messages below its quota"
+            time.sleep(2.0)
+            rc = d.stop()
+            assert rc == 0, d.log_text()[-3000:]
+            text = d.log_text()
+            assert "Traceback" not in text, text[-5000:]
+            assert wait_for(lambda: len(_seq_stream(sub, root)) >= before_out + depths[-1], 60)
+            time.sleep(2.0)  # the last PUBLISHes in flight reach the collector
+    finally:
+        if d is not None and d.alive():
+            d.stop()
+        sub.stop()
+        broker.stop()
+        notify.close()
+    # ---- every value message: delivered or still in the outbox, exactly the sequence 1..last, in order
+    conn = _connect_ro(db)
+    try:
+        last = int(conn.execute("SELECT value FROM meta WHERE key='mqtt.seq.value'").fetchone()[0])
+        unsent = [int(r[0]) for r in conn.execute("SELECT seq FROM outbox WHERE kind='value' ORDER BY id")]
+    finally:
+        conn.close()
+    seqs = _seq_stream(sub, root)
+    got = set(seqs)
+    fig["value_messages"] = last
+    fig["delivered"] = len(got)
+    fig["duplicates"] = len(seqs) - len(got)
+    fig["unsent_at_stop"] = len(unsent)
+    missing = set(range(1, last + 1)) - got - set(unsent)
+    fig["lost"] = len(missing)
+    first_seen: list[int] = []
+    seen: set[int] = set()
+    for s in seqs:
+        if s not in seen:
+            seen.add(s)
+            first_seen.append(s)
+    fig["out_of_order"] = int(sum(1 for a, b in itertools.pairwise(first_seen) if b < a))
+    _emit(fig)
+    assert not missing, f"{len(missing)} value messages lost, e.g. {sorted(missing)[:10]}"
+    assert fig["out_of_order"] == 0
+    assert fig["duplicates"] <= 200, fig  # at-least-once: only re-sends of in-flight messages
+
+
+# ------------------------------------------------------------------------------------------ 61850 stall
+def _children(pid: int) -> set[int]:
+    """Direct child PIDs of ``pid`` (the 61850 driver's worker processes)."""
+    out: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out |= {int(x) for x in f.read().split()}
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_iec61850_peer_stalls_mid_report(tmp_path: Path) -> None:
+    """libiec61850 peer frozen (SIGSTOP) mid-report past the timeout, resumed; then killed and restarted."""
+    from fixtures_iec61850 import SimProcess
+
+    db = tmp_path / "site.db"
+    mport = free_port()
+    fig: dict[str, Any] = {"test": "faults_iec61850_stall"}
+    notify = NotifySocket(tmp_path / "notify.sock")
+    (tmp_path / "ied").mkdir()
+    ied = SimProcess(tmp_path / "ied", period=0.1)  # every value changes every 100 ms: reports flow
+    ied.start()
+    d: Daemon | None = None
+    try:
+        lds = sorted({s["ref"].split("/")[0] for s in ied.served})
+        entry = {"name": "ied1", "protocol": "iec61850", "host": "127.0.0.1", "port": ied.port,
+                 "poll": "1s", "timeout": "1s", "backoff_initial": "500ms", "backoff_max": "2s",
+                 "points": ied.points_config(),
+                 "reports": [{"rcb": f"{ld}/LLN0.BR.brcb01", "integrity_period": 60, "gi_on_connect": True}
+                             for ld in lds]}  # fmt: skip
+        rpoint = "T1_P"
+        with SimSite(HEALTHY) as site:
+            doc = site_doc(site, str(db), storage={"path": str(db), "commit_interval": "100ms"},
+                           metrics={"enabled": True, "host": "127.0.0.1", "port": mport})  # fmt: skip
+            doc["devices"].append(entry)
+            env = {**notify.env(30), "GRIDEDGE_IEC61850_LOG": "INFO"}  # the worker's report_enabled lines
+            d = Daemon(_write(tmp_path, doc), tmp_path / "daemon.log", env=env).start()
+            _wait_steady(d, db, 20 * HEALTHY.points)
+
+            def rate(t0: float, t1: float) -> float:
+                _ts, _v, q = _history(db, rpoint, t0, t1)
+                return float(np.count_nonzero(q == 0)) / (t1 - t0)
+
+            def good_since(t: float) -> bool:
+                _ts, _v, q = _history(db, rpoint, t, time.time() + 60)
+                return len(q) >= 10 and bool(q[-1] == 0)
+
+            assert wait_for(lambda: good_since(time.time() - 2), 60), d.log_text()[-3000:]
+            time.sleep(3.0)
+            fig["report_rate_before_per_s"] = round(rate(time.time() - 3, time.time()), 1)
+            kids_before = _children(d.pid)
+            samples = [proc_sample(d.pid)]
+            # The first fault warms lazily grown pools (asyncio's default executor): the leak baseline is
+            # taken after it, and the faults after that must not add threads or fds.
+            for k, variant in enumerate(("sigstop", "kill", "sigstop")):
+                ph: dict[str, Any] = {}
+                log_at = len(d.log_text().splitlines())
+                t0_wall, t0 = time.time(), time.monotonic()
+                if variant == "sigstop":
+                    ied.signal(signal.SIGSTOP)  # frozen mid-report: TCP stays open, nothing answers
+                else:
+                    ied.kill()
+                assert wait_for(lambda: observe(db).device_states.get("ied1") == "down", 30), d.log_text()[
+                    -3000:
+                ]
+                ph["detected_after_s"] = round(time.monotonic() - t0, 2)
+                time.sleep(max(0.0, 6.0 - (time.monotonic() - t0)))  # well past the 1 s timeout
+                if variant == "sigstop":
+                    ied.signal(signal.SIGCONT)
+                else:
+                    ied.start()  # same port, a fresh server (its report buffer is gone)
+                t_back_wall, t_back = time.time(), time.monotonic()
+                assert wait_for(lambda: observe(db).device_states.get("ied1") == "up", 60), d.log_text()[
+                    -3000:
+                ]
+                assert wait_for(lambda t=t_back_wall: good_since(t), 60), d.log_text()[-3000:]
+                ph["recovered_after_s"] = round(time.monotonic() - t_back, 2)
+                time.sleep(3.0)
+                ph["report_rate_after_per_s"] = round(rate(time.time() - 3, time.time()), 1)
+                t1_wall, t1 = t_back_wall, t_back
+                _check_healthy(db, t0_wall, t1_wall, ph)
+                _check_watchdog(notify, t0, t1, ph)
+                _ts, _v, q = _history(db, rpoint, t0_wall, t1_wall)
+                ph["comm_lost_marks"] = int(np.count_nonzero(q & Quality.COMM_LOST))
+                assert ph["comm_lost_marks"] == 1, ph
+                lines = d.log_text().splitlines()[log_at:]
+                ph["resumed_lines"] = [x[x.find("event=") :][:150] for x in lines if "report_enabled" in x]
+                ph["resume_failed_lines"] = len([x for x in lines if "report_resume_failed" in x])
+                if variant == "sigstop":
+                    # The same server: its buffered RCBs continue after the last EntryID the driver stored.
+                    assert any("resumed=True" in x for x in ph["resumed_lines"]), lines[-30:]
+                ph["worker_processes"] = len(_children(d.pid))
+                fig[f"{variant}{k}"] = ph
+                samples.append(proc_sample(d.pid))
+            fig["fds"] = [x.fds for x in samples]
+            fig["threads"] = [x.threads for x in samples]
+            before, after = samples[1], samples[-1]
+            assert after.fds <= before.fds + 2 and after.threads <= before.threads + 1, (before, after)
+            assert len(_children(d.pid)) <= max(1, len(kids_before)), "61850 worker processes leaked"
+            _stop_clean(d, db)
+            d = None
+    finally:
+        if d is not None and d.alive():
+            d.stop()
+        ied.kill()
+        notify.close()
     _emit(fig)
