@@ -511,9 +511,25 @@ class Session:
         iec.IedConnection_close(self.con)
 
     # ----------------------------------------------------------------- poll
+    def _probe(self) -> None:
+        """Every point comes by report: read one reported object (a GIL-free read request) so that a
+        peer that stalls with its TCP link open is noticed within the request timeout; without a
+        request outstanding its silence looks like a quiet process and the link stayed "up" forever."""
+        for rep in self.reports:
+            if rep.members:
+                m = rep.members[0]
+                v, err = iec.pyWrap_IedConnection_readObject(self.con, m.ref, FC_CODES[m.fc])
+                if v is not None:
+                    iec.MmsValue_delete(v)
+                if err in _LINK_ERRORS:
+                    raise SessionError("link", f"liveness read of {m.ref} [{m.fc}] failed: {_err_text(err)}")
+                return
+
     def poll(self) -> tuple[Any, ...]:
         if iec.IedConnection_getState(self.con) != iec.IED_STATE_CONNECTED:
             raise SessionError("link", "connection closed by the peer")
+        if not self.poll_members:
+            self._probe()
         now = time.time()
         values: list[Any] = []
         try:
