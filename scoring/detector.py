@@ -224,6 +224,7 @@ class Detector:
         for c in (K.PF_VAL, K.PF_PREV, K.PF_Z, K.PF_MEAN, K.PF_SD, K.PF_ZADJ, K.PF_REXP, K.PF_PREVSEG):
             pf[:, c] = np.nan
         pf[:, K.PF_ZSCALE] = 1.0
+        pf[:, K.PF_CMG] = 1.0
         return pf
 
     @staticmethod
@@ -505,7 +506,13 @@ class Detector:
         ds_, dd = match(list(meta["devices"]), self.device_names)
         for k in ("mean", "var", "n", "last"):
             s[k][:, pd_] = arrays[k][:, ps]
-        for k in ("pf", "pi", "zhist"):
+        old_pf = arrays["pf"]
+        if old_pf.shape[1] < K.NPF:  # gridedge-scoring/1: the common-mode gain columns start fresh
+            pad = self._new_pf(old_pf.shape[0])
+            pad[:, : old_pf.shape[1]] = old_pf
+            old_pf = pad
+        s["pf"][pd_] = old_pf[ps]
+        for k in ("pi", "zhist"):
             s[k][pd_] = arrays[k][ps]
         for k in ("gf", "gi", "cal_run", "cal_ep", "thr_cal"):
             s[k][gd] = arrays[k][gs]
@@ -759,6 +766,15 @@ class Detector:
         if rule.startswith("voltage"):
             nom = self._nominal[self.points.index_of(lead)]
             return f"{group}: voltage {lead} = {v:.4g} is {abs(v / nom - 1) * 100:.1f} % off nominal {nom:.4g} ({rule})"
+        if (
+            rule.startswith("frequency")
+            and v is not None
+            and abs(v - self.frequency_hz) <= self.prm[K.PR_FB1]
+        ):
+            return (
+                f"{group}: frequency {lead} fell outside the band around {self.frequency_hz:g} Hz and stays off "
+                f"at {v:.4g} Hz (a nadir followed by the primary-response plateau; {rule})"
+            )
         if rule.startswith("frequency"):
             return f"{group}: frequency {lead} = {v:.4g} Hz outside the band around {self.frequency_hz:g} Hz ({rule})"
         if rule == "over_rating":

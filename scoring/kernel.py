@@ -81,7 +81,10 @@ PF_STUCK_TS = 20  # time the current run of equal values began
 PF_REXP = 21  # value a violated relation expects for this point (NaN if none)
 PF_SPIKE_Z = 22  # z at the spike candidate
 PF_PRIOR = 23  # 1 when a fleet prior filled some of this point's slots
-NPF = 24
+PF_CMG = 24  # load points: gain on the site's common load mode (learned; 1 = moves with the median)
+PF_CMXX = 25  # EW mean of cm²
+PF_CMXY = 26  # EW mean of cm × own relative deviation
+NPF = 27
 
 # ---- per-point int state pi[P, NPI] -------------------------------------------------------------------
 PI_STUCK = 0  # run of exactly repeated good readings
@@ -517,6 +520,8 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
             sF += th[h2, TH_F]
             c += 1
         if c == 0:
+            if th[h, TH_LT] >= prm[PR_TH_WARM]:
+                pf[p, PF_ZADJ] = np.nan  # no clean peer: weather and a fault cannot be told apart
             continue
         x = pf[p, PF_VAL]
         d = x - so / c
@@ -670,6 +675,12 @@ def run_batch(
     H = th.shape[0]
     th_ok = np.zeros(H, np.int64)
     th_x = np.zeros((H, 3))
+    # a frequency nadir first looks like a lone spike; when the next reading stays off on the same side
+    # (the primary-response plateau) it was the grid: the band rule counts it (segment, time, level, point)
+    fpend_seg = np.zeros(G, np.int64)
+    fpend_ts = np.zeros(G)
+    fpend_lvl = np.zeros(G, np.int64)
+    fpend_p = np.zeros(G, np.int64)
     i = start
     while i < N:
         if emit and nrec + need_room > rec_cap:
@@ -764,6 +775,15 @@ def run_batch(
                             snap_f[nsnap, 4] = pf[p, PF_SPIKE_Z]
                             nsnap += 1
                     d1 = 0.0  # the return step is not a new candidate
+                elif qc == Q_FREQUENCY:
+                    dc = prev - prm[PR_F0]  # the candidate's deviation
+                    dn = x - prm[PR_F0]
+                    inside = lo[p] <= prev <= hi[p] and lo[p] <= x <= hi[p]  # not a scale / range fault
+                    if inside and abs(dc) > prm[PR_FB1] and dn * dc > 0.0 and abs(dn) >= 0.35 * abs(dc):
+                        fpend_seg[g] = seg
+                        fpend_ts[g] = pf[p, PF_SPIKE_TS]
+                        fpend_lvl[g] = 2 if abs(dc) > prm[PR_FB2] else 1
+                        fpend_p[g] = p
             da = pf[p, PF_DABS]
             # "moved" (for the lone-spike test of its peers): clearly beyond its usual step and its
             # noise floor, so one or two resolution steps of a quantised reading do not count
@@ -911,7 +931,10 @@ def run_batch(
                 # the common mode may explain this point's deviation, never add to it: a feeder that
                 # stays put while the others rise is not anomalous
                 own = pf[p, PF_VAL] / m - 1.0 if m != 0.0 else 0.0
-                c = min(max(cm, min(own, 0.0)), max(own, 0.0))
+                # scaled by the point's own learned sensitivity (an air-conditioned feeder swings more with
+                # the weather than the site's median)
+                c = pf[p, PF_CMG] * cm
+                c = min(max(c, min(own, 0.0)), max(own, 0.0))
                 pf[p, PF_ZADJ] = (pf[p, PF_VAL] - m * (1.0 + c)) / pf[p, PF_SD] / pf[p, PF_ZSCALE]
         # ---------------- phase 2d: relations and isolation ----------------------------------------
         if R > 0:
@@ -1367,6 +1390,22 @@ def run_batch(
                         rlevel = 2
                         rule = RULE_OVER_RATING
                         peak = p
+            pp = fpend_p[g]
+            if (
+                fpend_seg[g] == seg
+                and pi[pp, PI_COND] == 0
+                and pi[pp, PI_FAULT] == 0
+                and pi[pp, PI_INCONS] == 0
+            ):
+                if rlevel < fpend_lvl[g]:
+                    rlevel = fpend_lvl[g]
+                    rule = RULE_FREQ_ALARM if rlevel == 2 else RULE_FREQ_WARN
+                    peak = fpend_p[g]
+                if gi[g, GI_RUN] == 0:  # the nadir was the first anomalous evaluation
+                    gf[g, GF_START] = fpend_ts[g]
+                    gi[g, GI_RULE] = rule
+                    gf[g, GF_EVSCORE] = 0.0
+                    gi[g, GI_RUN] = 1
             score = math.sqrt(ss)
             gf[g, GF_SCORE] = score
             gi[g, GI_NWARM] = nwarm
@@ -1513,5 +1552,15 @@ def run_batch(
                 elif z < -2.5:
                     xl = m - 2.5 * sd
             ew_step(mean, var, n, last, s, p, xl, xl - m if w > 0.0 else 0.0, t, tau)
+            if _is_load(qc) and w >= _warm_n(pf, p, minn) and m != 0.0 and abs(m) > 4.0 * floor_abs[p]:
+                cm_ = sf[SF_CM]
+                if cm_ != 0.0:
+                    a_ = 1.0 / min(float(pi[p, PI_NGOOD]), 20000.0)
+                    own_ = x / m - 1.0
+                    pf[p, PF_CMXX] += a_ * (cm_ * cm_ - pf[p, PF_CMXX])
+                    pf[p, PF_CMXY] += a_ * (cm_ * own_ - pf[p, PF_CMXY])
+                    # shrunk towards 1 (the plain median) until the site's weather has shown itself
+                    g_ = (pf[p, PF_CMXY] + 2e-4) / (pf[p, PF_CMXX] + 2e-4)
+                    pf[p, PF_CMG] = min(max(g_, 0.2), 3.0)
         i = j
     return i, nrec, nsnap
