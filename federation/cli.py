@@ -61,6 +61,7 @@ def _status(args: argparse.Namespace) -> int:
         "last_sites": models[-1].get("sites") if models else None,
         "prior_version": prior[1] if prior else None,
         "classifier_version": clf[1] if clf else None,
+        "dp": models[-1].get("dp") if models else None,
         "history": [
             {k: m.get(k) for k in ("round", "version", "created", "sites", "source")} for m in models
         ],
@@ -71,6 +72,13 @@ def _status(args: argparse.Namespace) -> int:
         print(f"model dir: {out['model_dir']}  ({out['models']} global models)")
         print(f"last round: {out['last_round']}  version: {out['last_version']}  sites: {out['last_sites']}")
         print(f"prior: {out['prior_version']}  classifier: {out['classifier_version']}")
+        if out["dp"]:
+            d = out["dp"]
+            print(
+                f"differential privacy: {d['releases']:.0f} DP rounds, epsilon={d['epsilon']:.2f} at "
+                f"delta={d['delta']:g} (noise multiplier {d['noise_multiplier']:g}, clipping norm "
+                f"{d['clipping_norm']:g})"
+            )
     return EXIT_OK
 
 

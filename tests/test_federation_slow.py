@@ -24,6 +24,7 @@ from gridedge.federation.cli import OFFLINE_ENV, supernode_command
 from gridedge.federation.contribution import DP_KEYS, site_contribution
 from gridedge.federation.models import list_models
 from gridedge.federation.privacy import gaussian_epsilon
+from gridedge.gateway.cli import main as gridedge_main
 from gridedge.gateway.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -115,7 +116,9 @@ def test_offline_supernode_misses_a_round_and_catches_up(sites: list[Site], tmp_
     assert [m["version"] for m in list_models(sites[2].model_dir)] == [models[-1]["version"]]
 
 
-def test_dp_run_adds_the_noise_its_settings_imply(sites: list[Site], tmp_path: Path) -> None:
+def test_dp_run_adds_the_noise_its_settings_imply(
+    sites: list[Site], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """dp=true: one prior round, then a classifier round clipped at the sites (fixedclipping_mod) and
     noised at the server; the saved classifier is the clipped mean plus noise of std z·C/m."""
     z, C, delta = 2.0, 0.3, 1e-5
@@ -158,6 +161,10 @@ def test_dp_run_adds_the_noise_its_settings_imply(sites: list[Site], tmp_path: P
     # every site stored the noised model (what it received in the evaluate message)
     for s in sites:
         assert list_models(s.model_dir)[-1]["version"] == models[1]["version"]
+    capsys.readouterr()
+    assert gridedge_main(["federation", "status", "--model-dir", str(models_dir), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["dp"]["releases"] == 1 and status["last_round"] == 2
 
 
 def _ec_keypair(d: Path, name: str) -> tuple[Path, Path]:
