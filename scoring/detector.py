@@ -728,7 +728,7 @@ class Detector:
             f"expects from its load ({load} from {th['load_from']}, {th['time_constant_min']:.0f}-min time "
             f"constant) next to {', '.join(th['peers'])}"
         )
-        utxt = f" (heading for {u:+.1f} °C)" if u is not None else ""
+        utxt = f" (its rate of rise implies ≈ {u:+.1f} °C at steady state)" if u is not None else ""
         if rule == "thermal_model":
             return f"{group}: {base}; it rose as fast as a step in cooling would{utxt} — cooling failure?"
         return (
