@@ -161,7 +161,8 @@ def _toml_value(v: str) -> str:
 def supernode_command(
     cfg: Any, executable: str | None = None, extra_args: tuple[str, ...] = ()
 ) -> tuple[list[str], dict[str, str]]:
-    """The ``flower-supernode`` command line and the environment to add, from a :class:`SiteConfig`.
+    """The ``flower-supernode`` command line and the environment to add (the offline variables, and
+    ``PATH`` with the SuperNode's bin directory when missing), from a :class:`SiteConfig`.
 
     File references (CA, node key) are checked here, when the SuperNode is about to start: a missing or
     unreadable file is a :class:`SupernodeConfigError` naming the key. The node config carries
@@ -195,7 +196,14 @@ def supernode_command(
     node.update(fed.node_config)
     argv += ["--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in node.items())]
     argv += ["--isolation", "subprocess", *extra_args]
-    return argv, dict(OFFLINE_ENV)
+    env = dict(OFFLINE_ENV)
+    # flower-supernode starts `flower-superexec` (which starts the ClientApps) by name from PATH: under
+    # systemd PATH does not contain the virtualenv's bin directory, so put it first.
+    bindir = str(Path(exe).parent)
+    path = os.environ.get("PATH", "")
+    if bindir not in path.split(os.pathsep):
+        env["PATH"] = bindir + (os.pathsep + path if path else "")
+    return argv, env
 
 
 def _supernode(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -273,7 +274,10 @@ def test_supernode_command_from_the_site_file(tmp_path: Path, capsys: pytest.Cap
     assert gridedge_main(["federation", "supernode", "-c", str(f), "--dry-run"]) == 2
     key.write_text("KEY")
     argv, env = supernode_command(cfg, extra_args=("--port", "9999"))
-    assert env == OFFLINE_ENV == {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    assert OFFLINE_ENV == {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    assert OFFLINE_ENV.items() <= env.items()
+    # flower-supernode finds flower-superexec by name: its bin directory is on PATH
+    assert str(Path(argv[0]).parent) in env.get("PATH", os.environ["PATH"]).split(os.pathsep)
     assert argv[0].endswith("flower-supernode") and "--insecure" not in argv
     assert argv[argv.index("--superlink") + 1] == "fleet.example:9092"
     assert argv[argv.index("--root-certificates") + 1] == str(ca)
