@@ -304,13 +304,19 @@ def _seq_stream(sub: Any, prefix: str) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_broker_down_for_a_compressed_hour(tmp_path: Path) -> None:
-    """mosquitto stopped for 60 s while ~300 value messages/s (500 points) queue in the outbox, then back."""
+@pytest.mark.parametrize("case", ["hour", "quota"])
+def test_broker_down_for_a_compressed_hour(tmp_path: Path, case: str) -> None:
+    """mosquitto stopped for 60 s while ~300 value messages/s (500 points) queue in the outbox, then back.
+
+    ``quota``: a 15 s outage against ``mqtt.outbox_quota: 2000``: the oldest values make room, and every
+    sequence number missing at the subscriber must be one the quota policy dropped and counted.
+    """
     from fixtures_mqtt import Broker, Collector
 
+    outage, quota = (OUTAGE_S, 100_000) if case == "hour" else (15.0, 2_000)
     db = tmp_path / "site.db"
     mport = free_port()
-    fig: dict[str, Any] = {"test": "faults_broker_down", "outage_s": OUTAGE_S,
+    fig: dict[str, Any] = {"test": f"faults_broker_down_{case}", "outage_s": outage, "outbox_quota": quota,
                            "hour_site_messages": HOUR_SITE_MESSAGES}  # fmt: skip
     spec = SiteSpec(points=500, devices=1, poll=1.0, update=1.0)  # ~300 changed values per second
     broker = Broker(tmp_path / "broker", persistence=True).start()
@@ -326,7 +332,7 @@ def test_broker_down_for_a_compressed_hour(tmp_path: Path) -> None:
                            metrics={"enabled": True, "host": "127.0.0.1", "port": mport},
                            mqtt={"host": "127.0.0.1", "port": port, "publish_values": True,
                                  "values_in_outbox": True, "deadband": 0.0, "reconnect_min": "200ms",
-                                 "reconnect_max": "2s"})  # fmt: skip
+                                 "reconnect_max": "2s", "outbox_quota": quota})  # fmt: skip
             d = Daemon(_write(tmp_path, doc), tmp_path / "daemon.log", env=notify.env(30)).start()
             root = "gridedge/sim-site/point/"
             _wait_steady(d, db, 5 * spec.points)
@@ -338,7 +344,7 @@ def test_broker_down_for_a_compressed_hour(tmp_path: Path) -> None:
             broker.stop()
             t0 = time.monotonic()
             ages, depths = [], []
-            while time.monotonic() - t0 < OUTAGE_S:
+            while time.monotonic() - t0 < outage:
                 time.sleep(5.0)
                 m = scrape_metrics(mport)
                 ages.append(m.get("gridedge_outbox_oldest_age_seconds", 0.0))
@@ -348,8 +354,11 @@ def test_broker_down_for_a_compressed_hour(tmp_path: Path) -> None:
             fig["outbox_age_at_restart_s"] = round(ages[-1], 1)
             fig["rate_msgs_s"] = round(depths[-1] / (t1 - t0), 1)
             fig["hours_compressed"] = round(depths[-1] / HOUR_SITE_MESSAGES, 2)
-            assert depths == sorted(depths) and depths[-1] >= 0.8 * HOUR_SITE_MESSAGES, depths
-            assert ages[-1] >= OUTAGE_S - 10, ages  # the age metric reflects the outage
+            if case == "hour":
+                assert depths == sorted(depths) and depths[-1] >= 0.8 * HOUR_SITE_MESSAGES, depths
+            else:  # at the quota: values make room for values (statuses may exceed it, counted)
+                assert 0.9 * quota <= depths[-1] <= quota + 50, depths
+            assert ages[-1] >= outage - 10, ages  # the age metric reflects the outage (statuses stay)
             # ---- the broker returns (same port, its persistent sessions restored)
             broker = Broker(tmp_path / "broker", port=port, persistence=True).start()
             t_up = time.monotonic()
@@ -367,7 +376,8 @@ def test_broker_down_for_a_compressed_hour(tmp_path: Path) -> None:
             drops = {k: v - m_before.get(k, 0) for k, v in m_after.items()
                      if k.startswith("gridedge_dropped_total") and 'stage="outbox"' in k}  # fmt: skip
             fig["outbox_drops"] = {k: v for k, v in drops.items() if v}
-            assert not fig["outbox_drops"], "the outbox dropped messages below its quota"
+            if case == "hour":
+                assert not fig["outbox_drops"], "the outbox dropped messages below its quota"
             time.sleep(2.0)
             rc = d.stop()
             assert rc == 0, d.log_text()[-3000:]
@@ -386,8 +396,15 @@ def test_broker_down_for_a_compressed_hour(tmp_path: Path) -> None:
     try:
         last = int(conn.execute("SELECT value FROM meta WHERE key='mqtt.seq.value'").fetchone()[0])
         unsent = [int(r[0]) for r in conn.execute("SELECT seq FROM outbox WHERE kind='value' ORDER BY id")]
+        row = conn.execute("SELECT value FROM meta WHERE key='mqtt.seq.status'").fetchone()
+        last_status = int(row[0]) if row else 0
+        unsent_status = {int(r[0]) for r in conn.execute("SELECT seq FROM outbox WHERE kind='status'")}
     finally:
         conn.close()
+    # Device status messages are never dropped, whatever the quota.
+    status_got = set(_seq_stream(sub, "gridedge/sim-site/device/"))
+    fig["status_messages"] = last_status
+    fig["status_lost"] = len(set(range(1, last_status + 1)) - status_got - unsent_status)
     seqs = _seq_stream(sub, root)
     got = set(seqs)
     fig["value_messages"] = last
@@ -404,7 +421,14 @@ def test_broker_down_for_a_compressed_hour(tmp_path: Path) -> None:
             first_seen.append(s)
     fig["out_of_order"] = int(sum(1 for a, b in itertools.pairwise(first_seen) if b < a))
     _emit(fig)
-    assert not missing, f"{len(missing)} value messages lost, e.g. {sorted(missing)[:10]}"
+    assert fig["status_lost"] == 0, fig
+    dropped = int(sum(v for k, v in fig["outbox_drops"].items() if "quota_value" in k))
+    fig["quota_value_drops"] = dropped
+    if case == "hour":
+        assert not missing, f"{len(missing)} value messages lost, e.g. {sorted(missing)[:10]}"
+    else:
+        # Every gap is a value the quota policy dropped, and counted: nothing vanished uncounted.
+        assert dropped > 0 and len(missing) == dropped, (len(missing), dropped)
     assert fig["out_of_order"] == 0
     assert fig["duplicates"] <= 200, fig  # at-least-once: only re-sends of in-flight messages
 
