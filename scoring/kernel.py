@@ -596,7 +596,7 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
             continue
         if gi[g, GI_RUN] != 0 or gi[g, GI_ACTIVE] != 0 or pf[p, PF_SUPP] > t:
             continue
-        if warm and (abs(e) > 4.0 * sd or abs(th[h, TH_EF]) > 3.0 * sd):
+        if warm and (abs(e) > 4.0 * sd or abs(th[h, TH_EF]) > 2.0 * sd):
             continue  # a slow departure (a drifting sensor) must not teach the model or widen its spread
         dl = t - th[h, TH_LLEARN] if th[h, TH_LLEARN] > 0.0 else 0.0
         dec = math.exp(-dl / mem) if dl > 0.0 else 1.0
@@ -614,9 +614,9 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
         th[h, TH_V1] += x1 * d
         th[h, TH_V2] += x2 * d
         if th[h, TH_LLEARN] > 0.0:
-            # residual variance over ~half a day (prediction error before this step's update); the
-            # first hours (coefficients still settling) are forgotten quickly
-            al = max(1.0 / n_, min(1.0, dl / 43200.0))
+            # residual variance over ~half a day while learning, ~2 days once warm (prediction error
+            # before this step's update); the first hours (coefficients still settling) are forgotten
+            al = max(1.0 / n_, min(1.0, dl / (172800.0 if warm else 43200.0)))
             if th[h, TH_LT] < 0.25 * prm[PR_TH_WARM]:
                 al = max(al, 0.05)
             e2 = min(e * e, 9.0 * sd * sd) if warm else e * e
