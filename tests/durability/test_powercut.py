@@ -57,9 +57,11 @@ from fixtures_durability import (
     Daemon,
     SimSite,
     SiteSpec,
+    _connect_ro,
     observe,
     wait_for,
 )
+from fixtures_mqtt import free_port
 
 INNER_MB = 64
 OUTER_MB = 256
@@ -116,6 +118,26 @@ def _why_not(tmp: Path) -> str | None:
     return None
 
 
+def _outbox_ids(db: Path, *, live: bool = False) -> set[int]:
+    """Ids of the rows in the MQTT outbox (empty when there is no file or no outbox table yet).
+
+    ``live``: the daemon is running: a read-only connection, which can never checkpoint (a checkpoint
+    would fsync and change what the cut loses).
+    """
+    if not db.exists():
+        return set()
+    try:
+        conn = _connect_ro(db) if live else sqlite3.connect(str(db), timeout=30)
+    except sqlite3.Error:
+        return set()
+    try:
+        return {int(r[0]) for r in conn.execute("SELECT id FROM outbox")}
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        conn.close()
+
+
 def _writeback_horizon() -> float:
     """Seconds a dirty page may stay in the page cache: vm.dirty_expire + vm.dirty_writeback."""
     total = 0.0
@@ -160,9 +182,16 @@ def run_powercut_cycles(tmp: Path, cycles: int, synchronous: str, seed: int = 0)
         disk = outer / "disk.img"
         _mkfs(disk, INNER_MB)
         db = inner / "site.db"
+        extra = {}
+        if synchronous == "full":
+            # The MQTT outbox too (its own connection, outbox_synchronous: full), towards a broker that is
+            # down: every status/alert row queued before the cut must be on the disk after it.
+            extra["mqtt"] = {"host": "127.0.0.1", "port": free_port(), "publish_values": False,
+                             "reconnect_max": "1s", "outbox_synchronous": "full"}  # fmt: skip
         cfg = site.write_yaml(
             tmp / "site.yaml", str(db),
             storage={"path": str(db), "commit_interval": "100ms", "synchronous": synchronous},
+            **extra,
         )  # fmt: skip
         for cycle in range(cycles):
             log = tmp / f"cycle{cycle:03d}.log"
@@ -185,6 +214,7 @@ def run_powercut_cycles(tmp: Path, cycles: int, synchronous: str, seed: int = 0)
                         time.sleep(_writeback_horizon() + 10.0 if long else rng.uniform(0.0, 1.5))
                     ack_obs = observe(db)  # committed (visible to readers) strictly before the cut
                     ack = ack_obs.readings if ack_obs else 0
+                    ack_outbox = _outbox_ids(db, live=True)
                     t_cut = time.monotonic()
                     _sh("fsfreeze", "-f", str(outer))  # the cut: nothing more reaches disk.img
                     try:
@@ -206,6 +236,13 @@ def run_powercut_cycles(tmp: Path, cycles: int, synchronous: str, seed: int = 0)
                 ok, counter, stored = _check(db) if db.exists() else ("ok", 0, 0)
             print(f"cycle {cycle} checked {time.monotonic() - t_cut:.2f}s", flush=True)
             fig["integrity_failures"] += ok != "ok"
+            if ack_outbox:
+                with loop_mount(disk, inner):
+                    after_outbox = _outbox_ids(db)
+                gone = ack_outbox - after_outbox
+                fig["outbox_rows_acknowledged"] = fig.get("outbox_rows_acknowledged", 0) + len(ack_outbox)
+                fig["outbox_rows_lost"] = fig.get("outbox_rows_lost", 0) + len(gone)
+                assert not gone, f"cycle {cycle}: {len(gone)} acknowledged outbox rows lost"
             assert ok == "ok", f"cycle {cycle}: integrity_check after the cut: {ok}"
             assert counter == stored, f"cycle {cycle}: readings counter {counter} != stored {stored}"
             lost = max(0, ack - counter)
