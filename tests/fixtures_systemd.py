@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["SystemdNamespace", "SystemdUnavailable", "cgroup2_mount", "ns_available"]
 
@@ -157,7 +158,13 @@ class SystemdNamespace:
 
     # ------------------------------------------------------------------ set-up before start
     def _write_base_units(self) -> None:
-        for name in ("systemd-journald.service", "systemd-journald.socket"):
+        # journald, and what SIGRTMIN+4 (poweroff) needs: every unit is stopped in order, then systemd exits
+        for name in (
+            "systemd-journald.service",
+            "systemd-journald.socket",
+            "poweroff.target",
+            "systemd-poweroff.service",
+        ):
             text = (Path("/lib/systemd/system") / name).read_text()
             # only the main journal socket: /dev/log and audit sockets are not needed here
             text = "\n".join(
@@ -315,6 +322,11 @@ class SystemdNamespace:
             timeout=timeout,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_PAGER": "", "LANG": "C.UTF-8"},
         )
+
+    def popen(self, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
+        """Start a command in the namespace's mount + PID namespaces (the caller ends it)."""
+        assert self.pid is not None
+        return subprocess.Popen(["nsenter", "-t", str(self.pid), "-m", "-p", *argv], **kw)
 
     def systemctl(
         self, *args: str, check: bool = True, timeout: float = 30.0

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import sysconfig
@@ -48,6 +47,15 @@ POINTS = [
     {"name": "F1_CB", "quantity": "status", "group": "F1"},
 ]
 VALUES = {"F1_I": 120.0, "F1_P": 6.5, "F1_CB": 1.0}
+# Holds SQLite's write lock on argv[1] until stdin closes.
+LOCKER = """
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+c.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+c.rollback()
+"""
 
 
 def _device(name: str, port: int, prefix: str = "") -> dict[str, Any]:
@@ -84,6 +92,7 @@ class Gateway:
     port: int
     uid: int
     gid: int
+    python: str
     trace: list[dict[str, str]] = field(default_factory=list)  # ActiveState samples during the first start
     start_seconds: float = 0.0
 
@@ -133,7 +142,7 @@ def gw() -> Iterator[Gateway]:
                 ns.start()
             except SystemdUnavailable as exc:
                 pytest.skip(f"systemd does not run as PID 1 in a namespace here: {exc}")
-            g = Gateway(ns, srv.port, uid, gid)
+            g = Gateway(ns, srv.port, uid, gid, python)
             t0 = time.monotonic()
             ns.systemctl("start", "--no-block", UNIT)
             deadline = t0 + 240
@@ -268,16 +277,24 @@ def test_watchdog_restarts_a_wedged_writer(gw: Gateway) -> None:
     before = gw.show("MainPID", "NRestarts")
     restarts = int(before["NRestarts"])
     # Another process takes SQLite's write lock and holds it: every commit of the daemon's writer thread
-    # fails with "database is locked" (retried with backoff), so the writer stops making progress.
-    locker = sqlite3.connect(str(gw.ns.host_path(DB)), timeout=30, isolation_level=None)
+    # fails with "database is locked" (retried with backoff), so the writer stops making progress. It runs
+    # in the namespace (SQLite resolves /proc/<pid>/root, so the host cannot open the file through it).
+    locker = gw.ns.popen(
+        gw.python, "-c", LOCKER, DB, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
-        locker.execute("BEGIN EXCLUSIVE")
+        assert locker.stdout is not None and locker.stdin is not None
+        assert locker.stdout.readline().strip() == b"locked", locker.stderr.read() if locker.stderr else ""
         t0 = time.monotonic()
         wait_for("systemd's watchdog timeout", lambda: "Watchdog timeout" in gw.journal(), 90, interval=1.0)
         wedge_to_kill = time.monotonic() - t0
     finally:
-        locker.rollback()
-        locker.close()
+        locker.stdin.close()  # type: ignore[union-attr]
+        try:
+            locker.wait(10)
+        except subprocess.TimeoutExpired:
+            locker.kill()
+            locker.wait(10)
     log = gw.journal()
     assert "event=watchdog_withheld stalled=writer" in log
     assert "Failed with result 'watchdog'" in log
