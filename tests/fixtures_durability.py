@@ -28,12 +28,16 @@ from bench.sim_site import SimSite, SiteSpec, site_doc  # noqa: E402
 __all__ = [
     "REPO",
     "Daemon",
+    "FaultRtu",
+    "NotifySocket",
     "Observation",
     "ProcSample",
     "SimSite",
     "SiteSpec",
+    "connects_to",
     "observe",
     "proc_sample",
+    "scrape_metrics",
     "site_doc",
     "wait_for",
 ]
