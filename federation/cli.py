@@ -97,7 +97,23 @@ def _export_preview(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     model_dir = args.model_dir or mdir
     g = latest_global(model_dir) if model_dir else None
-    arrays, metrics = site_contribution(db, g[0] if g else None, steps=args.steps)
+    site_dp = args.site_dp
+    if args.config and not site_dp:
+        from gridedge.gateway.config import load_config
+
+        site_dp = load_config(args.config).federation.dp
+    if args.dp_round:
+        # a DP round: the local coefficients (the SuperNode additionally clips the update to the
+        # server's norm before sending; that needs the norm from the round's message)
+        from .contribution import DP_KEYS, global_classifier
+
+        gc = global_classifier(g[0]) if g else None
+        start = {"clf.coef_w": gc[0], "clf.intercept_w": gc[1]} if gc else None
+        arrays, metrics = site_contribution(db, start, steps=args.steps, classifier="uniform")
+        arrays = {k: arrays[k] for k in DP_KEYS}
+    else:
+        mode = "withheld" if site_dp else "weighted"
+        arrays, metrics = site_contribution(db, g[0] if g else None, steps=args.steps, classifier=mode)
     desc = describe(arrays, metrics)
     if args.json:
         print(json.dumps(desc, indent=1))
@@ -248,6 +264,14 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ep.add_argument(
         "--steps", type=int, default=1, help="local gradient steps (as the SuperNode's node config)"
+    )
+    ep.add_argument(
+        "--dp-round", action="store_true", help="what a differentially private classifier round would send"
+    )
+    ep.add_argument(
+        "--site-dp",
+        action="store_true",
+        help="as a site with federation.dp: true (classifier withheld in non-DP rounds; implied by -c)",
     )
     ep.add_argument("--json", action="store_true", help="every value, as JSON")
     ep.set_defaults(func=_export_preview)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def test_clientapp_refuses_a_non_allowed_key(sites: list[Site]) -> None:
     assert set(full.content.array_records["arrays"].keys()) == set(ALLOWED_ARRAYS)
 
 
-def test_dp_round_reply_is_clipped_and_a_dp_site_withholds_its_classifier(sites: list[Site]) -> None:
+def test_dp_round_reply_is_clipped_and_a_dp_site_withholds_its_classifier(
+    sites: list[Site], capsys: pytest.CaptureFixture[str]
+) -> None:
     zeros = {k: np.zeros(ALLOWED_ARRAYS[k].shape) for k in DP_KEYS}
     cfg = {"keys": ",".join(DP_KEYS), "server-round": 1, KEY_CLIPPING_NORM: 0.05}
     reply = _call_client(sites[0], cfg, zeros, mods=True)
@@ -114,6 +117,20 @@ def test_dp_round_reply_is_clipped_and_a_dp_site_withholds_its_classifier(sites:
     got = from_record(plain.content.array_records["arrays"])
     assert float(got["clf.weight"][0]) == 0.0 and not got["clf.coef_w"].any()
     assert float(got["prior.weight"].sum()) > 0
+    # the auditor's view of both (export-preview runs the same function)
+    from gridedge.gateway.cli import main as gridedge_main
+
+    capsys.readouterr()
+    assert (
+        gridedge_main(["federation", "export-preview", "--db", str(sites[0].db), "--dp-round", "--json"]) == 0
+    )
+    preview = json.loads(capsys.readouterr().out)
+    assert sorted(preview["arrays"]) == sorted(DP_KEYS) and preview["metrics"]["num-examples"] == 1.0
+    np.testing.assert_allclose(preview["arrays"]["clf.coef_w"]["values"], unclipped["clf.coef_w"])
+    assert (
+        gridedge_main(["federation", "export-preview", "--db", str(sites[0].db), "--site-dp", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["arrays"]["clf.weight"]["values"] == [0.0]
 
 
 def test_client_opens_the_store_read_only(sites: list[Site]) -> None:
