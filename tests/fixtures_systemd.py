@@ -73,15 +73,9 @@ exec /lib/systemd/systemd --system --unit=gridedge-test.target --log-target=jour
 # The host's /dev/kmsg is not in the private /dev: "journal-or-kmsg" falls back to the console file.
 
 STUB_TARGETS = (
-    "sysinit",
-    "basic",
-    "sockets",
-    "network-online",
-    "network",
-    "time-sync",
-    "multi-user",
-    "shutdown",
-)
+    "sysinit", "basic", "sockets", "network-online", "network", "time-sync", "multi-user", "shutdown",
+    "umount", "final",
+)  # fmt: skip
 
 
 class SystemdUnavailable(RuntimeError):
