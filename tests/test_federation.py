@@ -312,3 +312,34 @@ def test_supernode_command_from_the_site_file(tmp_path: Path, capsys: pytest.Cap
         supernode_command(load_config(_site_file(tmp_path)))
     with pytest.raises(ConfigError, match="path of a file"):
         load_config(_site_file(tmp_path, auth_private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nabc"))
+
+
+def test_dp_budget_is_sound_against_the_exact_gaussian_mechanism() -> None:
+    """One Gaussian release (noise multiplier z): the exact privacy profile (Balle & Wang 2018) is
+    δ(ε) = Φ(−zε + 1/(2z)) − e^ε·Φ(−zε − 1/(2z)). The RDP-accounted ε must be sound (δ(ε) ≤ δ) and not
+    loose by more than a small factor; T releases of z equal one release of z/√T (Gaussian composition)."""
+    import math
+
+    from gridedge.federation.privacy import DpSettings, gaussian_epsilon
+
+    def phi(x: float) -> float:
+        return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+    def delta_exact(eps: float, z: float) -> float:
+        return phi(-z * eps + 1 / (2 * z)) - math.exp(eps) * phi(-z * eps - 1 / (2 * z))
+
+    def eps_exact(z: float, delta: float) -> float:
+        lo, hi = 0.0, 100.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if delta_exact(mid, z) > delta else (lo, mid)
+        return hi
+
+    for z in (0.7, 1.0, 2.0, 4.0):
+        for releases in (1, 10, 30):
+            eps, _ = gaussian_epsilon(z, releases, 1e-5)
+            exact = eps_exact(z / math.sqrt(releases), 1e-5)
+            assert delta_exact(eps, z / math.sqrt(releases)) <= 1e-5 * (1 + 1e-6)
+            assert exact <= eps <= 1.15 * exact, (z, releases, eps, exact)
+    b = DpSettings(noise_multiplier=1.0, clipping_norm=0.3).budget(30)
+    assert b["epsilon_replace_one"] > b["epsilon"] > 0 and DpSettings().noise_std(3) == pytest.approx(0.1)
