@@ -30,7 +30,7 @@ later (a fifth of the cuts land during start-up instead), copy, kill, remount th
 * ``storage.synchronous: normal``: the loss is measured (readings and commits) and bounded by what the
   WAL can hold since its last fsync (asserted: < 30 s of readings at this rate).
 
-``GRIDEDGE_POWERCUT_CYCLES`` (default 6 per mode) sets the cycles; ``GRIDEDGE_DURABILITY_OUT=FILE`` appends
+``GRIDEDGE_POWERCUT_CYCLES`` (default 4 per mode) sets the cycles; ``GRIDEDGE_DURABILITY_OUT=FILE`` appends
 the figures as JSON lines. Skipped (with the reason) where loop devices, ext4 or fsfreeze are not usable.
 """
 
@@ -304,7 +304,7 @@ def powercut_tmp(tmp_path: Path) -> Path:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("synchronous", ["full", "normal"])
 def test_daemon_power_cut(powercut_tmp: Path, synchronous: str) -> None:
-    cycles = int(os.environ.get("GRIDEDGE_POWERCUT_CYCLES", "6"))
+    cycles = int(os.environ.get("GRIDEDGE_POWERCUT_CYCLES", "4"))
     fig = run_powercut_cycles(powercut_tmp, cycles, synchronous, seed=3 if synchronous == "full" else 4)
     assert fig["integrity_failures"] == 0
     if synchronous == "full":
