@@ -16,10 +16,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Final
 
-__all__ = ["SdNotifier", "watchdog_interval"]
+__all__ = ["SdNotifier", "extending_timeout", "watchdog_interval"]
 
 log = logging.getLogger("gridedge.health")
 
@@ -165,3 +166,35 @@ class SdNotifier:
 def _status_line(text: str) -> str:
     # STATUS is one line: a newline would start a new (bogus) assignment.
     return "STATUS=" + " ".join(text.split("\n")).strip()
+
+
+@contextmanager
+def extending_timeout(
+    notifier: SdNotifier, *, step: float = 60.0, every: float = 20.0, limit: float = 1800.0
+) -> Iterator[None]:
+    """Keep pushing systemd's start (or stop) timeout out while the block runs.
+
+    A thread sends ``EXTEND_TIMEOUT_USEC=step`` at once and every ``every`` seconds, for at most ``limit``
+    seconds (then systemd's own timeout applies again, so a truly hung block is still caught). Use it around
+    numba's first compilation: under a real systemd 252 on 2 busy cores it outlasted ``TimeoutStartSec=180s``
+    (tests/test_systemd_real.py). A no-op when the notifier is disabled.
+    """
+    if not notifier.enabled:
+        yield
+        return
+    done = threading.Event()
+
+    def run() -> None:
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            notifier.extend_timeout(step)
+            if done.wait(every):
+                return
+
+    t = threading.Thread(target=run, name="sd-extend-timeout", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join(5.0)
