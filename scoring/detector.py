@@ -204,11 +204,14 @@ class Detector:
             "zhist": np.zeros((P, len(K.CAL_GRID) + 1)),
             "thr_cal": np.full(G, np.nan),
             "th": self._new_th(H),
+            # time a slot was last filled from the fleet prior (0 = the point's own); [168, P]
+            "prior_mask": np.zeros((N_SLOTS, P)),
         }
         self._open: dict[tuple[int, int], Event] = {}
         self._ended: list[Event] = []
         self._next_recal: float | None = None
         self._prior: dict[str, np.ndarray] | None = None
+        self._prior_shape: tuple[np.ndarray, np.ndarray] | None = None  # kept for re-anchoring
         self._prior_version: str | None = None
         # the kernel stops at a segment boundary when fewer than 2P + 3G + D + 8 record rows are left
         cap = max(_REC_CAP, 2 * (2 * P + 3 * G + D + 8))
@@ -376,6 +379,8 @@ class Detector:
         eff = np.where(np.isnan(thr_cal), self._thr_cons, self._thr_cons + (thr_cal - self._thr_cons) * w)
         s["gf"][:, K.GF_THR] = eff
         s["pf"][:, K.PF_ZSCALE] = zscale_from_hist(s["zhist"], K.CAL_GRID)
+        if self._prior_shape is not None and (s["prior_mask"] > 0).any():
+            self._refresh_prior(float(np.max(s["last"])))
 
     # ------------------------------------------------------------------------------------------------
     def group_status(self) -> dict[str, dict[str, Any]]:
@@ -414,7 +419,8 @@ class Detector:
         ``[168, Q]`` or ``[Q]``. A point's cold slots (fewer than ``min_samples``) are filled with
         ``shape × level`` where ``level`` comes from the point's own first readings (so the prior is
         applied once a point has reported for a while); events those points take part in carry
-        ``model_version``.
+        ``model_version``. Until a filled slot gets readings of its own, every recalibration re-anchors
+        it on the point's own data (:meth:`_refresh_prior`).
         """
         shape = np.asarray(prior["shape"], np.float64)
         if shape.ndim != 2 or shape.shape[0] != N_SLOTS:
@@ -423,6 +429,7 @@ class Detector:
         if spread.ndim == 1:
             spread = np.broadcast_to(spread, shape.shape)
         self._prior = {"shape": shape, "spread": np.array(spread)}
+        self._prior_shape = (shape, np.array(spread))
         self._prior_pending = np.ones(len(self.points), np.bool_)
         self._prior_version = version
 
@@ -454,9 +461,61 @@ class Detector:
             dt = pf[p, K.PF_DT]
             s["n"][cold, p] = max(minn, K.WARM_VISITS * 3600.0 / dt) if dt > 0 else minn
             s["last"][cold, p] = now
+            s["prior_mask"][cold, p] = now
             pf[p, K.PF_PRIOR] = 1.0
+            self._refresh_prior(now, points=[p])
         if not self._prior_pending.any():
             self._prior = None
+
+    def _refresh_prior(self, now: float, points: list[int] | None = None) -> None:
+        """Re-anchor prior-filled slots that have no readings of their own yet on the point's own data.
+
+        The fleet shape is an average over many points (residential, commercial, industrial feeders
+        alike), so for one point it is mostly right about *how the week modulates a day* and often wrong
+        about the day's own profile. A filled slot therefore takes the point's own mean at the same hour
+        of another day (the most recent one it has seen) times the fleet's ratio between the two slots;
+        without such a day, the fleet shape scaled to the point's level (a geometric fit over its visited
+        slots), with the spread widened by how far the fleet shape missed those slots.
+        """
+        s = self.state
+        mask = s["prior_mask"]
+        n, mean, var, last = s["n"], s["mean"], s["var"], s["last"]
+        # slots that got readings since they were filled are the point's own now
+        mask[(mask > 0) & (last > mask)] = 0.0
+        prior = self._prior_shape
+        if prior is None:
+            return
+        shape, spread = prior
+        minn = self.prm[K.PR_MINN]
+        hod = np.arange(N_SLOTS) % 24
+        cand = np.flatnonzero((mask > 0).any(axis=0)) if points is None else np.asarray(points)
+        for p in cand:  # points still on the prior: few, and only every recalibration
+            filled = mask[:, p] > 0
+            if not filled.any():
+                continue
+            q = int(self._qcode[p])
+            col = shape[:, q]
+            own = (~filled) & (n[:, p] >= minn) & np.isfinite(col) & (col > 0) & (mean[:, p] > 0)
+            if own.sum() < 2:
+                continue
+            lr = np.log(mean[own, p] / col[own])
+            base = float(np.exp(lr.mean()))
+            miss = float(np.sqrt(np.mean((lr - lr.mean()) ** 2)))
+            for sl in np.flatnonzero(filled & np.isfinite(col)):
+                same = np.flatnonzero(own & (hod == hod[sl]))
+                sp = float(spread[sl, q]) if np.isfinite(spread[sl, q]) else 0.1
+                if len(same):
+                    src = same[np.argmax(last[same, p])]
+                    r = col[sl] / col[src]
+                    m = mean[src, p] * r
+                    v = var[src, p] * r * r + (sp * m) ** 2
+                else:
+                    m = col[sl] * base
+                    v = (m * m) * (sp * sp + miss * miss)
+                mean[sl, p] = m
+                var[sl, p] = v
+                last[sl, p] = now
+                mask[sl, p] = now
 
     # ------------------------------------------------------------------------------------------------
     def state_arrays(self, *, copy: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -506,6 +565,8 @@ class Detector:
         ds_, dd = match(list(meta["devices"]), self.device_names)
         for k in ("mean", "var", "n", "last"):
             s[k][:, pd_] = arrays[k][:, ps]
+        if "prior_mask" in arrays:
+            s["prior_mask"][:, pd_] = arrays["prior_mask"][:, ps]
         old_pf = arrays["pf"]
         if old_pf.shape[1] < K.NPF:  # gridedge-scoring/1: the common-mode gain columns start fresh
             pad = self._new_pf(old_pf.shape[0])
