@@ -364,3 +364,13 @@ def test_watchdog_restarts_a_wedged_writer(gw: Gateway) -> None:
     assert check.stdout.strip() == "ok", check.stdout + check.stderr
     # 10 s of grace for the writer + 10 s stall limit + WatchdogSec=10s, and not much later
     assert 15 < wedge_to_kill < 60, wedge_to_kill
+
+
+def test_stop_flushes_and_exits_cleanly(gw: Gateway) -> None:
+    """systemctl stop: SIGTERM → STOPPING=1, the writer queue is flushed, exit 0 (Result=success)."""
+    gw.ns.systemctl("stop", UNIT, timeout=120)
+    s = gw.show("ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+    assert s["ActiveState"] == "inactive" and s["Result"] == "success", s
+    assert s["ExecMainStatus"] == "0", s
+    stopped = re.findall(r"event=stopped flushed=(\w+)", gw.journal())
+    assert stopped and stopped[-1] == "True", stopped
