@@ -1333,6 +1333,7 @@ def run_batch(
             rule = 0
             rlevel = 0
             peak = -1
+            rpeak = -1  # the point whose grid-code rule fired (leads a rule event)
             peakz = 0.0
             for kk in range(grp_ptr[g], grp_ptr[g + 1]):
                 p = grp_pts[kk]
@@ -1369,27 +1370,29 @@ def run_batch(
                         if rlevel < 2:
                             rlevel = 2
                             rule = RULE_VOLT_ALARM
-                            peak = p
+                            rpeak = p
                     elif dv > prm[PR_VB1] and rlevel < 1:
                         rlevel = 1
                         rule = RULE_VOLT_WARN
-                        peak = p
+                        rpeak = p
                 elif qc == Q_FREQUENCY:
                     df_ = abs(x - prm[PR_F0])
                     if df_ > prm[PR_FB2]:
                         if rlevel < 2:
                             rlevel = 2
                             rule = RULE_FREQ_ALARM
-                            peak = p
+                            rpeak = p
                     elif df_ > prm[PR_FB1] and rlevel < 1:
                         rlevel = 1
                         rule = RULE_FREQ_WARN
-                        peak = p
+                        rpeak = p
                 if math.isfinite(rating[p]) and rating[p] > 0.0 and qc != Q_VOLTAGE and qc != Q_FREQUENCY:
                     if abs(x) > rating[p] and rlevel < 2:
                         rlevel = 2
                         rule = RULE_OVER_RATING
-                        peak = p
+                        rpeak = p
+            if rlevel > 0 and rpeak >= 0:
+                peak = rpeak
             pp = fpend_p[g]
             if (
                 fpend_seg[g] == seg
