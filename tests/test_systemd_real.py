@@ -13,6 +13,7 @@ runs (``GRIDEDGE_SYSTEMD_NUMBA_CACHE`` overrides the place), so later runs start
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -415,6 +416,52 @@ def test_watchdog_restarts_a_wedged_writer(gw: Gateway) -> None:
     assert check.stdout.strip() == "ok", check.stdout + check.stderr
     # 10 s of grace for the writer + 10 s stall limit + WatchdogSec=10s, and not much later
     assert 15 < wedge_to_kill < 60, wedge_to_kill
+
+
+UDPPROBE = """
+import sys
+import socket
+sys.stdin.readline()  # moved into the service's cgroup meanwhile
+for host in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", (host, 9))
+        print(host, "sent")
+    except OSError as e:
+        print(host, e.errno)
+"""
+
+
+def test_ip_allowlist_example_dropin_enforced(gw: Gateway) -> None:
+    """examples/ip-allowlist.conf on the real unit: loopback passes, addresses outside the list get EPERM.
+
+    Only addresses whose datagrams would reach nobody if the filter failed: loopback and the TEST-NET
+    ranges (RFC 5737, never routed); the RFC 1918 allowance is not probed (it would send to the LAN).
+    """
+    dropin = gw.ns.host_path(f"/etc/systemd/system/{UNIT}.d/60-ip-allowlist.conf")
+    dropin.write_text((ROOT / "systemd" / "examples" / "ip-allowlist.conf").read_text())
+    gw.ns.systemctl("daemon-reload")
+    gw.ns.systemctl("restart", UNIT, timeout=300)
+    assert gw.show("ActiveState")["ActiveState"] == "active"
+    cgroup = gw.ns.cgroup / "system.slice" / UNIT
+    hosts = ["127.0.0.1", "127.0.0.2", "198.51.100.1", "203.0.113.1"]
+    p = subprocess.Popen(
+        [sys.executable, "-c", UDPPROBE, *hosts], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        (cgroup / "cgroup.procs").write_text(str(p.pid))
+        out, _ = p.communicate("go\n", timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    res = dict(line.split() for line in out.splitlines())
+    print(f"ip-allowlist probe {res}")
+    assert res["127.0.0.1"] == res["127.0.0.2"] == "sent", res
+    assert res["198.51.100.1"] == res["203.0.113.1"] == str(errno.EPERM), res
+    # the daemon still polls its simulator on loopback
+    before = gw.readings()
+    wait_for("readings to grow behind the allow-list", lambda: gw.readings() > before, 30)
 
 
 def test_stop_flushes_and_exits_cleanly(gw: Gateway) -> None:
