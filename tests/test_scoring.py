@@ -417,6 +417,28 @@ def test_fleet_prior_fills_cold_slots_and_tags_events():
     assert grid and grid[0].model_version == "fleet-7"
 
 
+def test_fleet_prior_is_reanchored_on_the_points_own_day():
+    """A flat fleet shape is wrong for a feeder with a daily swing: after a day of its own data the
+    filled slots of the next day take its own same-hour means (the fleet only scales between days)."""
+    det = Detector(table(), timezone="UTC")
+    det.apply_prior({"shape": np.ones((168, 9)), "spread": np.full(9, 0.3)}, version="fleet-8")
+    ts, v = make_data(days=1.3, seed=6)
+    _run(det, ts, v)
+    det.calibrate()  # recalibration re-anchors (it also runs every 6 h of data on its own)
+    s = det.state
+    j = det.points.index_of("F1_P")
+    mask = s["prior_mask"][:, j]
+    # Monday (slot 0 = Monday 00:00 UTC here) hours the point has learned itself, whose Tuesday slot
+    # (from 08:00 on: not reached yet) is still prior-filled
+    hours = [h for h in range(8, 24) if mask[h] == 0 and mask[24 + h] > 0 and s["n"][h, j] >= 20]
+    assert len(hours) >= 4, mask[:48]
+    own = s["mean"][hours, j]
+    nxt = s["mean"][[24 + h for h in hours], j]
+    # the flat prior put every hour at the level; re-anchored, Tuesday repeats Monday's own profile
+    assert np.allclose(nxt, own, rtol=0.02)
+    assert np.ptp(nxt) > 0.1 * float(np.mean(own))
+
+
 def test_silent_device_is_one_stale_event_not_sensor_faults():
     from gridedge.gateway.model import Point, Quantity
 
