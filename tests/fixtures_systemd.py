@@ -117,6 +117,35 @@ def ns_available() -> str | None:
     return None
 
 
+def _rmdir_tree(top: Path) -> bool:
+    """rmdir a cgroup subtree bottom-up; False while a process is still in it."""
+    try:
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            d.rmdir()
+        top.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def _sweep_stale_cgroups(parent: Path) -> None:
+    """Remove the empty cgroups of earlier runs whose test process is gone (a run killed by SIGKILL)."""
+    for d in parent.glob("gridedge-systest-*"):
+        try:
+            pid = int(d.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if not Path(f"/proc/{pid}").exists():
+            _rmdir_tree(d)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _free_id(path: str, start: int = 999, stop: int = 800) -> int:
     used = {int(line.split(":")[2]) for line in Path(path).read_text().splitlines() if line.count(":") >= 3}
     for i in range(start, stop, -1):
@@ -143,6 +172,7 @@ class SystemdNamespace:
             if line.startswith("0::"):
                 own = line[3:]
         self.cgroup = cg / own.lstrip("/") / f"gridedge-systest-{os.getpid()}-{id(self) & 0xFFFF:x}"
+        _sweep_stale_cgroups(self.cgroup.parent)
         for d in ("etc-up", "etc-work", "var-up", "var-work", "opt-up", "opt-work", "units"):
             (self.base / d).mkdir(parents=True, exist_ok=True)
         (self.base / "console.log").touch()
@@ -236,7 +266,7 @@ class SystemdNamespace:
         """Start systemd as PID 1 and wait until the manager answers with state running/degraded."""
         self.cgroup.mkdir()
         launcher = (
-            f'echo $$ > "{self.cgroup}/cgroup.procs" && exec unshare --pid --fork --mount --uts --ipc '
+            f'echo $$ > "{self.cgroup}/cgroup.procs" && exec unshare --pid --fork --kill-child --mount --uts --ipc '
             f'--cgroup --mount-proc --propagation private "{self.base}/ns-init.sh" "{self.base}"'
         )
         self.proc = subprocess.Popen(
@@ -245,6 +275,9 @@ class SystemdNamespace:
             stdout=open(self.base / "launcher.log", "wb"),  # noqa: SIM115 - closed with the process
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # If this test process dies (even by SIGKILL), unshare gets SIGKILL, and --kill-child passes
+            # it on to systemd: no namespace outlives its test.
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         state = ""
@@ -288,17 +321,9 @@ class SystemdNamespace:
             self._remove_cgroup()
 
     def _remove_cgroup(self) -> None:
-        if not self.cgroup.exists():
-            return
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            dirs = sorted((p for p in self.cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-            try:
-                for d in [*dirs, self.cgroup]:
-                    d.rmdir()
-                return
-            except OSError:
-                time.sleep(0.2)
+        while self.cgroup.exists() and not _rmdir_tree(self.cgroup) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def cleanup(self) -> None:
         """Remove the base directory (after ``stop()``)."""
