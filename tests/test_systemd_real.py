@@ -432,17 +432,34 @@ for host in sys.argv[1:]:
 """
 
 
-def test_ip_allowlist_example_dropin_enforced(gw: Gateway) -> None:
-    """examples/ip-allowlist.conf on the real unit: loopback passes, addresses outside the list get EPERM.
+def test_example_dropins_enforced(gw: Gateway) -> None:
+    """examples/ip-allowlist.conf + tcp-only.conf on the real unit.
 
-    Only addresses whose datagrams would reach nobody if the filter failed: loopback and the TEST-NET
-    ranges (RFC 5737, never routed); the RFC 1918 allowance is not probed (it would send to the LAN).
+    ip-allowlist: loopback passes, addresses outside the list get EPERM. Only addresses whose datagrams
+    would reach nobody if the filter failed are probed: loopback and the TEST-NET ranges (RFC 5737, never
+    routed); the RFC 1918 allowance is not probed (it would send to the LAN). tcp-only: a serial port node
+    that the service saw before is gone from its /dev (PrivateDevices=yes), and so is the dialout group.
     """
-    dropin = gw.ns.host_path(f"/etc/systemd/system/{UNIT}.d/60-ip-allowlist.conf")
-    dropin.write_text((ROOT / "systemd" / "examples" / "ip-allowlist.conf").read_text())
+    gw.ns.run("mknod", "-m", "660", "/dev/ttyS9", "c", "4", "73")
+    gw.ns.run("chgrp", "dialout", "/dev/ttyS9")
+    pid = gw.ns.main_pid(UNIT)
+    sees = ["nsenter", "-t", str(pid), "-m", "test", "-c", "/dev/ttyS9"]
+    assert subprocess.run(sees, timeout=30).returncode == 0  # the shipped unit: serial ports visible
+    d = gw.ns.host_path(f"/etc/systemd/system/{UNIT}.d")
+    for name in ("ip-allowlist.conf", "tcp-only.conf"):
+        (d / f"60-{name}").write_text((ROOT / "systemd" / "examples" / name).read_text())
     gw.ns.systemctl("daemon-reload")
     gw.ns.systemctl("restart", UNIT, timeout=300)
     assert gw.show("ActiveState")["ActiveState"] == "active"
+    pid = gw.ns.main_pid(UNIT)
+    sees[2] = str(pid)
+    assert subprocess.run(sees, timeout=30).returncode != 0
+    assert (
+        subprocess.run(["nsenter", "-t", str(pid), "-m", "test", "-c", "/dev/null"], timeout=30).returncode
+        == 0
+    )
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert "20" not in re.search(r"^Groups:(.*)$", status, re.M).group(1).split()  # type: ignore[union-attr]
     cgroup = gw.ns.cgroup / "system.slice" / UNIT
     hosts = ["127.0.0.1", "127.0.0.2", "198.51.100.1", "203.0.113.1"]
     p = subprocess.Popen(
