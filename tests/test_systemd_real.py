@@ -1,13 +1,15 @@
 """gridedge.service under a real systemd 252 as PID 1 (issue #7): READY=1, STATUS=, reload, watchdog, hardening.
 
 systemd runs in its own PID/mount/UTS/IPC/cgroup namespaces (tests/fixtures_systemd.py); the unit is the
-shipped ``systemd/gridedge.service`` unchanged except for one test drop-in, ``WatchdogSec=10s`` (30 s in
-the unit: the watchdog test would take 70 s). ``/opt/gridedge/venv`` and ``/opt/gridedge/bin/gridedge``
-are laid out as the .deb does; user and group ``gridedge`` exist only in the namespace's /etc. The daemon
-polls a real pymodbus simulator on 127.0.0.1 (the host's network namespace).
+shipped ``systemd/gridedge.service`` unchanged except for one test drop-in: ``WatchdogSec=10s`` (30 s in
+the unit: the watchdog test would take 70 s) and ``TimeoutStartSec=600s`` (numba's cold compile on busy
+cores, see docs/operations.md). Late in the module the examples ip-allowlist.conf and tcp-only.conf are
+added. ``/opt/gridedge/venv`` and ``/opt/gridedge/bin/gridedge`` are laid out as the .deb does; user and
+group ``gridedge`` exist only in the namespace's /etc (no ``User=root``). The daemon polls a real pymodbus
+simulator on 127.0.0.1 (the host's network namespace). Tests run in file order on one service.
 
 Skipped (never failed) where the namespaces or systemd are not available. numba compiles the scorer on
-the first start (~70 s on 2 busy cores); the compiled cache is kept in ~/.cache/gridedge-tests between
+the first start (35-100 s on 2 busy cores); the compiled cache is kept in ~/.cache/gridedge-tests between
 runs (``GRIDEDGE_SYSTEMD_NUMBA_CACHE`` overrides the place), so later runs start in a few seconds.
 """
 
