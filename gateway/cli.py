@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(exc.errors), file=sys.stderr)
         return EXIT_INVALID
     setup_logging(args.log_level or cfg.logging.level)
+    # a watchdog kill (SIGABRT) or a fatal signal then leaves every thread's stack in the journal
+    faulthandler.enable(all_threads=True)
     runtime = Runtime(cfg, config_path=Path(args.config))
     asyncio.run(runtime.run())
     return EXIT_OK

@@ -183,7 +183,11 @@ class Runtime:
                 frequency_hz=float(self.cfg.site.frequency_hz),
                 config=self.cfg.scoring,
             )
-            _precompile_scoring(self.cfg)
+            from gridedge.gateway.sdnotify import SdNotifier, extending_timeout
+
+            # numba's first compile can outlast TimeoutStartSec on a slow CPU (seen under a real systemd)
+            with extending_timeout(SdNotifier()):
+                _precompile_scoring(self.cfg)
             saved = self.store.load_scorer_state(SCORER_STATE_NAME)
             if saved is not None:
                 arrays, meta = saved
@@ -237,7 +241,9 @@ class Runtime:
 
             self.notifier = SdNotifier()
             interval = self.notifier.watchdog_interval() if self.notifier.enabled else None
-            self.watchdog = ProgressWatchdog(stall_after=max(10.0, (interval or 30.0)))
+            # half the service's WatchdogSec: systemd then restarts a wedged daemon ≈ 1.5 × WatchdogSec + 10 s
+            # after the wedge instead of 2 × WatchdogSec + 10 s
+            self.watchdog = ProgressWatchdog(stall_after=max(5.0, interval / 2) if interval else 30.0)
         except Exception as exc:
             log.warning(kv("sd_notify_unavailable", error=exc))
 
@@ -524,17 +530,27 @@ class Runtime:
     async def _housekeeping(self) -> None:
         # the first state save comes at once: after it, each save rewrites only the slots that changed
         last_status = last_fleet_check = last_state_save = 0.0
+        withheld_for: list[str] | None = None
         while not self._stop.is_set():
             now = time.monotonic()
             if self.watchdog is not None and self.store is not None:
                 s = self.store.stats()
-                if s.get("queue_depth", 0) == 0 or s.get("last_commit_ts", 0) > time.time() - 10:
+                recent = time.time() - 10
+                if (
+                    s.get("queue_depth", 0) == 0
+                    or (s.get("last_commit_ts") or 0) > recent
+                    # a full disk is a known state the writer retries through (readings are buffered and
+                    # counted); a restart would only throw the buffer away, so it is not a wedge
+                    or (s.get("disk_full") and (s.get("last_error_ts") or 0) > recent)
+                ):
                     self.watchdog.beat("writer")
                 healthy, stalled = self.watchdog.healthy(now)
                 if self.notifier is not None and self.notifier.enabled:
                     if healthy:
                         self.notifier.watchdog()
-                    else:
+                        withheld_for = None
+                    elif withheld_for != stalled:  # once per stall, not once a second
+                        withheld_for = stalled
                         log.error(kv("watchdog_withheld", stalled=",".join(stalled)))
                 if self.metrics is not None:
                     self.metrics.watchdog_state(healthy)

@@ -5,7 +5,9 @@ Asserted: the alarm is raised (``gridedge_disk_full 1`` on /metrics and a ``stor
 disk_full=True`` log line); polling goes on while the disk is full (the poll-duration histogram keeps
 counting); the only readings dropped are the ones the documented policy drops (``memory_bound`` beyond
 ``storage.memory_buffer``), counted; once the filler is gone the alarm clears, commits resume, the daemon
-stops cleanly and ``PRAGMA integrity_check`` is ok. Figures go to ``GRIDEDGE_DURABILITY_OUT`` if set.
+stops cleanly and ``PRAGMA integrity_check`` is ok. The daemon runs under a ``$NOTIFY_SOCKET`` with a 10 s
+watchdog: ``WATCHDOG=1`` must keep coming while the disk is full (a full disk is a state the writer
+retries through; a watchdog restart would throw the memory buffer away). Figures go to ``GRIDEDGE_DURABILITY_OUT`` if set.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures_durability import (
     FIRST_READINGS_TIMEOUT,
     Daemon,
+    NotifySocket,
     SimSite,
     SiteSpec,
     integrity,
@@ -71,20 +74,23 @@ def test_daemon_disk_full_and_recovery(tmp_path):
                 storage={"path": str(db), "commit_interval": "100ms", "memory_buffer": 60_000},
                 metrics={"enabled": True, "host": "127.0.0.1", "port": mport},
             )  # fmt: skip
-            d = Daemon(cfg, tmp_path / "daemon.log").start()
+            notify = NotifySocket(tmp_path / "notify.sock")
+            d = Daemon(cfg, tmp_path / "daemon.log", env=notify.env(10.0)).start()
             try:
                 assert wait_for(
                     lambda: (o := observe(db)) is not None and o.readings >= 20 * spec.points,
                     FIRST_READINGS_TIMEOUT,
                 ), d.log_text()[-3000:]
                 filler = fs / "filler"
-                with open(filler, "wb") as f:  # take every free byte
-                    try:
-                        while True:
-                            f.write(b"\0" * 65536)
-                            f.flush()
-                    except OSError:
-                        pass
+                # take every free byte; unbuffered, so closing the file has nothing left to flush (a
+                # buffered close re-raised ENOSPC now and then)
+                with open(filler, "wb", buffering=0) as f:
+                    for size in (65536, 4096, 512):
+                        try:
+                            while True:
+                                f.write(b"\0" * size)
+                        except OSError:
+                            pass
                 t_full = time.monotonic()
                 assert wait_for(lambda: _metrics(mport).get("gridedge_disk_full") == 1.0, 120), d.log_text()[
                     -3000:
@@ -94,6 +100,8 @@ def test_daemon_disk_full_and_recovery(tmp_path):
                 m0 = _metrics(mport)
                 time.sleep(25)  # full for a while: the memory buffer (60k readings = 20 s) overflows
                 m1 = _metrics(mport)
+                figures["watchdog_max_gap_while_full_s"] = round(notify.max_gap(t_full, time.monotonic()), 2)
+                assert figures["watchdog_max_gap_while_full_s"] < 5.0, "watchdog pings stopped on a full disk"
                 polls0 = _sum(m0, "gridedge_poll_duration_seconds_count")
                 polls1 = _sum(m1, "gridedge_poll_duration_seconds_count")
                 assert polls1 > polls0 + 100, "polling stopped while the disk was full"
@@ -110,6 +118,7 @@ def test_daemon_disk_full_and_recovery(tmp_path):
                 assert "store_recovered" in d.log_text()
             finally:
                 rc = d.stop()
+                notify.close()
             assert rc == 0, d.log_text()[-3000:]
             assert integrity(db) == "ok"
             figures["readings_final"] = observe(db).readings
