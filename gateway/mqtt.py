@@ -190,6 +190,7 @@ class MqttBridge:
         # outbox.put_count when a peek last came back short (everything queued was sent): every QoS 0
         # value publish wakes the pump through on_publish, and an empty query per wake-up cost ~2 % CPU
         self._drained_at_put_count = -1
+        self._resend_until = 0.0  # monotonic time until which new rows wait for paho's re-sends
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
         self._wake = threading.Event()
         self._pump_thread: threading.Thread | None = None
@@ -423,6 +424,10 @@ class MqttBridge:
         client.subscribe(f"{self.root}/cmd/#", options=SubscribeOptions(qos=1, noLocal=True))
         with self._values_lock:
             self._last_pub[:] = -np.inf  # a fresh connection gets every point once
+        # paho calls on_connect *before* it re-sends the messages that were in flight at the drop: new
+        # rows published now would overtake them (seen: 1 inversion in 24k). Hold new rows until those
+        # are acknowledged, for at most 10 s (a message paho gave up on must not stall the outbox).
+        self._resend_until = time.monotonic() + 10.0 if self._inflight else 0.0
         self._connected.set()
         self._wake.set()
         log.info(
@@ -504,6 +509,8 @@ class MqttBridge:
                 time.sleep(0.5)
 
     def _send_batch(self) -> None:
+        if self._inflight and time.monotonic() < self._resend_until:
+            return  # paho is still re-sending what was in flight at the last drop; PUBACKs wake us
         room = self.window - len(self._inflight)
         marker = self.outbox.put_count
         if marker == self._drained_at_put_count:

@@ -436,9 +436,10 @@ def test_broker_down_for_a_compressed_hour(tmp_path: Path, case: str) -> None:
     else:
         # Every gap is a value the quota policy dropped, and counted: nothing vanished uncounted.
         assert dropped > 0 and len(missing) == dropped, (len(missing), dropped)
-    # Order: in sequence, except re-sends around the broker's restart (observed: 1 inversion in 24,108 in
-    # one of three runs; never more than the in-flight window). Consumers order and de-duplicate by seq.
-    assert fig["out_of_order"] <= 20, fig["out_of_order_examples"]
+    # Order: first arrivals in sequence. Before the bridge held new rows until paho's re-sends of the
+    # in-flight window were acknowledged, 1 inversion in 24,108 was seen in one of three runs (paho calls
+    # on_connect before it re-sends). Re-sends may still arrive twice (at-least-once): see duplicates.
+    assert fig["out_of_order"] == 0, fig["out_of_order_examples"]
     assert fig["duplicates"] <= 200, fig  # at-least-once: only re-sends of in-flight messages
 
 
