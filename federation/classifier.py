@@ -53,6 +53,8 @@ _RULES = {
     "scale_error": "range_scale",
     "stuck": "stuck",
     "peer_drift": "drift",
+    "thermal_model": "composite",  # a cooling failure: the transformer's own oil against its load
+    "thermal_model_drift": "drift",  # an oil sensor creeping away from the thermal model
     "spike": "spike",
     "dropout": "dropout",
     "breaker_open_under_load": "breaker",

@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from gridedge.federation.cli import add_federation_arguments
 
-        fe = sub.add_parser("federation", help="federated learning: status, export-preview")
+        fe = sub.add_parser("federation", help="federated learning: status, export-preview, pull, supernode")
         add_federation_arguments(fe)
     except ImportError:  # pragma: no cover
         pass

@@ -67,7 +67,6 @@ cp "$REPO/packaging/install-venv" "$SRC/"
 mkdir -p "$SRC/systemd" "$SRC/etc" "$SRC/examples/systemd" "$SRC/docs"
 cp "$REPO"/systemd/gridedge.service "$REPO"/systemd/gridedge-federation.service "$SRC/systemd/"
 cp "$REPO"/systemd/examples/*.conf "$SRC/examples/systemd/"
-cp "$REPO/packaging/federation.env.example" "$SRC/examples/"
 cp "$REPO/config/site.example.yaml" "$SRC/etc/site.yaml"
 cp "$REPO/docs/operations.md" "$SRC/docs/"
 EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)}

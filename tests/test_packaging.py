@@ -91,7 +91,6 @@ def test_contents_and_conffile(extracted) -> None:
     wheels = sorted(p.name for p in (root / "usr/lib/gridedge/wheels").iterdir())
     assert wheels == [f"gridedge-{VERSION}-py3-none-any.whl"]
     assert os.access(root / "usr/lib/gridedge/install-venv", os.X_OK)
-    assert (root / "usr/share/doc/gridedge/examples/federation.env.example").is_file()
     assert (root / "usr/share/doc/gridedge/examples/systemd/tcp-only.conf").is_file()
     assert (root / "opt/gridedge").is_dir()
     # the venv is generated at install time, not shipped
