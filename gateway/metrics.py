@@ -159,9 +159,12 @@ class Metrics:
         self.device_backoff.labels(name).set(0.0 if up else backoff)
 
     def points_quality(self, device: str, good: int, bad: int) -> None:
-        """Good / bad points of one poll cycle (also accumulated into ``gridedge_readings_total``)."""
+        """Good / bad points of a device now (gauges)."""
         self.device_points.labels(device, "good").set(good)
         self.device_points.labels(device, "bad").set(bad)
+
+    def readings_received(self, device: str, good: int, bad: int) -> None:
+        """Readings of one batch, by quality, into ``gridedge_readings_total``."""
         if good:
             self.readings.labels(device, "good").inc(good)
         if bad:

@@ -257,6 +257,9 @@ class Runtime:
         self.store.submit(batch)
         self._last_value[batch.point_idx] = batch.value
         self._last_quality[batch.point_idx] = batch.quality
+        if self.metrics is not None:
+            bad = int(np.count_nonzero(batch.quality & BAD_QUALITY_MASK))
+            self.metrics.readings_received(batch.device or "", len(batch) - bad, bad)
         if self.detector is not None:
             try:
                 events = self.detector.process(batch)

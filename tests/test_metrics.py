@@ -48,7 +48,9 @@ def test_values_round_trip_through_the_endpoint(served) -> None:
     m.device_state("rtu1", up=True, backoff=0.0)
     m.device_state("ied1", up=False, backoff=8.0)
     m.points_quality("rtu1", good=10, bad=2)
+    m.readings_received("rtu1", good=10, bad=2)
     m.points_quality("rtu1", good=11, bad=1)
+    m.readings_received("rtu1", good=11, bad=1)
     for d in (0.004, 0.02, 0.3):
         m.poll_duration("rtu1", d)
     m.scoring_lag(0.25)
@@ -137,7 +139,9 @@ def test_update_from_snapshot_and_forget_device() -> None:
     g = m.registry.get_sample_value
     assert g("gridedge_device_up", {"device": "rtu2"}) == 0
     assert g("gridedge_device_backoff_seconds", {"device": "rtu2"}) == 4.0
-    assert g("gridedge_readings_total", {"device": "rtu2", "quality": "bad"}) == 5
+    assert g("gridedge_device_points", {"device": "rtu2", "quality": "bad"}) == 5
+    # a snapshot holds gauges: it must not add point counts to the readings counter
+    assert not g("gridedge_readings_total", {"device": "rtu2", "quality": "bad"})
     assert g("gridedge_poll_duration_seconds_count", {"device": "rtu2"}) == 1
     assert g("gridedge_scoring_lag_seconds") == 2.0
     assert g("gridedge_disk_full") == 1
