@@ -77,6 +77,8 @@ class ChunkWatcher(threading.Thread):
         self.stop_evt = threading.Event()
         self.lat: list[np.ndarray] = []
         self.recording = False
+        self.errors = 0
+        self.last_error = ""
 
     def run(self) -> None:
         from gridedge.gateway.store import open_readonly
@@ -89,6 +91,11 @@ class ChunkWatcher(threading.Thread):
                 if conn is None:
                     conn = open_readonly(self.db)
                     last = conn.execute("SELECT coalesce(max(id),0) FROM chunks").fetchone()[0]
+                # chunk ids restart at 1 when compaction has emptied the table (INTEGER PRIMARY KEY
+                # without AUTOINCREMENT): then read from the start again
+                top = conn.execute("SELECT coalesce(max(id),0) FROM chunks").fetchone()[0]
+                if top < last:
+                    last = 0
                 rows = conn.execute(
                     "SELECT id, n, flags, data FROM chunks WHERE id > ? ORDER BY id", (last,)
                 ).fetchall()
@@ -98,7 +105,9 @@ class ChunkWatcher(threading.Thread):
                     if self.recording:
                         _pid, ts, _v, _q = decode_chunk(n, flags, blob)
                         self.lat.append(now - np.asarray(ts, dtype=np.float64))
-            except Exception:
+            except Exception as exc:  # a busy/rotated file: reconnect, but say why at the end
+                self.errors += 1
+                self.last_error = repr(exc)
                 conn = None
             time.sleep(self.interval)
 
@@ -209,6 +218,11 @@ def run_size(
             res.alert_p50, res.alert_p99, res.alerts = _alert_latency(db, sub, injections)
         finally:
             watcher.stop_evt.set()
+            if watcher.errors:
+                print(
+                    f"# {label}: chunk watcher errors={watcher.errors} last={watcher.last_error}",
+                    file=sys.stderr,
+                )
             d.stop()
             sub.stop()
         # poll_overrun lines come at most once per 10 s per device, each with the cycles skipped since
