@@ -60,12 +60,22 @@ def test_schedule_has_no_drift(tmp_path: Path) -> None:
         port = await srv.start()
         await srv.update(VALUES)
         try:
+            srv.stall(0.03)  # each poll takes 30 ms: a sleep(period) loop would fit only ~23 polls in 3 s
             rt = Runtime(_cfg(tmp_path, [_device("rtu", port)], scoring={"enabled": False}))
-            await _run_for(rt, 3.0)
+            task = asyncio.create_task(rt.run())
+            # measure from the first poll on: start-up (store open, connect) is not part of the schedule
+            while "rtu" not in rt.devices or rt.devices["rtu"].polls == 0:
+                await asyncio.sleep(0.005)
             st = rt.devices["rtu"]
-            # 100 ms period for 3 s: 30 deadlines (+1 at t=0), not 29.4 as a sleep(period) loop drifts to.
-            # On a loaded machine a late poll skips its missed deadlines (counted), so the schedule holds.
-            assert 29 <= st.polls + st.skipped_cycles <= 32, (st.polls, st.skipped_cycles)
+            t0, n0 = time.monotonic(), st.polls + st.skipped_cycles
+            await asyncio.sleep(3.0)
+            n1, dt = st.polls + st.skipped_cycles, time.monotonic() - t0
+            rt.request_stop()
+            await asyncio.wait_for(task, timeout=20)
+            # 100 ms period for 3 s: 30 deadlines, not 29.4 as a sleep(period) loop drifts to. On a loaded
+            # machine a late poll skips its missed deadlines (counted), so the schedule holds.
+            expected = dt / 0.1
+            assert expected - 1.5 <= n1 - n0 <= expected + 1.5, (n1 - n0, expected, st.skipped_cycles)
             assert st.polls >= 24
         finally:
             await srv.stop()

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,20 +31,10 @@ from fixtures_durability import (
     SiteSpec,
     integrity,
     observe,
+    scrape_metrics,
     wait_for,
 )
 from fixtures_mqtt import free_port
-
-
-def _metrics(port: int) -> dict[str, float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            m = re.match(r"^(\S+)\s+(\S+)$", line)
-            if m:
-                out[m.group(1)] = float(m.group(2))
-    return out
 
 
 def _sum(m: dict[str, float], prefix: str) -> float:
@@ -92,14 +80,14 @@ def test_daemon_disk_full_and_recovery(tmp_path):
                         except OSError:
                             pass
                 t_full = time.monotonic()
-                assert wait_for(lambda: _metrics(mport).get("gridedge_disk_full") == 1.0, 120), d.log_text()[
+                assert wait_for(lambda: scrape_metrics(mport).get("gridedge_disk_full") == 1.0, 120), d.log_text()[
                     -3000:
                 ]
                 figures["alarm_after_s"] = round(time.monotonic() - t_full, 2)
                 assert "disk_full=True" in d.log_text()
-                m0 = _metrics(mport)
+                m0 = scrape_metrics(mport)
                 time.sleep(25)  # full for a while: the memory buffer (60k readings = 20 s) overflows
-                m1 = _metrics(mport)
+                m1 = scrape_metrics(mport)
                 figures["watchdog_max_gap_while_full_s"] = round(notify.max_gap(t_full, time.monotonic()), 2)
                 assert figures["watchdog_max_gap_while_full_s"] < 5.0, "watchdog pings stopped on a full disk"
                 polls0 = _sum(m0, "gridedge_poll_duration_seconds_count")
@@ -112,7 +100,7 @@ def test_daemon_disk_full_and_recovery(tmp_path):
                 before_room = observe(db)
                 filler.unlink()
                 t_room = time.monotonic()
-                assert wait_for(lambda: _metrics(mport).get("gridedge_disk_full") == 0.0, 120)
+                assert wait_for(lambda: scrape_metrics(mport).get("gridedge_disk_full") == 0.0, 120)
                 assert wait_for(lambda: observe(db).readings > before_room.readings + 10 * spec.points, 120)
                 figures["recovered_after_s"] = round(time.monotonic() - t_room, 2)
                 assert "store_recovered" in d.log_text()
