@@ -376,8 +376,8 @@ def _th_clean(pf, pi, q, t):
 
 
 @njit(cache=True)
-def _th_load(g, t, pf, pi, qcode, grp_ptr, grp_pts, gparent):
-    """Apparent power of a transformer: its own P/Q if clean, else the sum of its children's (src 0/1)."""
+def _th_group_pq(g, t, pf, pi, qcode, grp_ptr, grp_pts):
+    """(P sum, Q sum, has P/Q points, all of them clean) of one group's points."""
     sp = 0.0
     sq = 0.0
     found = False
@@ -393,6 +393,13 @@ def _th_load(g, t, pf, pi, qcode, grp_ptr, grp_pts, gparent):
                 sp += pf[q, PF_VAL]
             else:
                 sq += pf[q, PF_VAL]
+    return sp, sq, found, ok
+
+
+@njit(cache=True)
+def _th_load(g, t, pf, pi, qcode, grp_ptr, grp_pts, gparent):
+    """Apparent power of a transformer: its own P/Q if clean, else the sum of its children's (src 0/1)."""
+    sp, sq, found, ok = _th_group_pq(g, t, pf, pi, qcode, grp_ptr, grp_pts)
     if found and ok:
         return math.sqrt(sp * sp + sq * sq), 0
     sp = 0.0
@@ -402,17 +409,11 @@ def _th_load(g, t, pf, pi, qcode, grp_ptr, grp_pts, gparent):
     for c in range(len(gparent)):
         if gparent[c] != g:
             continue
-        for kk in range(grp_ptr[c], grp_ptr[c + 1]):
-            q = grp_pts[kk]
-            qc = qcode[q]
-            if qc == Q_P or qc == Q_Q:
-                found = True
-                if not _th_clean(pf, pi, q, t):
-                    ok = False
-                elif qc == Q_P:
-                    sp += pf[q, PF_VAL]
-                else:
-                    sq += pf[q, PF_VAL]
+        cp, cq, cfound, cok = _th_group_pq(c, t, pf, pi, qcode, grp_ptr, grp_pts)
+        sp += cp
+        sq += cq
+        found = found or cfound
+        ok = ok and cok
     if found and ok:
         return math.sqrt(sp * sp + sq * sq), 1
     return np.nan, 2
