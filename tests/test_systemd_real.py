@@ -39,6 +39,14 @@ from gridedge.protocols.simulators.modbus_server import register_map
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[1]
+# The unit's PrivateTmp=/ProtectHome= hide these trees from the service: a checkout (and its venv) there
+# cannot be run by the real unit (seen in a fresh clone under /tmp: every test failed), so skip, saying why.
+_HIDDEN = ("/tmp/", "/var/tmp/", "/root/", "/home/", "/run/user/")
+if any(str(ROOT).startswith(h) for h in _HIDDEN):
+    pytestmark = [
+        *pytestmark,
+        pytest.mark.skip(reason=f"checkout {ROOT} is hidden from the unit (PrivateTmp/ProtectHome)"),
+    ]
 UNIT = "gridedge.service"
 SITE = "/etc/gridedge/site.yaml"
 DB = "/var/lib/gridedge/gw.db"
