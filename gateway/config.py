@@ -457,6 +457,12 @@ class MqttSection(_Strict):
         description="per point/group/quantity overrides of deadband, deadband_pct, integrity_period "
         "(point name wins over group, group over quantity)",
     )
+    score_deadband: float = Field(
+        0.5,
+        ge=0,
+        description="republish a group's score when it moved by at least this much (or its state changed, "
+        "or integrity_period passed); 0 = every status cycle",
+    )
     max_inflight: int = Field(20, ge=1, le=65535, description="QoS 1 messages in flight before a PUBACK")
     reconnect_min: Duration = Field(0.5, description="first reconnect delay (doubles, with jitter)")
     reconnect_max: Duration = Field(30.0, description="longest reconnect delay")

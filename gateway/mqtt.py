@@ -233,6 +233,8 @@ class MqttBridge:
         self._last_pub = np.full(n, -np.inf)
         self._point_topic = [f"{self.root}/point/{topic_safe(p.name)}" for p in self.points]
         self._point_unit_json = [json.dumps(p.unit) for p in self.points]
+        # group -> (state, score, monotonic time) last published: scores go out on change, not every cycle
+        self._group_pub: dict[str, tuple[str, float | None, float]] = {}
 
     def _make_client(self) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
@@ -424,6 +426,7 @@ class MqttBridge:
         client.subscribe(f"{self.root}/cmd/#", options=SubscribeOptions(qos=1, noLocal=True))
         with self._values_lock:
             self._last_pub[:] = -np.inf  # a fresh connection gets every point once
+            self._group_pub.clear()  # ... and every group's score
         # paho calls on_connect *before* it re-sends the messages that were in flight at the drop: new
         # rows published now would overtake them (seen: 1 inversion in 24k). Hold new rows until those
         # are acknowledged, for at most 10 s (a message paho gave up on must not stall the outbox).
@@ -543,7 +546,8 @@ class MqttBridge:
             return
         idx = batch.point_idx
         sel_all = np.arange(len(idx))
-        if len(np.unique(idx)) != len(idx):
+        # a polled batch lists each point once in increasing order: skip the sort that np.unique costs
+        if not (idx[1:] > idx[:-1]).all() and len(np.unique(idx)) != len(idx):
             order = np.lexsort((batch.ts, idx))
             last_of_run = np.r_[idx[order][1:] != idx[order][:-1], True]
             sel_all = order[last_of_run]
@@ -599,13 +603,35 @@ class MqttBridge:
             self.outbox.put_many("value", queued)  # one commit for the whole batch
             self._wake.set()
 
+    def _group_changed(self, group: str, state: str, score: float | None, mono: float) -> bool:
+        """True when ``group``'s score must go out: new state, score moved ≥ ``score_deadband``, or the
+        integrity period passed. A site has thousands of groups; most are calm, and republishing each one
+        every status cycle was most of the MQTT traffic (and a tenth of the CPU) at 100k points/s."""
+        last = self._group_pub.get(group)
+        if last is not None:
+            l_state, l_score, l_mono = last
+            moved = (score is None) != (l_score is None) or (
+                score is not None and l_score is not None and abs(score - l_score) >= self.cfg.score_deadband
+            )
+            if l_state == state and not moved and mono - l_mono < self.cfg.integrity_period:
+                return False
+        self._group_pub[group] = (state, score, mono)
+        return True
+
     def publish_group_scores(self, status: dict[str, dict]) -> None:
-        """Publish ``group/<name>/score`` for each group: ``score``, ``threshold``, ``state`` (+ extras)."""
+        """Publish ``group/<name>/score`` for the groups whose state changed, whose score moved by at least
+        ``score_deadband``, or that were last published ``integrity_period`` ago: ``score``, ``threshold``,
+        ``state`` (+ extras)."""
         now = time.time()
+        mono = time.monotonic()
         for group, st in status.items():
             state = str(st.get("state", "normal"))
             if state not in GROUP_STATES:
                 log.warning("event=mqtt_bad_group_state group=%s state=%s", group, state)
+            score = st.get("score")
+            score = None if score is None or not math.isfinite(score) else float(score)  # NaN: no score yet
+            if not self._group_changed(group, state, score, mono):
+                continue
             body = {"group": group, "ts": now, **st, "state": state}
             body.setdefault("score", None)
             body.setdefault("threshold", None)

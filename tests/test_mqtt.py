@@ -249,6 +249,46 @@ def test_deadband_percent_and_integrity(tmp_path, broker):
         col.stop()
 
 
+def test_group_scores_go_out_on_change_only(tmp_path, broker):
+    """A calm group is not republished every status cycle: only a new state, a score moved by at least
+    ``score_deadband``, the integrity period or a reconnect sends it again."""
+    col = Collector(broker.port, [f"{ROOT}/group/#"]).start()
+    bridge = make_bridge(tmp_path, broker.port, score_deadband=0.5, integrity_period=1.0)
+    topic_f1, topic_t1 = f"{ROOT}/group/F1/score", f"{ROOT}/group/T1/score"
+    try:
+        bridge.start()
+        assert bridge.wait_connected(10)
+        cycles = [  # F1 (score, state), T1 observing without a score (NaN)
+            (1.0, "normal"),  # first: published
+            (1.3, "normal"),  # moved 0.3 < 0.5 → not
+            (1.45, "normal"),  # 0.45 from the last *published* 1.0 → not
+            (1.6, "elevated"),  # state changed → published
+            (2.2, "elevated"),  # moved 0.6 → published
+        ]
+        for score, state in cycles:
+            bridge.publish_group_scores(
+                {
+                    "F1": {"score": score, "threshold": 4.0, "state": state},
+                    "T1": {"score": float("nan"), "threshold": 4.0, "state": "observing"},
+                }
+            )
+        assert wait_until(lambda: len(col.on(topic_f1)) >= 3, 5)
+        time.sleep(0.3)
+        assert [m["score"] for m in col.on(topic_f1)] == [1.0, 1.6, 2.2]
+        assert len(col.on(topic_t1)) == 1  # NaN == NaN here: an observing group is not re-sent each cycle
+        time.sleep(1.1)  # integrity period passed: both go out again although nothing changed
+        bridge.publish_group_scores(
+            {
+                "F1": {"score": 2.2, "threshold": 4.0, "state": "elevated"},
+                "T1": {"score": float("nan"), "threshold": 4.0, "state": "observing"},
+            }
+        )
+        assert wait_until(lambda: len(col.on(topic_f1)) == 4 and len(col.on(topic_t1)) == 2, 5)
+    finally:
+        bridge.stop()
+        col.stop()
+
+
 ACL = f"""
 user gateway
 topic readwrite {ROOT}/#
@@ -435,7 +475,9 @@ def test_gateway_alarms_ride_on_the_retained_status(tmp_path, broker):
         bridge.start()
         assert bridge.wait_connected(10)
         bridge.set_alarms({"disk_full"})
-        assert wait_until(lambda: (retained(broker.port, f"{ROOT}/status") or {}).get("alarms") == ["disk_full"], 10)
+        assert wait_until(
+            lambda: (retained(broker.port, f"{ROOT}/status") or {}).get("alarms") == ["disk_full"], 10
+        )
         status = retained(broker.port, f"{ROOT}/status")
         validator("status").validate(status)
         assert status["state"] == "online"
