@@ -34,7 +34,7 @@ import numpy as np
 
 from .model import BAD_QUALITY_MASK, Event, PointTable, ReadingBatch
 from .scorer_state import SlotDiff, pack_blob, read_state, split_slot_arrays
-from .store_codec import compact, decode_chunk, encode_chunk
+from .store_codec import compact, decode_chunk, encode_chunk, gather_range, point_ranges
 from .store_db import connect_writer, is_retryable, migrate, open_readonly
 from .store_query import history as _history
 from .store_query import hourly as _hourly
@@ -107,6 +107,7 @@ class Store:
         commit_interval: float = 1.0,
         memory_buffer: int = 2_000_000,
         compact_readings: int = 250_000,
+        compact_block: int = 120,
         compact_age: float = 900.0,
         retention_batch: int = 500,
         retention_interval: float = 10.0,
@@ -116,11 +117,13 @@ class Store:
     ):
         """Configure; nothing touches the file before :meth:`open`.
 
-        ``compact_readings``/``compact_age``: hot chunks are compacted into per-point blocks once they hold
-        that many readings or their oldest reading is that much older (in data time) than the newest.
-        A compaction holds its readings decoded in memory several times over (≈ 80 bytes a reading at
-        the peak): 250k keeps the spike near 20 MB (1M cost a ~65 MB RSS spike every 10 s at 100k
-        points/s) while blocks still hold 25+ readings per point at 10,000 points.
+        ``compact_block``/``compact_readings``/``compact_age``: hot chunks are compacted into per-point
+        blocks once they hold ``compact_block`` readings per point (at least ``compact_readings``) or
+        their oldest reading is ``compact_age`` older (in data time) than the newest. Each block row costs
+        an index insert and an ``hourly`` upsert, so blocks of 25 readings (a fixed 250k trigger at 10,000
+        points) made compaction a fifth of the daemon's CPU at 100k points/s. Sorting holds readings
+        decoded several times over (≈ 80 bytes a reading), so a compaction works through point ranges of
+        at most ``compact_readings`` readings each (≈ 20 MB), all in one transaction.
         ``clock`` gives "now" for retention (UTC epoch seconds). ``max_db_pages`` caps the file with
         SQLite's ``max_page_count`` (a hard stop that behaves like a full disk; tests use it).
         """
@@ -136,6 +139,8 @@ class Store:
         self.commit_interval = float(commit_interval)
         self.memory_buffer = int(memory_buffer)
         self.compact_readings = int(compact_readings)
+        # trigger: enough hot readings for blocks of ~compact_block readings per point
+        self.compact_trigger = max(self.compact_readings, int(compact_block) * max(1, len(points)))
         self.compact_age = float(compact_age)
         self.retention_batch = int(retention_batch)
         self.retention_interval = float(retention_interval)
@@ -826,7 +831,7 @@ class Store:
         )
 
     def _compaction_due(self) -> bool:
-        return self._hot_readings >= self.compact_readings or (
+        return self._hot_readings >= self.compact_trigger or (
             self._hot_readings > 0
             and (self._force_compact or self._hot_oldest < self._newest_ts - self.compact_age)
         )
@@ -863,40 +868,40 @@ class Store:
         return self._hot_readings == 0
 
     def _compact(self, conn: sqlite3.Connection, force: bool = False) -> None:
-        """Move the oldest hot chunks (about ``compact_readings`` readings) into per-point series blocks and
-        fold them into the hourly aggregates — one transaction."""
+        """Move the oldest hot chunks (about ``compact_trigger`` readings) into per-point series blocks and
+        fold them into the hourly aggregates — one transaction, worked through in point ranges of at most
+        ``compact_readings`` readings so the decoded copies stay small."""
         rows = []
         total = 0
         for cid, n, flags, data in conn.execute("SELECT id, n, flags, data FROM chunks ORDER BY id"):
             rows.append((cid, n, flags, data))
             total += n
-            if total >= self.compact_readings:
+            if total >= self.compact_trigger:
                 break
         if not rows:
             self._hot_readings, self._hot_oldest = 0, math.inf
             return
-        parts = [decode_chunk(n, flags, data) for _, n, flags, data in rows]
-        pid = np.concatenate([p[0] for p in parts])
-        ts = np.concatenate([p[1] for p in parts])
-        val = np.concatenate([p[2] for p in parts])
-        q = np.concatenate([p[3] for p in parts])
-        res = compact(pid, ts, val, q, BAD_QUALITY_MASK)
-        span = max((b[2] - b[1] for b in res.blocks), default=0.0)
+        parts = [decode_chunk(n, flags, data) for _, n, flags, data in rows]  # views of the blobs
+        span = 0.0
         last_id = rows[-1][0]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                "INSERT INTO series(point, t_min, t_max, n, data) VALUES (?,?,?,?,?)", res.blocks
-            )
-            conn.executemany(
-                "INSERT INTO hourly(point, hour, n, n_bad, min, max, sum) VALUES (?,?,?,?,?,?,?) "
-                "ON CONFLICT(point, hour) DO UPDATE SET n=hourly.n+excluded.n, n_bad=hourly.n_bad+excluded.n_bad, "
-                "min=CASE WHEN excluded.min IS NULL THEN hourly.min WHEN hourly.min IS NULL THEN excluded.min "
-                "ELSE min(hourly.min, excluded.min) END, "
-                "max=CASE WHEN excluded.max IS NULL THEN hourly.max WHEN hourly.max IS NULL THEN excluded.max "
-                "ELSE max(hourly.max, excluded.max) END, sum=hourly.sum+excluded.sum",
-                res.hourly,
-            )
+            for lo, hi in point_ranges([p[0] for p in parts], self.compact_readings):
+                res = compact(*gather_range(parts, lo, hi), BAD_QUALITY_MASK)
+                span = max(span, max((b[2] - b[1] for b in res.blocks), default=0.0))
+                conn.executemany(
+                    "INSERT INTO series(point, t_min, t_max, n, data) VALUES (?,?,?,?,?)", res.blocks
+                )
+                conn.executemany(
+                    "INSERT INTO hourly(point, hour, n, n_bad, min, max, sum) VALUES (?,?,?,?,?,?,?) "
+                    "ON CONFLICT(point, hour) DO UPDATE SET n=hourly.n+excluded.n, n_bad=hourly.n_bad+excluded.n_bad, "
+                    "min=CASE WHEN excluded.min IS NULL THEN hourly.min WHEN hourly.min IS NULL THEN excluded.min "
+                    "ELSE min(hourly.min, excluded.min) END, "
+                    "max=CASE WHEN excluded.max IS NULL THEN hourly.max WHEN hourly.max IS NULL THEN excluded.max "
+                    "ELSE max(hourly.max, excluded.max) END, sum=hourly.sum+excluded.sum",
+                    res.hourly,
+                )
+                del res  # its blocks are views of this range's sorted records: free them before the next
             conn.execute("DELETE FROM chunks WHERE id<=?", (last_id,))
             if span > self._max_block_span:
                 conn.execute("UPDATE store_counters SET value=? WHERE name='max_block_span'", (span,))
@@ -910,7 +915,7 @@ class Store:
         row = conn.execute("SELECT coalesce(sum(n),0), min(t_min) FROM chunks").fetchone()
         self._hot_readings = int(row[0])
         self._hot_oldest = math.inf if row[1] is None else float(row[1])
-        log.debug("event=store_compacted readings=%d blocks=%d", len(pid), len(res.blocks))
+        log.debug("event=store_compacted readings=%d chunks=%d", total, len(rows))
 
     def _retention_step(self, conn: sqlite3.Connection) -> bool:
         """Delete at most ``retention_batch`` expired rows of one table; True while more remain."""

@@ -26,6 +26,8 @@ __all__ = [
     "decode_chunk",
     "encode_block",
     "encode_chunk",
+    "gather_range",
+    "point_ranges",
 ]
 
 #: One reading in a series block (packed, little-endian).
@@ -155,3 +157,47 @@ def compact(
         )
     )
     return Compacted(blocks, hourly)
+
+
+def point_ranges(point_ids: list[np.ndarray], max_readings: int) -> list[tuple[int, int]]:
+    """Split the point ids present in ``point_ids`` (one array per chunk) into half-open ranges
+    ``[lo, hi)`` holding at most ``max_readings`` readings each (a single point's readings are never
+    split, so one range may exceed it when a point alone does)."""
+    counts = np.zeros(0, np.int64)
+    for pid in point_ids:
+        if len(pid):
+            c = np.bincount(pid)
+            if len(c) > len(counts):
+                c[: len(counts)] += counts
+                counts = c
+            else:
+                counts[: len(c)] += c
+    if len(counts) == 0:
+        return []
+    cum = np.cumsum(counts)
+    ranges: list[tuple[int, int]] = []
+    lo, base = 0, 0
+    while lo < len(counts):
+        # the last point id whose cumulative count stays within this range's budget (at least one point)
+        hi = int(np.searchsorted(cum, base + max_readings, side="right"))
+        hi = max(hi, lo + 1)
+        ranges.append((lo, hi))
+        base = int(cum[hi - 1])
+        lo = hi
+    return ranges
+
+
+def gather_range(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], lo: int, hi: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The readings of points ``lo <= id < hi`` from decoded chunks, concatenated in chunk order."""
+    sel = []
+    for pid, ts, val, q in parts:
+        m = (pid >= lo) & (pid < hi)
+        if m.all():
+            sel.append((pid, ts, val, q))
+        elif m.any():
+            sel.append((pid[m], ts[m], val[m], q[m]))
+    if not sel:
+        return (np.empty(0, np.int32), np.empty(0), np.empty(0), np.empty(0, np.uint8))
+    return tuple(np.concatenate([x[k] for x in sel]) for k in range(4))  # type: ignore[return-value]

@@ -3,6 +3,7 @@ quota, read-only status while the writer runs, migrations."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 from gridedge.gateway.model import BAD_QUALITY_MASK, Event, EventKind, PointTable, Quality, ReadingBatch
 from gridedge.gateway.schema import SCHEMA_VERSION, SHARED_DDL
 from gridedge.gateway.store import Store, StoreError, open_readonly, read_status
-from gridedge.gateway.store_codec import compact, decode_chunk, encode_chunk
+from gridedge.gateway.store_codec import compact, decode_chunk, encode_chunk, gather_range, point_ranges
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, hour aligned
 
@@ -90,6 +91,45 @@ def test_compact_aggregates_match_slow_oracle():
         assert c == good.sum() and nb == m.sum() - good.sum()
         assert mn == pytest.approx(val[good].min()) and mx == pytest.approx(val[good].max())
         assert sm == pytest.approx(val[good].sum())
+
+
+def test_point_ranges_bound_readings_and_cover_every_point():
+    rng = np.random.default_rng(3)
+    chunks = [rng.integers(0, 50, rng.integers(1, 400)).astype(np.int32) for _ in range(30)]
+    counts = np.bincount(np.concatenate(chunks), minlength=50)
+    ranges = point_ranges(chunks, 700)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(np.bincount(np.concatenate(chunks)))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))  # contiguous, no gap
+    for lo, hi in ranges:  # within the budget unless one point alone exceeds it
+        assert counts[lo:hi].sum() <= 700 or hi - lo == 1
+    assert point_ranges(chunks, 10) == [(k, k + 1) for k in range(ranges[-1][1])]  # each point alone
+    parts = [
+        (c, np.full(len(c), float(k)), c * 1.0, np.zeros(len(c), np.uint8)) for k, c in enumerate(chunks)
+    ]
+    got = gather_range(parts, 10, 20)
+    assert len(got[0]) == counts[10:20].sum() and ((got[0] >= 10) & (got[0] < 20)).all()
+    assert (np.diff(got[1]) >= 0).all()  # chunk (arrival) order kept
+
+
+def test_compaction_in_point_ranges_equals_one_pass(tmp_path):
+    """A compaction split into point ranges (small ``compact_readings``) stores the same blocks and
+    aggregates as one pass, in one transaction (nothing left hot, every reading once)."""
+    out = {}
+    for name, budget in (("one", 10**9), ("ranges", 700)):
+        with Store(tmp_path / f"{name}.db", points=make_points(40), compact_readings=budget,
+                   retention_raw=1e12, retention_hourly=1e12) as s:  # fmt: skip
+            for k in range(300):
+                s.submit(cycle(k, 40, period=30.0))
+            assert s.compact_now()
+            conn = open_readonly(s.path)
+            out[name] = (
+                conn.execute("SELECT point, n, data FROM series ORDER BY point, t_min").fetchall(),
+                conn.execute("SELECT * FROM hourly ORDER BY point, hour").fetchall(),
+                conn.execute("SELECT count(*) FROM chunks").fetchone()[0],
+            )
+            conn.close()
+    assert out["ranges"] == out["one"]
+    assert out["one"][2] == 0 and sum(n for _, n, _ in out["one"][0]) == 300 * 40
 
 
 def test_roundtrip_history_before_and_after_compaction(store):
