@@ -162,6 +162,10 @@ class Detector:
         prm[K.PR_RESTORE_HOLD] = 1800.0
         prm[K.PR_LEARN_BLOCK_MAX] = 86400.0
         prm[K.PR_REL_MIN_N] = 120.0
+        prm[K.PR_REL_MIN_N2] = 1440.0
+        prm[K.PR_REL_FLOOR2] = 0.0015
+        prm[K.PR_REL_EV] = 0.03
+        prm[K.PR_REL_EV2] = 0.012
         prm[K.PR_TH_TAU] = float(getattr(cfg, "thermal_time_constant", 150 * 60.0))
         prm[K.PR_TH_R] = float(getattr(cfg, "thermal_loss_ratio", 5.0))
         prm[K.PR_TH_X] = float(getattr(cfg, "thermal_oil_exponent", 0.8))
@@ -577,8 +581,11 @@ class Detector:
             s[k][pd_] = arrays[k][ps]
         for k in ("gf", "gi", "cal_run", "cal_ep", "thr_cal"):
             s[k][gd] = arrays[k][gs]
-        for k in ("rf", "ri"):
-            s[k][rd] = arrays[k][rs]
+        old_rf = arrays["rf"]
+        if old_rf.ndim == 2 and old_rf.shape[1] < K.NRF:  # gridedge-scoring/2: no loss-model columns
+            old_rf = np.concatenate([old_rf, np.zeros((old_rf.shape[0], K.NRF - old_rf.shape[1]))], axis=1)
+        s["rf"][rd] = old_rf[rs]
+        s["ri"][rd] = arrays["ri"][rs]
         for k in ("ds", "df"):
             s[k][dd] = arrays[k][ds_]
         if "th" in arrays and "thermal" in meta:

@@ -128,9 +128,20 @@ NGI = 10
 
 # ---- relations --------------------------------------------------------------------------------------
 REL_SVI, REL_SI, REL_SUMP, REL_SUMQ = 1, 2, 3, 4
-ROLE_P, ROLE_Q, ROLE_V, ROLE_I, ROLE_TOTAL, ROLE_TERM = range(6)
+# ROLE_AUX: the children's other power quantity (Q for sum_p, P for sum_q): only the loss term's S²
+ROLE_P, ROLE_Q, ROLE_V, ROLE_I, ROLE_TOTAL, ROLE_TERM, ROLE_AUX = range(7)
 RF_MEAN, RF_VAR, RF_N, RF_LAST, RF_LVL, RF_E, RF_Z = range(7)
-NRF = 7
+# sum relations: total − Σterms = L·(b0 + b1·T/L + b2·S²/L²) (no-load and load losses), learned online by
+# time-decayed least squares; L = a fixed scale (the first total seen), T = Σterms, S² = T² + Σaux²
+RF_SC = 7
+RF_A00, RF_A01, RF_A02, RF_A11, RF_A12, RF_A22 = 8, 9, 10, 11, 12, 13
+RF_V0, RF_V1, RF_V2 = 14, 15, 16
+RF_B0, RF_B1, RF_B2 = 17, 18, 19
+RF_EF = 20  # residual smoothed over REL_TF (slow drifts: the evidence of many readings)
+RF_EFV = 21  # EW variance of the smoothed residual (clean data)
+RF_EVT = 22  # time of the last evaluation
+NRF = 23
+REL_TF = 1800.0  # smoothing of the residual for the slow test (s)
 RS_UNKNOWN, RS_SAT, RS_GREY, RS_SOFT, RS_VIOL = range(5)
 
 # ---- device state -------------------------------------------------------------------------------------
@@ -164,7 +175,11 @@ PR_TH_X = 23  # oil exponent
 PR_TH_RATIO = 24  # implied steady excess / current excess that marks a cooling failure (fast rise)
 PR_TH_WARM = 25  # learned time (s) before the thermal model scores
 PR_TH_LC = 26  # classification level in residual std
-NPR = 27
+PR_REL_MIN_N2 = 27  # sum relations (regression): weight before they accuse
+PR_REL_FLOOR2 = 28  # sum relations: floor of the residual std
+PR_REL_EV = 29  # a violated relation is off by more than this (log), soft by half of it
+PR_REL_EV2 = 30  # the same for sum relations
+NPR = 31
 
 # ---- thermal model per transformer th[H, NTH] (H = groups with one oil temperature and a load) ----
 TH_F = 0  # first-order filtered load factor ((k²R+1)/(R+1))^x
@@ -244,11 +259,12 @@ def _warm_n(pf, p, minn):
 
 
 @njit(cache=True)
-def _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf):
+def _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf, rf):
     """d(log residual of relation r) / d(log value of point q)."""
     lp = 0.0
     lq = 0.0
     terms = 0.0
+    aux = 0.0
     role_q = -1
     xq = 0.0
     for kk in range(rel_ptr[r], rel_ptr[r + 1]):
@@ -261,6 +277,8 @@ def _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf):
             lq = v
         elif role == ROLE_TERM:
             terms += v
+        elif role == ROLE_AUX:
+            aux += v
         if p == q:
             role_q = role
             xq = v
@@ -268,8 +286,20 @@ def _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf):
         return -1.0
     if role_q == ROLE_TOTAL:
         return 1.0
-    if role_q == ROLE_TERM:
-        return -xq / terms if terms != 0.0 else 0.0
+    if role_q == ROLE_TERM or role_q == ROLE_AUX:
+        # e = log|total| − log|pred|, pred = T + L·b0 + b1·T + b2·(T² + A²)/L
+        L = rf[r, RF_SC]
+        if not (L > 0.0):
+            return -xq / terms if (role_q == ROLE_TERM and terms != 0.0) else 0.0
+        b0 = rf[r, RF_B0]
+        b1 = rf[r, RF_B1]
+        b2 = rf[r, RF_B2]
+        pred = terms + L * b0 + b1 * terms + b2 * (terms * terms + aux * aux) / L
+        if pred == 0.0:
+            return 0.0
+        if role_q == ROLE_TERM:
+            return -xq * (1.0 + b1 + 2.0 * b2 * terms / L) / pred
+        return -xq * 2.0 * b2 * aux / L / pred
     s2 = lp * lp + lq * lq
     if s2 <= 0.0:
         return 0.0
@@ -368,6 +398,36 @@ def _th_snap(snap_i, snap_f, nsnap, rec, th, h, pf, th_pt):
     snap_f[nsnap, 4] = th[h, TH_SD]
     snap_f[nsnap, 5] = th[h, TH_U]
     return nsnap + 1
+
+
+@njit(cache=True)
+def _rel_solve(rf, r):
+    """Ridge-regularised 3×3 normal equations of a sum relation's loss model (Cramer's rule)."""
+    a00 = rf[r, RF_A00]
+    a01 = rf[r, RF_A01]
+    a02 = rf[r, RF_A02]
+    a11 = rf[r, RF_A11]
+    a12 = rf[r, RF_A12]
+    a22 = rf[r, RF_A22]
+    lam = 1e-9 * (a00 + a11 + a22) + 1e-12
+    a00 += lam
+    a11 += lam
+    a22 += lam
+    v0 = rf[r, RF_V0]
+    v1 = rf[r, RF_V1]
+    v2 = rf[r, RF_V2]
+    c00 = a11 * a22 - a12 * a12
+    c01 = a02 * a12 - a01 * a22
+    c02 = a01 * a12 - a02 * a11
+    det = a00 * c00 + a01 * c01 + a02 * c02
+    if abs(det) < 1e-300:
+        return
+    c11 = a00 * a22 - a02 * a02
+    c12 = a01 * a02 - a00 * a12
+    c22 = a00 * a11 - a01 * a01
+    rf[r, RF_B0] = (c00 * v0 + c01 * v1 + c02 * v2) / det
+    rf[r, RF_B1] = (c01 * v0 + c11 * v1 + c12 * v2) / det
+    rf[r, RF_B2] = (c02 * v0 + c12 * v1 + c22 * v2) / det
 
 
 @njit(cache=True)
@@ -666,6 +726,9 @@ def run_batch(
     need_room = 2 * P + 3 * G + D + 8
     cm_buf = np.empty(P)
     rel_state_tmp = np.zeros(R, np.int64)
+    rel_mark = np.zeros(R, np.int64)
+    rel_nb = np.zeros(R, np.int64)
+    mark_stamp = 0
     nviol = np.zeros(P, np.int64)
     nsoft = np.zeros(P, np.int64)
     nsat = np.zeros(P, np.int64)
@@ -950,6 +1013,7 @@ def run_batch(
                 ri_ = 0.0
                 tot = 0.0
                 terms = 0.0
+                aux = 0.0
                 for kk in range(rel_ptr[r], rel_ptr[r + 1]):
                     q = rel_pt[kk]
                     role = rel_role[kk]
@@ -961,10 +1025,19 @@ def run_batch(
                     if (pi[q, PI_COND] & (B_RANGE | B_STUCK | B_DROPOUT | B_DEVSTALE | B_SPIKE)) != 0:
                         valid = False
                         break
-                    if pi[q, PI_FAULT] == RULE_RANGE or pi[q, PI_FAULT] == RULE_STUCK:
+                    # a stuck fault blocks relations only while the value still repeats: once it moves
+                    # again the relations must be able to clear the point (else the fault never ends)
+                    if pi[q, PI_FAULT] == RULE_RANGE or (
+                        pi[q, PI_FAULT] == RULE_STUCK and pi[q, PI_STUCK] > 0
+                    ):
                         valid = False
                         break
-                    if role != ROLE_TERM and role != ROLE_V and gi[gidx[q], GI_OPEN] != 0:
+                    if (
+                        role != ROLE_TERM
+                        and role != ROLE_V
+                        and role != ROLE_AUX
+                        and gi[gidx[q], GI_OPEN] != 0
+                    ):
                         valid = False
                         break
                     v = pf[q, PF_VAL]
@@ -978,33 +1051,54 @@ def run_batch(
                         ri_ = v
                     elif role == ROLE_TOTAL:
                         tot = v
+                    elif role == ROLE_AUX:
+                        aux += v
                     else:
                         terms += v
                 if not valid or not touched:
                     ri[r] = RS_UNKNOWN if not valid else ri[r]
                     continue
                 rt = rel_type[r]
-                if rt == REL_SVI or rt == REL_SI:
+                is_sum = rt == REL_SUMP or rt == REL_SUMQ
+                L = 0.0
+                if is_sum:
+                    # total = Σterms + losses: no-load (b0), proportional (b1: ratio errors), load (b2·S²)
+                    L = rf[r, RF_SC]
+                    if not (L > 0.0):
+                        L = max(abs(tot), abs(terms))
+                        rf[r, RF_SC] = L
+                    lhs = abs(tot)
+                    pred = terms + L * rf[r, RF_B0] + rf[r, RF_B1] * terms
+                    pred += rf[r, RF_B2] * (terms * terms + aux * aux) / L if L > 0.0 else 0.0
+                    rhs = abs(pred)
+                    base = abs(terms)
+                elif rt == REL_SVI or rt == REL_SI:
                     lhs = math.sqrt(lp * lp + lq * lq)
                     rhs = abs(rv * ri_) if rt == REL_SVI else abs(ri_)
+                    base = rhs
                 else:
                     lhs = abs(tot)
                     rhs = abs(terms)
-                if rhs <= 0.0 or lhs <= 0.0 or rhs < 0.05 * rf[r, RF_LVL]:
+                    base = rhs
+                if rhs <= 0.0 or lhs <= 0.0 or base < 0.05 * rf[r, RF_LVL]:
                     ri[r] = RS_UNKNOWN
                     continue
                 e_raw = math.log(lhs / rhs)
                 state = RS_UNKNOWN
                 zr = 0.0
                 e = 0.0
-                if rf[r, RF_N] >= prm[PR_REL_MIN_N]:
-                    e = e_raw - rf[r, RF_MEAN]
+                n_need = prm[PR_REL_MIN_N] if not is_sum else prm[PR_REL_MIN_N2]
+                floor_r = prm[PR_REL_FLOOR] if not is_sum else prm[PR_REL_FLOOR2]
+                ev = prm[PR_REL_EV] if not is_sum else prm[PR_REL_EV2]
+                if rf[r, RF_N] >= n_need:
+                    # the regression has its own offset (b0): the residual is the prediction error
+                    e = e_raw - rf[r, RF_MEAN] if not is_sum else e_raw
                     sdr = math.sqrt(rf[r, RF_VAR])
                     if sdr <= 0.05:  # a weak relation (> 5 % spread) never accuses a sensor
-                        zr = e / max(sdr, prm[PR_REL_FLOOR])
-                        if abs(zr) > 4.0 and abs(e) > 0.03:
+                        zr = e / max(sdr, floor_r)
+                        if abs(zr) > 4.0 and abs(e) > ev:
                             state = RS_VIOL
-                        elif abs(zr) > 2.5 and abs(e) > 0.015:
+                        elif abs(zr) > 2.5 and abs(e) > 0.5 * ev:
                             state = RS_SOFT
                         elif abs(zr) < 2.0:
                             state = RS_SAT
@@ -1020,19 +1114,45 @@ def run_batch(
                     q = rel_pt[kk]
                     if pi[q, PI_FAULT] != 0 or pi[q, PI_COND] != 0:
                         clean = False
-                if clean and (rf[r, RF_N] < prm[PR_REL_MIN_N] or abs(zr) < 3.0):
+                if clean and (rf[r, RF_N] < n_need or abs(zr) < 3.0):
                     w = rf[r, RF_N]
-                    if w > 0.0:
-                        w *= decay_factor(t - rf[r, RF_LAST], tau)
-                    w += 1.0
+                    dtl = t - rf[r, RF_LAST] if rf[r, RF_LAST] > 0.0 else 0.0
+                    dec = decay_factor(dtl, tau) if w > 0.0 else 1.0
+                    w = w * dec + 1.0
                     a = 1.0 / w
-                    d = e_raw - rf[r, RF_MEAN]
-                    rf[r, RF_MEAN] += a * d
-                    rf[r, RF_VAR] = (1.0 - a) * (rf[r, RF_VAR] + a * d * d)
+                    if is_sum:
+                        for cc in range(RF_A00, RF_V2 + 1):
+                            rf[r, cc] *= dec
+                        x1 = terms / L
+                        x2 = (terms * terms + aux * aux) / (L * L)
+                        y = (tot - terms) / L
+                        rf[r, RF_A00] += 1.0
+                        rf[r, RF_A01] += x1
+                        rf[r, RF_A02] += x2
+                        rf[r, RF_A11] += x1 * x1
+                        rf[r, RF_A12] += x1 * x2
+                        rf[r, RF_A22] += x2 * x2
+                        rf[r, RF_V0] += y
+                        rf[r, RF_V1] += x1 * y
+                        rf[r, RF_V2] += x2 * y
+                        _rel_solve(rf, r)
+                        # prediction-error variance: the first days (coefficients settling) are forgotten
+                        # fast, then ~2 days of memory; one odd reading cannot blow it up
+                        warm_r = w >= n_need
+                        al = max(a, min(1.0, dtl / (172800.0 if w > 4320.0 else 21600.0)))
+                        e2 = e_raw * e_raw
+                        if warm_r:
+                            e2 = min(e2, 9.0 * rf[r, RF_VAR])
+                        rf[r, RF_VAR] += al * (e2 - rf[r, RF_VAR])
+                        rf[r, RF_MEAN] += a * (e_raw - rf[r, RF_MEAN])
+                    else:
+                        d = e_raw - rf[r, RF_MEAN]
+                        rf[r, RF_MEAN] += a * d
+                        rf[r, RF_VAR] = (1.0 - a) * (rf[r, RF_VAR] + a * d * d)
                     rf[r, RF_N] = w
                     rf[r, RF_LAST] = t
                     al = 1.0 / min(w, 500.0)
-                    rf[r, RF_LVL] += al * (rhs - rf[r, RF_LVL])
+                    rf[r, RF_LVL] += al * (base - rf[r, RF_LVL])
             for p in range(P):
                 nviol[p] = 0
                 nsoft[p] = 0
@@ -1083,9 +1203,21 @@ def run_batch(
                 bcost = 1e300
                 bcost2 = 1e300
                 er = rf[r, RF_E]
+                # every relation of every member is scored under each hypothesis ("q is off, the rest
+                # are right"): a member with no other relation must not win by having nothing to contradict
+                nnb = 0
+                mark_stamp += 1
                 for kk in range(rel_ptr[r], rel_ptr[r + 1]):
                     q = rel_pt[kk]
-                    sq = _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf)
+                    for rr in range(prel_ptr[q], prel_ptr[q + 1]):
+                        r2 = prel[rr]
+                        if rel_mark[r2] != mark_stamp and rel_state_tmp[r2] != RS_UNKNOWN:
+                            rel_mark[r2] = mark_stamp
+                            rel_nb[nnb] = r2
+                            nnb += 1
+                for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+                    q = rel_pt[kk]
+                    sq = _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf, rf)
                     if abs(sq) < 0.05:
                         continue
                     d = er / sq
@@ -1106,12 +1238,15 @@ def run_batch(
                     if coherent:
                         continue
                     cost = 0.0
-                    for rr in range(prel_ptr[q], prel_ptr[q + 1]):
-                        r2 = prel[rr]
-                        if rel_state_tmp[r2] == RS_UNKNOWN:
-                            continue
-                        s2 = _sens(r2, q, rel_type, rel_ptr, rel_pt, rel_role, pf)
-                        sd2 = max(math.sqrt(rf[r2, RF_VAR]), prm[PR_REL_FLOOR])
+                    for rr in range(nnb):
+                        r2 = rel_nb[rr]
+                        s2 = _sens(r2, q, rel_type, rel_ptr, rel_pt, rel_role, pf, rf)
+                        fl2 = (
+                            prm[PR_REL_FLOOR2]
+                            if (rel_type[r2] == REL_SUMP or rel_type[r2] == REL_SUMQ)
+                            else prm[PR_REL_FLOOR]
+                        )
+                        sd2 = max(math.sqrt(rf[r2, RF_VAR]), fl2)
                         mis = (rf[r2, RF_E] - s2 * d) / sd2
                         cost += mis * mis
                     m = pf[q, PF_MEAN]
@@ -1135,7 +1270,7 @@ def run_batch(
                         cand[best] = 2
                     elif cand[best] == 0:
                         cand[best] = 1
-                    sq = _sens(r, best, rel_type, rel_ptr, rel_pt, rel_role, pf)
+                    sq = _sens(r, best, rel_type, rel_ptr, rel_pt, rel_role, pf, rf)
                     # what the relation expects of this point (for the explanation)
                     pf[best, PF_REXP] = pf[best, PF_VAL] * math.exp(-er / sq)
             for q in range(P):

@@ -84,9 +84,18 @@ def build_relations(points: PointTable) -> Relations:
         children = [c for c, par in parent_of.items() if par == g and c != g]
         for quantity, rtype in ((Quantity.ACTIVE_POWER, K.REL_SUMP), (Quantity.REACTIVE_POWER, K.REL_SUMQ)):
             own = qs.get(quantity, [])
-            terms = [by_group[c][quantity][0] for c in children if len(by_group[c].get(quantity, [])) == 1]
+            kids = [c for c in children if len(by_group[c].get(quantity, [])) == 1]
+            terms = [by_group[c][quantity][0] for c in kids]
             if len(own) == 1 and terms:
-                rels.append((rtype, [(own[0], K.ROLE_TOTAL)] + [(t, K.ROLE_TERM) for t in terms]))
+                # the children's other power quantity gives the loss term's S² (I²X losses follow S²)
+                other = (
+                    Quantity.REACTIVE_POWER if quantity == Quantity.ACTIVE_POWER else Quantity.ACTIVE_POWER
+                )
+                aux = [by_group[c][other][0] for c in kids if len(by_group[c].get(other, [])) == 1]
+                if len(aux) != len(kids):
+                    aux = []
+                members = [(own[0], K.ROLE_TOTAL)] + [(t, K.ROLE_TERM) for t in terms]
+                rels.append((rtype, members + [(a, K.ROLE_AUX) for a in aux]))
     rel_type = np.array([r[0] for r in rels], np.int64)
     rel_ptr = np.zeros(len(rels) + 1, np.int64)
     rel_pt: list[int] = []
