@@ -165,7 +165,11 @@ class StorageSection(_Strict):
         "normal",
         description="normal: a power cut may lose the last commits but never corrupts; full: fsync every commit",
     )
-    commit_interval: Duration = Field(1.0, description="the writer commits at least this often")
+    commit_interval: Duration = Field(
+        1.0,
+        description="readings are committed once per interval while they arrive (a polled reading waits at "
+        "most this long before it is durable); events, state saves, flushes and stops commit at once",
+    )
     memory_buffer: int = Field(
         2_000_000,
         ge=10_000,

@@ -18,6 +18,7 @@ Readers use read-only connections (:func:`open_readonly`, :func:`read_status`, :
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -160,6 +161,7 @@ class Store:
         self._last_op_seq = 0
         self._stop = False
         self._flush_requested = False
+        self._next_commit = 0.0  # monotonic time the writer's next commit is due
         self._c = _Counters()
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
@@ -276,7 +278,10 @@ class Store:
                 seq = self._next_seq
                 self._queue.append((seq, batch))
                 self._pending_readings += n
-                self._wake.notify()
+                # Readings wait for the next commit tick: the writer wakes on its own. Waking it per batch
+                # cost a futex wake (≈ 8 % of the daemon's CPU at 100 polls/s) and a commit per batch.
+                if self._pending_readings >= self.memory_buffer // 4:
+                    self._wake.notify()
         if seq < 0 and (dropped == n or time.monotonic() - self._last_error_log > 10):
             self._last_error_log = time.monotonic()
             log.error(
@@ -615,15 +620,18 @@ class Store:
         fatal_streak = 0
         while True:
             with self._lock:
-                if not self._queue and not self._device_status and not held and not self._stop:
-                    self._wake.wait(self.commit_interval if not self._housekeeping_due() else 0.0)
+                commit_now = self._wait_for_work(held)
                 stopping = self._stop
-                items = list(self._queue)
-                self._queue.clear()
-                devices.update(self._device_status)
-                self._device_status.clear()
-                self._flush_requested = False
+                items: list[tuple[int, ReadingBatch | _Op]] = []
+                if commit_now or stopping:
+                    items = list(self._queue)
+                    self._queue.clear()
+                    devices.update(self._device_status)
+                    self._device_status.clear()
+                    self._flush_requested = False
             held.extend(items)
+            if held or devices:
+                self._next_commit = time.monotonic() + self.commit_interval
             if held or devices:
                 try:
                     self._write(held, devices)
@@ -664,6 +672,30 @@ class Store:
                 self._on_write_error(exc, where="housekeeping")
                 self._c.failing = False  # readings may still commit; only housekeeping waits
                 self._hk_retry_at = time.monotonic() + max(1.0, self.commit_interval)
+
+    def _wait_for_work(self, held: list) -> bool:
+        """Under ``_lock``: sleep until a commit is due; False when woken only to housekeep.
+
+        Commits are paced to one per ``commit_interval`` while readings arrive (each commit rewrites the
+        counter and device-status pages: at one commit per 100 ms poll that was ≈ 1 MB/s of WAL on flash
+        for nothing). A flush, a stop, a queued operation (events, state saves, commands wait for it),
+        readings held for a retry or a queue a quarter of ``memory_buffer`` deep commit at once.
+        """
+        while True:
+            if self._stop or held:
+                return True
+            has_work = bool(self._queue or self._device_status)
+            if has_work and (
+                self._flush_requested
+                or time.monotonic() >= self._next_commit
+                or self._last_op_seq > self._committed_seq
+                or self._pending_readings >= self.memory_buffer // 4
+            ):
+                return True
+            if self._housekeeping_due():
+                return False
+            wait = self._next_commit - time.monotonic() if has_work else self.commit_interval
+            self._wake.wait(max(wait, 0.001))
 
     def _drop_held(self, held: list[tuple[int, ReadingBatch | _Op]], reason: str) -> None:
         n = sum(len(x) for _, x in held if isinstance(x, ReadingBatch))
@@ -809,9 +841,19 @@ class Store:
         if bad:
             idx, ts, val, q = idx[ok], ts[ok], val[ok], q[ok]
         pid = self._lut[idx]
+        n = len(pid)
+        starts = np.flatnonzero(ts[1:] != ts[:-1]) + 1
+        # Long runs of one timestamp (polled cycles) get a chunk each that stores its ts once — 13 bytes a
+        # reading instead of 21, 40 % less written to flash until compaction; pushed reports (timestamps
+        # varying reading by reading) share one chunk.
+        cuts = np.r_[0, starts, n].tolist() if len(starts) < n // 64 else [0, n]
+        bounds = [
+            (s, min(s + MAX_CHUNK_READINGS, e))
+            for a, e in itertools.pairwise(cuts)
+            for s in range(a, e, MAX_CHUNK_READINGS)
+        ]
         rows = []
-        for s in range(0, len(pid), MAX_CHUNK_READINGS):
-            e = min(s + MAX_CHUNK_READINGS, len(pid))
+        for s, e in bounds:
             t = ts[s:e]
             flags, blob = encode_chunk(pid[s:e], t, val[s:e], q[s:e])
             rows.append((float(t.min()), float(t.max()), e - s, flags, blob))

@@ -14,7 +14,14 @@ import pytest
 from gridedge.gateway.model import BAD_QUALITY_MASK, Event, EventKind, PointTable, Quality, ReadingBatch
 from gridedge.gateway.schema import SCHEMA_VERSION, SHARED_DDL
 from gridedge.gateway.store import Store, StoreError, open_readonly, read_status
-from gridedge.gateway.store_codec import compact, decode_chunk, encode_chunk, gather_range, point_ranges
+from gridedge.gateway.store_codec import (
+    CHUNK_TS_CONST,
+    compact,
+    decode_chunk,
+    encode_chunk,
+    gather_range,
+    point_ranges,
+)
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, hour aligned
 
@@ -109,6 +116,26 @@ def test_point_ranges_bound_readings_and_cover_every_point():
     got = gather_range(parts, 10, 20)
     assert len(got[0]) == counts[10:20].sum() and ((got[0] >= 10) & (got[0] < 20)).all()
     assert (np.diff(got[1]) >= 0).all()  # chunk (arrival) order kept
+
+
+def test_commits_are_paced_and_polled_cycles_keep_one_timestamp_per_chunk(tmp_path):
+    """Batches submitted within one commit interval go into one transaction, and each polled cycle (one
+    timestamp) becomes its own chunk storing that timestamp once."""
+    with Store(tmp_path / "p.db", points=make_points(100), commit_interval=0.5) as s:
+        s.submit(cycle(0, 100))
+        assert s.wait_committed(1, 5)  # the first batch commits at once
+        commits = s.stats()["commits"]
+        t0 = time.monotonic()
+        for k in range(1, 6):
+            s.submit(cycle(k, 100))
+        assert s.wait_committed(6, 5)
+        assert time.monotonic() - t0 >= 0.3  # waited for the commit tick, not woken per batch
+        assert s.stats()["commits"] == commits + 1  # five batches, one transaction
+        conn = open_readonly(s.path)
+        rows = conn.execute("SELECT n, flags, t_min, t_max FROM chunks ORDER BY id").fetchall()
+        conn.close()
+    assert [r[0] for r in rows] == [100] * 6
+    assert all(flags & CHUNK_TS_CONST and t_min == t_max for _, flags, t_min, t_max in rows)
 
 
 def test_compaction_in_point_ranges_equals_one_pass(tmp_path):
