@@ -36,8 +36,10 @@ _PQ = ("active_power", "reactive_power")
 
 log = logging.getLogger("gridedge.scoring")
 
-STATE_VERSION = "gridedge-scoring/2"
-_OLD_VERSIONS = ("gridedge-scoring/1",)  # migrated on load: thermal models start cold
+STATE_VERSION = "gridedge-scoring/3"
+# migrated on load: /1 had no thermal models (they start cold); /1 and /2 learned sum relations as a plain
+# ratio, /3 as a loss model (total − Σterms = b0 + b1·T + b2·S²): those relations start cold
+_OLD_VERSIONS = ("gridedge-scoring/1", "gridedge-scoring/2")
 _KINDS = [
     EventKind.GRID_ANOMALY,
     EventKind.SENSOR_FAULT,
@@ -172,6 +174,7 @@ class Detector:
         prm[K.PR_TH_RATIO] = 3.0
         prm[K.PR_TH_WARM] = 2 * 86400.0
         prm[K.PR_TH_LC] = 5.0
+        prm[K.PR_TH_DRIFT] = 2.5
         self.prm = prm
         self._thr_cons = float(cfg.conservative_threshold)
         self._thr_min = float(cfg.min_threshold)
@@ -552,8 +555,13 @@ class Detector:
         if version != STATE_VERSION and version not in _OLD_VERSIONS:
             raise ValueError(f"scorer state version {version!r} is not {STATE_VERSION!r}")
         if version != STATE_VERSION:
-            # gridedge-scoring/1 had no thermal models: everything else carries over, they start cold
-            log.info("event=scorer_state_migrated from=%s to=%s thermal_models=cold", version, STATE_VERSION)
+            # everything carries over except what older versions modelled differently: those start cold
+            log.info(
+                "event=scorer_state_migrated from=%s to=%s thermal_models=%s sum_relations=cold",
+                version,
+                STATE_VERSION,
+                "cold" if version == "gridedge-scoring/1" else "kept",
+            )
         s = self.state
 
         def match(old: list[str], new: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -582,16 +590,25 @@ class Detector:
         for k in ("gf", "gi", "cal_run", "cal_ep", "thr_cal"):
             s[k][gd] = arrays[k][gs]
         old_rf = arrays["rf"]
-        if old_rf.ndim == 2 and old_rf.shape[1] < K.NRF:  # gridedge-scoring/2: no loss-model columns
+        if old_rf.shape[1] < K.NRF:  # before gridedge-scoring/3: no loss-model columns
             old_rf = np.concatenate([old_rf, np.zeros((old_rf.shape[0], K.NRF - old_rf.shape[1]))], axis=1)
         s["rf"][rd] = old_rf[rs]
         s["ri"][rd] = arrays["ri"][rs]
+        if version != STATE_VERSION:
+            sums = (self.relations.rel_type == K.REL_SUMP) | (self.relations.rel_type == K.REL_SUMQ)
+            s["rf"][sums] = 0.0
+            s["ri"][sums] = K.RS_UNKNOWN
         for k in ("ds", "df"):
             s[k][dd] = arrays[k][ds_]
         if "th" in arrays and "thermal" in meta:
             hs, hd = match(list(meta["thermal"]), self.thermal.names)
-            if arrays["th"].ndim == 2 and arrays["th"].shape[1] == K.NTH:
-                s["th"][hd] = arrays["th"][hs]
+            old_th = arrays["th"]
+            if old_th.ndim == 2 and old_th.shape[1] < K.NTH:  # before /3: no "which oil moved" columns
+                old_th = np.concatenate(
+                    [old_th, np.zeros((old_th.shape[0], K.NTH - old_th.shape[1]))], axis=1
+                )
+            if old_th.ndim == 2 and old_th.shape[1] == K.NTH:
+                s["th"][hd] = old_th[hs]
         s["sf"][:] = arrays["sf"]
         if len(ps) != len(self.points):
             # a new point: its group/relations changed; let segment ids stay consistent
@@ -799,6 +816,11 @@ class Detector:
         utxt = f" (its rate of rise implies ≈ {u:+.1f} °C at steady state)" if u is not None else ""
         if rule == "thermal_model":
             return f"{group}: {base}; it rose as fast as a step in cooling would{utxt} — cooling failure?"
+        if res is not None and res < 0:
+            return (
+                f"sensor {th['point']}: {base}; it crept down while the other oils held against their usual "
+                f"level (no cooling change makes oil colder than its load implies) — the sensor is drifting"
+            )
         return (
             f"sensor {th['point']}: {base}; it crept up slower than any change in cooling could{utxt} — "
             f"the sensor is drifting"

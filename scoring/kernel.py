@@ -179,7 +179,8 @@ PR_REL_MIN_N2 = 27  # sum relations (regression): weight before they accuse
 PR_REL_FLOOR2 = 28  # sum relations: floor of the residual std
 PR_REL_EV = 29  # a violated relation is off by more than this (log), soft by half of it
 PR_REL_EV2 = 30  # the same for sum relations
-NPR = 31
+PR_TH_DRIFT = 31  # an oil residual beyond this (°C, and 10 σ) that rose slowly is a drifting sensor
+NPR = 32
 
 # ---- thermal model per transformer th[H, NTH] (H = groups with one oil temperature and a load) ----
 TH_F = 0  # first-order filtered load factor ((k²R+1)/(R+1))^x
@@ -204,7 +205,11 @@ TH_SRC = 27  # load source: 0 own P/Q, 1 children's P/Q, 2 held (no clean source
 TH_EVT = 28  # time of the last residual evaluation
 TH_SD = 29  # residual std used (with floor)
 TH_LLEARN = 30  # time of the last learning step
-NTH = 31
+# which transformer moved? (two oils: "T1 reads high" = "T2 reads low" in the leave-one-out residual)
+TH_DEVF = 31  # the oil's deviation from its own hour-of-week expectation, smoothed over TH_TF
+TH_DEV0 = 32  # the same, held from the last calm time (residual within 2 σ)
+TH_DEVN = 33  # 1 while TH_DEV0 is a valid reference
+NTH = 34
 TH_TF = 600.0  # fast smoothing of the residual (s)
 TH_TS = 2400.0  # slow smoothing (s)
 
@@ -510,6 +515,20 @@ def _th_solve(th, h):
 
 
 @njit(cache=True)
+def _th_dev_sum(th, ha, hb):
+    """How far oils ``ha`` and ``hb`` moved together (°C) against their own hour-of-week expectations
+    since the last calm time; NaN when either has no reference.
+
+    A drifting sensor moves only its own reading, the weather moves both alike: when ``ha`` reads
+    high against ``hb`` (or low), the sum is positive when ``ha`` rose more than ``hb`` fell (negative
+    when ``ha`` fell more than ``hb`` rose).
+    """
+    if th[ha, TH_DEVN] == 0.0 or th[hb, TH_DEVN] == 0.0:
+        return math.nan
+    return (th[ha, TH_DEVF] - th[ha, TH_DEV0]) + (th[hb, TH_DEVF] - th[hb, TH_DEV0])
+
+
+@njit(cache=True)
 def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi, gf, qcode, grp_ptr, grp_pts,
                      gparent, floor_abs, prm):  # fmt: skip
     """Thermal model of every transformer with an oil temperature (IEC 60076-7 top-oil, first order).
@@ -602,6 +621,22 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
         th[h, TH_EVT] = t
         ef = th[h, TH_EF]
         u = ef + tau_th * (ef - th[h, TH_ES]) / (TH_TS - TH_TF)
+        # the oil against its own slot expectation (weather and typical load in it): held at the last
+        # calm time, its change tells which transformer's oil moved when the residual departs
+        dev = x - pf[p, PF_MEAN]
+        if math.isfinite(pf[p, PF_Z]) and math.isfinite(dev):
+            if th[h, TH_DEVN] == 0.0 or dte <= 0.0 or dte > 4.0 * TH_TF:
+                th[h, TH_DEVF] = dev
+            else:
+                th[h, TH_DEVF] += (1.0 - math.exp(-dte / TH_TF)) * (dev - th[h, TH_DEVF])
+            if abs(ef) < 2.0 * sd:
+                if th[h, TH_DEVN] == 0.0:
+                    th[h, TH_DEV0] = th[h, TH_DEVF]
+                else:
+                    th[h, TH_DEV0] += (1.0 - math.exp(-dte / TH_TS)) * (th[h, TH_DEVF] - th[h, TH_DEV0])
+            th[h, TH_DEVN] = 1.0
+        else:
+            th[h, TH_DEVN] = 0.0
         th[h, TH_E] = e
         th[h, TH_U] = u
         th[h, TH_SD] = sd
@@ -627,20 +662,44 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
         # ---- classification (warm models only) ----
         lat = th[h, TH_LATCH]
         if warm:
-            if lat != 0.0 and ef < 2.0 * sd:
+            # latches: 1 cooling failure, -1 the sensor creeps up, -2 the sensor creeps down
+            if (lat == -2.0 and ef > -2.0 * sd) or (lat != -2.0 and lat != 0.0 and ef < 2.0 * sd):
                 lat = 0.0
             lc = max(prm[PR_TH_LC] * sd, 1.0)
+            dlev = max(2.0 * lc, prm[PR_TH_DRIFT])
             if lat == 0.0 and ef > lc:
                 # a larger opposite deviation of another transformer explains this one
                 explained = False
                 for h2 in range(H):
-                    if h2 != h and th_ok[h2] == 2 and th[h2, TH_EF] < -1.5 * ef:
+                    if h2 != h and th_ok[h2] == 2 and (th[h2, TH_EF] < -1.5 * ef or th[h2, TH_LATCH] == -2.0):
                         explained = True
                 if not explained:
                     if u >= prm[PR_TH_RATIO] * ef:
                         lat = 1.0
-                    elif ef > max(2.0 * lc, 2.5):
-                        lat = -1.0
+                    elif ef > dlev:
+                        # a creeping sensor — this one, unless another oil fell about as much as this rose
+                        # (against their own hour-of-week expectations): then which moved is not clear
+                        named = True
+                        for h2 in range(H):
+                            if h2 != h and th_ok[h2] == 2 and th[h2, TH_EF] < -0.25 * ef:
+                                if _th_dev_sum(th, h, h2) < 0.2 * ef:
+                                    named = False
+                        if named:
+                            lat = -1.0
+            elif lat == 0.0 and ef < -dlev:
+                # reads low: only a sensor does that (cooling cannot fail cold), unless another
+                # transformer's cooling failure mirrors into this residual. Two oils read the same
+                # residual either way: this one is named only when its own fall is clearly larger than
+                # the other's rise (each against its own hour-of-week expectation; weather cancels)
+                cooling = False
+                for h2 in range(H):
+                    if h2 != h and th[h2, TH_LATCH] == 1.0:
+                        cooling = True
+                if not cooling:
+                    for h2 in range(H):
+                        if h2 != h and th_ok[h2] == 2 and th[h2, TH_EF] > 0.25 * (-ef):
+                            if _th_dev_sum(th, h, h2) < 0.2 * ef:
+                                lat = -2.0
             th[h, TH_LATCH] = lat
             if lat < 0.0:
                 pi[p, PI_COND] |= B_THDRIFT
@@ -1314,11 +1373,20 @@ def run_batch(
                     has_ok_rel = False
                     has_viol = False
                     for rr in range(prel_ptr[p], prel_ptr[p + 1]):
-                        st = ri[prel[rr]]
+                        r = prel[rr]
+                        st = ri[r]
                         if st == RS_SAT:
                             has_ok_rel = True
                         elif st == RS_VIOL or st == RS_SOFT:
-                            has_viol = True
+                            # a relation through a group in a grid anomaly is bent by the grid (an overload
+                            # far beyond what the loss model has seen): it cannot overrule a satisfied one
+                            bent = False
+                            for k2 in range(rel_ptr[r], rel_ptr[r + 1]):
+                                gq = gidx[rel_pt[k2]]
+                                if gi[gq, GI_RUN] > 0 or gi[gq, GI_ACTIVE] > 0:
+                                    bent = True
+                            if not bent:
+                                has_viol = True
                     if has_ok_rel and not has_viol:
                         is_scale = False
             if is_scale:
