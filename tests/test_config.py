@@ -42,6 +42,17 @@ def test_example_configs_are_valid() -> None:
         assert len(build_point_table(cfg)) >= 1
 
 
+def test_loaded_config_equals_a_direct_validation() -> None:
+    """load_config re-packs the validated models (memory): the result must be the same config."""
+    import yaml
+
+    for f in sorted((ROOT / "config").glob("*.yaml")):
+        direct = SiteConfig.model_validate(yaml.safe_load(f.read_text()))
+        loaded = load_config(f)
+        assert loaded == direct and loaded is not direct
+        assert loaded.model_dump() == direct.model_dump()
+
+
 def test_design_example_shape_parses() -> None:
     cfg = load_config(ROOT / "config" / "site.example.yaml")
     assert cfg.site.timezone == "Europe/Berlin"
