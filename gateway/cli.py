@@ -18,8 +18,10 @@ EXIT_INVALID = 2
 def _cmd_run(args: argparse.Namespace) -> int:
     from gridedge.gateway.config import ConfigError, load_config
     from gridedge.gateway.logs import setup_logging
+    from gridedge.gateway.malloc_tuning import pin_mmap_threshold
     from gridedge.gateway.runtime import Runtime
 
+    pin_mmap_threshold()  # before the big allocations: keeps numpy temporaries off the fragmenting heap
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
