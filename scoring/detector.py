@@ -175,6 +175,7 @@ class Detector:
         prm[K.PR_TH_WARM] = 2 * 86400.0
         prm[K.PR_TH_LC] = 5.0
         prm[K.PR_TH_DRIFT] = 2.5
+        prm[K.PR_REL_STICKY] = 4.0
         self.prm = prm
         self._thr_cons = float(cfg.conservative_threshold)
         self._thr_min = float(cfg.min_threshold)

@@ -180,7 +180,8 @@ PR_REL_FLOOR2 = 28  # sum relations: floor of the residual std
 PR_REL_EV = 29  # a violated relation is off by more than this (log), soft by half of it
 PR_REL_EV2 = 30  # the same for sum relations
 PR_TH_DRIFT = 31  # an oil residual beyond this (°C, and 10 σ) that rose slowly is a drifting sensor
-NPR = 32
+PR_REL_STICKY = 32  # isolation: a point already drifting keeps the blame within this much cost (z²)
+NPR = 33
 
 # ---- thermal model per transformer th[H, NTH] (H = groups with one oil temperature and a load) ----
 TH_F = 0  # first-order filtered load factor ((k²R+1)/(R+1))^x
@@ -313,6 +314,18 @@ def _sens(r, q, rel_type, rel_ptr, rel_pt, rel_role, pf, rf):
     if role_q == ROLE_Q:
         return lq * lq / s2
     return 0.0
+
+
+@njit(cache=True)
+def _disagree(q, o, prel_ptr, prel, rel_ptr, rel_pt, rel_state):
+    """Whether a (softly) violated relation holds both ``q`` and ``o``: then they did not move together."""
+    for rr in range(prel_ptr[q], prel_ptr[q + 1]):
+        r = prel[rr]
+        if rel_state[r] == RS_VIOL or rel_state[r] == RS_SOFT:
+            for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+                if rel_pt[kk] == o:
+                    return True
+    return False
 
 
 @njit(cache=True)
@@ -624,7 +637,7 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
         # the oil against its own slot expectation (weather and typical load in it): held at the last
         # calm time, its change tells which transformer's oil moved when the residual departs
         dev = x - pf[p, PF_MEAN]
-        if math.isfinite(pf[p, PF_Z]) and math.isfinite(dev):
+        if pf[p, PF_MEAN] != 0.0 and math.isfinite(dev):  # the slot was visited (warm or not)
             if th[h, TH_DEVN] == 0.0 or dte <= 0.0 or dte > 4.0 * TH_TF:
                 th[h, TH_DEVF] = dev
             else:
@@ -678,11 +691,11 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
                         lat = 1.0
                     elif ef > dlev:
                         # a creeping sensor — this one, unless another oil fell about as much as this rose
-                        # (against their own hour-of-week expectations): then which moved is not clear
+                        # (each against its own hour-of-week expectation): then which moved is not clear yet
                         named = True
                         for h2 in range(H):
                             if h2 != h and th_ok[h2] == 2 and th[h2, TH_EF] < -0.25 * ef:
-                                if _th_dev_sum(th, h, h2) < 0.2 * ef:
+                                if _th_dev_sum(th, h, h2) < 0.2 * ef:  # (NaN, no reference yet: named)
                                     named = False
                         if named:
                             lat = -1.0
@@ -1266,6 +1279,8 @@ def run_batch(
                 # are right"): a member with no other relation must not win by having nothing to contradict
                 nnb = 0
                 mark_stamp += 1
+                sticky = -1
+                scost = 0.0
                 for kk in range(rel_ptr[r], rel_ptr[r + 1]):
                     q = rel_pt[kk]
                     for rr in range(prel_ptr[q], prel_ptr[q + 1]):
@@ -1280,7 +1295,8 @@ def run_batch(
                     if abs(sq) < 0.05:
                         continue
                     d = er / sq
-                    # its own group moving the same way is the grid, not this sensor
+                    # its own group moving the same way is the grid, not this sensor (loads with loads:
+                    # a warm oil or a frequency step says nothing about a power reading)
                     coherent = False
                     gq = gidx[q]
                     for k2 in range(grp_ptr[gq], grp_ptr[gq + 1]):
@@ -1289,9 +1305,11 @@ def run_batch(
                         if (
                             o != q
                             and _scored(qcode[o])
+                            and (qcode[o] == qcode[q] or (_is_load(qcode[o]) and _is_load(qcode[q])))
                             and math.isfinite(zo)
                             and abs(zo) > 2.5
                             and zo * d > 0.0
+                            and not _disagree(q, o, prel_ptr, prel, rel_ptr, rel_pt, rel_state_tmp)
                         ):
                             coherent = True
                     if coherent:
@@ -1315,6 +1333,9 @@ def run_batch(
                         ld = math.log(x / m)
                         rsd = max(sdq / abs(m), 1e-3)
                         cost += ((ld - d) / rsd) ** 2 - (ld / rsd) ** 2
+                    if pi[q, PI_FAULT] == RULE_DRIFT or (pi[q, PI_COND] & B_DRIFT) != 0:
+                        sticky = q
+                        scost = cost
                     if cost < bcost:
                         bcost2 = bcost
                         bcost = cost
@@ -1324,6 +1345,10 @@ def run_batch(
                 # ambiguous (two members explain it equally well): accuse nobody yet
                 if best >= 0 and bcost2 - bcost < 1.0:
                     best = -1
+                # the member already found drifting keeps the blame while it explains the residuals about
+                # as well as the best (a slow drift leaves them ambiguous at times: no flipping culprits)
+                if sticky >= 0 and scost < bcost + prm[PR_REL_STICKY]:
+                    best = sticky
                 if best >= 0:
                     if st == RS_VIOL:
                         cand[best] = 2

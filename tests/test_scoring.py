@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from gridedge.gateway.model import EventKind, PointTable, ReadingBatch
 from gridedge.scoring import Detector, SlotClock
+from gridedge.scoring import kernel as K
 from gridedge.scoring.baseline import (
     ew_score_update_numba,
     ew_score_update_numpy,
@@ -216,6 +217,8 @@ def _inject(kind: str, v: np.ndarray, j: int, a: int, b: int) -> None:
         v[a:b, j] = np.nan
     elif kind == "drift":
         v[a:b, j] *= np.linspace(1.0, 1.15, b - a)
+    elif kind == "drift_q":  # reactive power: its only strong peer is the transformer's Q (loss model)
+        v[a:b, j] *= np.linspace(1.0, 1.10, b - a)
 
 
 @pytest.mark.parametrize(
@@ -228,6 +231,8 @@ def _inject(kind: str, v: np.ndarray, j: int, a: int, b: int) -> None:
         ("range", "BUS_V", "out_of_range"),
         ("dropout", "F2_Q", "dropout"),
         ("drift", "F3_I", "peer_drift"),
+        ("drift_q", "F2_Q", "peer_drift"),
+        ("drift_q", "T1_Q", "peer_drift"),
     ],
 )
 def test_sensor_fault_kinds_are_sensor_faults(warmed_state, kind, point, rule):
@@ -247,6 +252,54 @@ def test_sensor_fault_kinds_are_sensor_faults(warmed_state, kind, point, rule):
     assert not [e for e in events if e.kind == EventKind.GRID_ANOMALY], "a sensor fault was misread as grid"
     assert not [e for e in events if e.kind == EventKind.SENSOR_FAULT and e.points[0] != point]
     json.dumps(sensor[0].to_dict())  # explanations are JSON-able
+
+
+def test_sum_relations_learn_the_transformer_losses(warmed_state):
+    """T1_Q = 1.03·ΣQ + 0.1 in the fixture: the loss model predicts it to well under 1 %."""
+    det = _fresh_warm(warmed_state)
+    rel = det.relations
+    k = next(i for i, key in enumerate(rel.keys) if key.startswith("sum_q:"))
+    members = rel.rel_pt[rel.rel_ptr[k] : rel.rel_ptr[k + 1]]
+    assert {det.points[int(m)].name for m in members} == {
+        "T1_Q",
+        "F1_Q",
+        "F2_Q",
+        "F3_Q",
+        "F1_P",
+        "F2_P",
+        "F3_P",
+    }
+    rf = det.state["rf"][k]
+    assert rf[K.RF_N] >= det.prm[K.PR_REL_MIN_N2]
+    assert math.sqrt(rf[K.RF_VAR]) < 0.005
+    assert rf[K.RF_B1] == pytest.approx(0.03, abs=0.01)
+
+
+def test_stuck_fault_ends_when_the_value_moves_again(warmed_state):
+    """A stuck fault must not hold its own relations unusable after the sensor recovers."""
+    det = _fresh_warm(warmed_state)
+    ts, v = _continuation(10)
+    j = [s["name"] for s in SPECS].index("F1_I")
+    _inject("stuck", v, j, 120, 120 + 4 * 60)
+    events = _run(det, ts, v)
+    assert [e for e in events if e.kind == EventKind.SENSOR_FAULT and e.points[0] == "F1_I"]
+    ended = [e for e in det.ended_events() if e.kind == EventKind.SENSOR_FAULT and e.points[0] == "F1_I"]
+    assert ended and ended[-1].end <= ts[120 + 5 * 60]
+    assert det.state["pi"][j, K.PI_FAULT] == 0 and det.state["pi"][j, K.PI_COND] == 0
+
+
+def test_state_v2_is_migrated_with_cold_sum_relations(warmed_state):
+    arrays, meta = warmed_state
+    old = dict(arrays)
+    old["rf"] = arrays["rf"][:, :7]  # gridedge-scoring/2 had 7 relation columns (a plain ratio)
+    det = Detector(table(), timezone="UTC")
+    det.load_state(old, meta | {"version": "gridedge-scoring/2"})
+    sums = np.isin(det.relations.rel_type, [K.REL_SUMP, K.REL_SUMQ])
+    assert sums.any() and (~sums).any()
+    assert (det.state["rf"][sums] == 0).all()
+    np.testing.assert_array_equal(det.state["rf"][~sums, :7], arrays["rf"][~sums, :7])
+    ts, v = _continuation(3)
+    assert _run(det, ts, v) == []  # the cold relations relearn quietly
 
 
 # ---------------------------------------------------------------------------------------------------

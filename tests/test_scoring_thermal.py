@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -70,6 +71,8 @@ def make_site(incident: str | None, seed: int = 3) -> tuple[np.ndarray, np.ndarr
         v[:, COL[f"{t}_OIL"]] = np.round(oil, 1)
     if incident == "drift":
         v[a0 : a0 + 420, COL["T1_OIL"]] += np.linspace(0.0, 6.0, 420)  # 0.86 °C/h, a creeping sensor
+    elif incident == "drift_down":
+        v[a0 : a0 + 420, COL["T2_OIL"]] -= np.linspace(0.0, 6.0, 420)  # reads low: T1 looks high against it
     return ts, v
 
 
@@ -139,6 +142,25 @@ def test_oil_sensor_drift_is_a_sensor_fault_naming_the_point():
     assert sens[0].points[0] == "T1_OIL"
     assert sens[0].explanation["rule"] == "thermal_model_drift"
     assert "drifting" in sens[0].explanation["summary"]
+    assert not _grid(events, "T1") and not _grid(events, "T2")
+
+
+def test_downward_oil_drift_is_named_on_the_oil_that_moved(monkeypatch):
+    """T2 reading low looks exactly like T1 reading high in the leave-one-out residual.
+
+    Which oil moved is told by each oil against its own hour-of-week expectation, so this site runs
+    three weeks (the slots need ~2 visits) before the drift.
+    """
+    monkeypatch.setattr(sys.modules[__name__], "DAYS", 24)
+    monkeypatch.setattr(sys.modules[__name__], "EVENT_DAY", 22.4)
+    _, events = run("drift_down")
+    sens = [e for e in events if str(e.kind) == "sensor_fault"]
+    assert sens, [(e.kind, e.group, e.explanation.get("rule")) for e in events]
+    assert [e.points[0] for e in sens] == ["T2_OIL"]
+    assert sens[0].explanation["rule"] == "thermal_model_drift"
+    assert "crept down" in sens[0].explanation["summary"]
+    t_start = T0 + 22.4 * 86400
+    assert t_start <= sens[0].start <= t_start + 7 * 3600
     assert not _grid(events, "T1") and not _grid(events, "T2")
 
 
