@@ -174,7 +174,8 @@ class Detector:
         prm[K.PR_TH_RATIO] = 3.0
         prm[K.PR_TH_WARM] = 2 * 86400.0
         prm[K.PR_TH_LC] = 5.0
-        prm[K.PR_TH_DRIFT] = 2.5
+        prm[K.PR_TH_DRIFT] = 2.0
+        prm[K.PR_TH_DRIFT_K] = 8.0
         prm[K.PR_REL_STICKY] = 4.0
         self.prm = prm
         self._thr_cons = float(cfg.conservative_threshold)

@@ -179,9 +179,10 @@ PR_REL_MIN_N2 = 27  # sum relations (regression): weight before they accuse
 PR_REL_FLOOR2 = 28  # sum relations: floor of the residual std
 PR_REL_EV = 29  # a violated relation is off by more than this (log), soft by half of it
 PR_REL_EV2 = 30  # the same for sum relations
-PR_TH_DRIFT = 31  # an oil residual beyond this (°C, and 10 σ) that rose slowly is a drifting sensor
+PR_TH_DRIFT = 31  # an oil residual beyond this (°C) that moved slowly is a drifting sensor
 PR_REL_STICKY = 32  # isolation: a point already drifting keeps the blame within this much cost (z²)
-NPR = 33
+PR_TH_DRIFT_K = 33  # ... and beyond this many residual std
+NPR = 34
 
 # ---- thermal model per transformer th[H, NTH] (H = groups with one oil temperature and a load) ----
 TH_F = 0  # first-order filtered load factor ((k²R+1)/(R+1))^x
@@ -679,7 +680,7 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
             if (lat == -2.0 and ef > -2.0 * sd) or (lat != -2.0 and lat != 0.0 and ef < 2.0 * sd):
                 lat = 0.0
             lc = max(prm[PR_TH_LC] * sd, 1.0)
-            dlev = max(2.0 * lc, prm[PR_TH_DRIFT])
+            dlev = max(prm[PR_TH_DRIFT_K] * sd, lc, prm[PR_TH_DRIFT])
             if lat == 0.0 and ef > lc:
                 # a larger opposite deviation of another transformer explains this one
                 explained = False
