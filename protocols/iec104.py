@@ -468,6 +468,8 @@ class Iec104Driver:
         if conn is None or not self._open:
             raise ConnectionLost(self.name, "not connected")
         if self._lost or conn.state != c104.ConnectionState.OPEN:
+            # c104's state callback may not have run yet: once we report the link lost, it is lost
+            self._lost = True
             raise ConnectionLost(
                 self.name, f"link to {self.cfg.host}:{self.cfg.port} lost (state={conn.state.name})"
             )
