@@ -176,6 +176,7 @@ class Detector:
         prm[K.PR_TH_LC] = 5.0
         prm[K.PR_TH_DRIFT] = 2.0
         prm[K.PR_TH_DRIFT_K] = 8.0
+        prm[K.PR_COH_Z] = 7.0
         prm[K.PR_REL_STICKY] = 4.0
         self.prm = prm
         self._thr_cons = float(cfg.conservative_threshold)

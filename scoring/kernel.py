@@ -182,7 +182,8 @@ PR_REL_EV2 = 30  # the same for sum relations
 PR_TH_DRIFT = 31  # an oil residual beyond this (°C) that moved slowly is a drifting sensor
 PR_REL_STICKY = 32  # isolation: a point already drifting keeps the blame within this much cost (z²)
 PR_TH_DRIFT_K = 33  # ... and beyond this many residual std
-NPR = 34
+PR_COH_Z = 34  # a leaf group's load points all beyond this |z|, the same way: anomalous at any threshold
+NPR = 35
 
 # ---- thermal model per transformer th[H, NTH] (H = groups with one oil temperature and a load) ----
 TH_F = 0  # first-order filtered load factor ((k²R+1)/(R+1))^x
@@ -1560,6 +1561,10 @@ def run_batch(
                 continue
             ss = 0.0
             nwarm = 0
+            lc_n = 0
+            lc_pos = 0
+            lc_neg = 0
+            lc_big = 0
             rule = 0
             rlevel = 0
             peak = -1
@@ -1587,6 +1592,16 @@ def run_batch(
                                 redundant = True
                 if math.isfinite(z) and not redundant:
                     nwarm += 1
+                    if _is_load(qc):
+                        lc_n += 1
+                        if z > 0.0:
+                            lc_pos += 1
+                            if z > prm[PR_COH_Z]:
+                                lc_big += 1
+                        elif z < 0.0:
+                            lc_neg += 1
+                            if z < -prm[PR_COH_Z]:
+                                lc_big += 1
                     c = abs(z) - 1.0
                     if c > 0.0:
                         ss += weight[p] * c * c
@@ -1645,7 +1660,10 @@ def run_batch(
             thr = gf[g, GF_THR]
             # a child's anomaly, open breaker or cold-load pickup explains the parent's deviation
             explained = gi[g, GI_CHILDSEG] >= seg - 1 or t - gf[g, GF_RESTORE] < prm[PR_RESTORE_HOLD]
-            comp = nwarm > 0 and score > thr and not explained
+            # a feeder whose load quantities all moved the same way, each far beyond its spread, is an
+            # incident even where a heavy-tailed history has pushed the calibrated threshold high
+            coh = gleaf[g] and lc_n >= 2 and lc_big >= 2 and (lc_pos == lc_n or lc_neg == lc_n)
+            comp = nwarm > 0 and (score > thr or coh) and not explained
             exceed = comp or rlevel > 0
             if nwarm > 0 and not explained:
                 dt_e = t - gf[g, GF_LASTEVAL]

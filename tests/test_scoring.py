@@ -347,6 +347,28 @@ def test_load_incident_is_grid_anomaly_with_explanation(warmed_state):
     assert fig["z"] < -3 and fig["value"] < fig["expected"]
 
 
+def _unreachable_thresholds(det: Detector) -> None:
+    det._thr_cons = det._thr_min = 1e6  # calibration keeps them there too
+    det.state["gf"][:, K.GF_THR] = 1e6
+
+
+def test_coherent_feeder_drop_is_an_anomaly_at_any_threshold(warmed_state):
+    """A heavy-tailed history can push a feeder's calibrated threshold to its cap; a drop that moves
+    all its load quantities far the same way is still an incident."""
+    det = _fresh_warm(warmed_state)
+    _unreachable_thresholds(det)
+    ts, v = _continuation(6)
+    _drop(v, "F2", 0.4, slice(120, None))
+    events = _run(det, ts, v)
+    grid = [e for e in events if e.kind == EventKind.GRID_ANOMALY]
+    assert grid and grid[0].group == "F2" and grid[0].explanation["rule"] == "composite"
+    assert ts[120] <= grid[0].start <= ts[125]
+    healthy = _fresh_warm(warmed_state)
+    _unreachable_thresholds(healthy)
+    ts, v = _continuation(12)
+    assert _run(healthy, ts, v) == []
+
+
 def test_feeder_trip_and_restore(warmed_state):
     det = _fresh_warm(warmed_state)
     ts, v = _continuation(4)
