@@ -143,9 +143,9 @@ def test_compaction_in_point_ranges_equals_one_pass(tmp_path):
     aggregates as one pass, in one transaction (nothing left hot, every reading once)."""
     out = {}
     for name, budget in (("one", 10**9), ("ranges", 700)):
-        # compact_block this large: only compact_now() compacts, all hot readings at once in both runs
+        # compact_block and compact_age this large: only compact_now() compacts, all hot readings at once
         with Store(tmp_path / f"{name}.db", points=make_points(40), compact_readings=budget,
-                   compact_block=10**6, retention_raw=1e12, retention_hourly=1e12) as s:  # fmt: skip
+                   compact_block=10**6, compact_age=1e12, retention_raw=1e12, retention_hourly=1e12) as s:  # fmt: skip
             for k in range(300):
                 s.submit(cycle(k, 40, period=30.0))
             assert s.compact_now()
