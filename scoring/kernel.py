@@ -421,6 +421,34 @@ def _th_snap(snap_i, snap_f, nsnap, rec, th, h, pf, th_pt):
 
 
 @njit(cache=True)
+def _rel_learn(rf, r, dec, tot, terms, aux, L, e_raw, a, warm_r, settled, dtl):
+    """One learning step of a sum relation's loss model and of its prediction-error variance."""
+    for cc in range(RF_A00, RF_V2 + 1):
+        rf[r, cc] *= dec
+    x1 = terms / L
+    x2 = (terms * terms + aux * aux) / (L * L)
+    y = (tot - terms) / L
+    rf[r, RF_A00] += 1.0
+    rf[r, RF_A01] += x1
+    rf[r, RF_A02] += x2
+    rf[r, RF_A11] += x1 * x1
+    rf[r, RF_A12] += x1 * x2
+    rf[r, RF_A22] += x2 * x2
+    rf[r, RF_V0] += y
+    rf[r, RF_V1] += x1 * y
+    rf[r, RF_V2] += x2 * y
+    _rel_solve(rf, r)
+    # prediction-error variance: the first days (coefficients settling) are forgotten fast, then ~2 days
+    # of memory; one odd reading cannot blow it up
+    al = max(a, min(1.0, dtl / (172800.0 if settled else 21600.0)))
+    e2 = e_raw * e_raw
+    if warm_r:
+        e2 = min(e2, 9.0 * rf[r, RF_VAR])
+    rf[r, RF_VAR] += al * (e2 - rf[r, RF_VAR])
+    rf[r, RF_MEAN] += a * (e_raw - rf[r, RF_MEAN])
+
+
+@njit(cache=True)
 def _rel_solve(rf, r):
     """Ridge-regularised 3×3 normal equations of a sum relation's loss model (Cramer's rule)."""
     a00 = rf[r, RF_A00]
@@ -1195,30 +1223,7 @@ def run_batch(
                     w = w * dec + 1.0
                     a = 1.0 / w
                     if is_sum:
-                        for cc in range(RF_A00, RF_V2 + 1):
-                            rf[r, cc] *= dec
-                        x1 = terms / L
-                        x2 = (terms * terms + aux * aux) / (L * L)
-                        y = (tot - terms) / L
-                        rf[r, RF_A00] += 1.0
-                        rf[r, RF_A01] += x1
-                        rf[r, RF_A02] += x2
-                        rf[r, RF_A11] += x1 * x1
-                        rf[r, RF_A12] += x1 * x2
-                        rf[r, RF_A22] += x2 * x2
-                        rf[r, RF_V0] += y
-                        rf[r, RF_V1] += x1 * y
-                        rf[r, RF_V2] += x2 * y
-                        _rel_solve(rf, r)
-                        # prediction-error variance: the first days (coefficients settling) are forgotten
-                        # fast, then ~2 days of memory; one odd reading cannot blow it up
-                        warm_r = w >= n_need
-                        al = max(a, min(1.0, dtl / (172800.0 if w > 4320.0 else 21600.0)))
-                        e2 = e_raw * e_raw
-                        if warm_r:
-                            e2 = min(e2, 9.0 * rf[r, RF_VAR])
-                        rf[r, RF_VAR] += al * (e2 - rf[r, RF_VAR])
-                        rf[r, RF_MEAN] += a * (e_raw - rf[r, RF_MEAN])
+                        _rel_learn(rf, r, dec, tot, terms, aux, L, e_raw, a, w >= n_need, w > 4320.0, dtl)
                     else:
                         d = e_raw - rf[r, RF_MEAN]
                         rf[r, RF_MEAN] += a * d
