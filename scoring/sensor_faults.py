@@ -10,8 +10,12 @@ point metadata only (quantity, group, parent) we build *relations*, each a ratio
 ``sum_p`` a transformer's active power against the sum of its feeders' (children via ``parent``);
 ``sum_q`` the same for reactive power.
 
-When a relation is violated, the kernel pins it on the member that no *satisfied* relation vouches for
-(structured residuals); of several, the one that moved most from its own baseline. A point pinned for
+``s_i``/``s_vi`` are learned as a ratio. A sum relation is a loss model, ``total − T = b0 + b1·T + b2·S²``
+(no-load losses, ratio-error mismatch, load losses ∝ S²), learned online in the kernel; the children's
+*other* power quantity joins it as an ``aux`` member that only feeds S² (Q for ``sum_p``, P for ``sum_q``).
+
+When a relation is violated, the kernel tries each member as the culprit and pins it on the one whose
+failure explains the residuals of all the members' relations best (structured residuals). A point pinned for
 ``drift`` consecutive evaluations is a ``peer_drift`` sensor fault; a point at ×10 / ×0.1 of its
 expectation whose relations are broken is a ``scale_error``. The self checks (stuck, spike, range,
 dropout) live in the kernel.
