@@ -40,6 +40,18 @@ STATE_VERSION = "gridedge-scoring/3"
 # migrated on load: /1 had no thermal models (they start cold); /1 and /2 learned sum relations as a plain
 # ratio, /3 as a loss model (total − Σterms = b0 + b1·T + b2·S²): those relations start cold
 _OLD_VERSIONS = ("gridedge-scoring/1", "gridedge-scoring/2")
+#: Baseline statistics are float32 (7 significant digits hold a slot's mean, variance and sample weight;
+#: the arithmetic stays float64 inside the kernel). At 10,000 points that is 19 MiB less resident state.
+STAT_DTYPE = np.float32
+#: ``prior_mask`` holds whole seconds since this epoch (int32, exact to 2088), rounded up: 0 = the point's own.
+PRIOR_EPOCH = 1577836800.0  # 2020-01-01T00:00:00Z
+
+
+def _prior_stamp(now: float) -> int:
+    """``prior_mask`` value for a slot filled from the prior at ``now`` (never below ``now``)."""
+    return max(1, math.ceil(now - PRIOR_EPOCH))
+
+
 _KINDS = [
     EventKind.GRID_ANOMALY,
     EventKind.SENSOR_FAULT,
@@ -196,9 +208,9 @@ class Detector:
 
         # ---- state -------------------------------------------------------------------------------------
         self.state: dict[str, np.ndarray] = {
-            "mean": np.zeros((N_SLOTS, P)),
-            "var": np.zeros((N_SLOTS, P)),
-            "n": np.zeros((N_SLOTS, P)),
+            "mean": np.zeros((N_SLOTS, P), STAT_DTYPE),
+            "var": np.zeros((N_SLOTS, P), STAT_DTYPE),
+            "n": np.zeros((N_SLOTS, P), STAT_DTYPE),
             "last": np.zeros((N_SLOTS, P)),
             "pf": self._new_pf(P),
             "pi": np.zeros((P, K.NPI), np.int64),
@@ -214,8 +226,8 @@ class Detector:
             "zhist": np.zeros((P, len(K.CAL_GRID) + 1)),
             "thr_cal": np.full(G, np.nan),
             "th": self._new_th(H),
-            # time a slot was last filled from the fleet prior (0 = the point's own); [168, P]
-            "prior_mask": np.zeros((N_SLOTS, P)),
+            # when a slot was last filled from the fleet prior (0 = the point's own); [168, P]
+            "prior_mask": np.zeros((N_SLOTS, P), np.int32),
         }
         self._open: dict[tuple[int, int], Event] = {}
         self._ended: list[Event] = []
@@ -471,7 +483,7 @@ class Detector:
             dt = pf[p, K.PF_DT]
             s["n"][cold, p] = max(minn, K.WARM_VISITS * 3600.0 / dt) if dt > 0 else minn
             s["last"][cold, p] = now
-            s["prior_mask"][cold, p] = now
+            s["prior_mask"][cold, p] = _prior_stamp(now)
             pf[p, K.PF_PRIOR] = 1.0
             self._refresh_prior(now, points=[p])
         if not self._prior_pending.any():
@@ -491,7 +503,7 @@ class Detector:
         mask = s["prior_mask"]
         n, mean, var, last = s["n"], s["mean"], s["var"], s["last"]
         # slots that got readings since they were filled are the point's own now
-        mask[(mask > 0) & (last > mask)] = 0.0
+        mask[(mask > 0) & (last > mask + PRIOR_EPOCH)] = 0
         prior = self._prior_shape
         if prior is None:
             return
@@ -525,7 +537,7 @@ class Detector:
                 mean[sl, p] = m
                 var[sl, p] = v
                 last[sl, p] = now
-                mask[sl, p] = now
+                mask[sl, p] = _prior_stamp(now)
 
     # ------------------------------------------------------------------------------------------------
     def state_arrays(self, *, copy: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -581,7 +593,10 @@ class Detector:
         for k in ("mean", "var", "n", "last"):
             s[k][:, pd_] = arrays[k][:, ps]
         if "prior_mask" in arrays:
-            s["prior_mask"][:, pd_] = arrays["prior_mask"][:, ps]
+            old_mask = arrays["prior_mask"][:, ps]
+            if old_mask.dtype.kind == "f":  # before gridedge-scoring/3: epoch seconds as float64
+                old_mask = np.where(old_mask > 0, np.ceil(old_mask - PRIOR_EPOCH), 0)
+            s["prior_mask"][:, pd_] = old_mask
         old_pf = arrays["pf"]
         if old_pf.shape[1] < K.NPF:  # gridedge-scoring/1: the common-mode gain columns start fresh
             pad = self._new_pf(old_pf.shape[0])

@@ -167,9 +167,10 @@ def build_site(tmp: Path, idx: int, seed: int, days: float, mix: tuple[float, ..
         model_dir=tmp / f"{name}-models",
         seed=seed,
         points=pts,
-        mean=arrays["mean"],
-        var=arrays["var"],
-        n=arrays["n"],
+        # the state holds float32 statistics; the federation client reads them as float64 (so does this)
+        mean=arrays["mean"].astype(np.float64),
+        var=arrays["var"].astype(np.float64),
+        n=arrays["n"].astype(np.float64),
         series=values,
         labels=[lab for _, lab in evs],
     )
