@@ -514,6 +514,29 @@ def test_fleet_prior_is_reanchored_on_the_points_own_day():
     assert np.ptp(nxt) > 0.1 * float(np.mean(own))
 
 
+def test_prior_mask_of_an_old_float_state_converts_on_load():
+    """Before state v3 ``prior_mask`` held epoch seconds as float64; now int32 seconds since 2020 rounded
+    up. A slot filled at ``t`` and not read since must stay prior-filled after the conversion, and the
+    baseline statistics load into float32."""
+    from gridedge.scoring.detector import PRIOR_EPOCH
+
+    det = Detector(table(), timezone="UTC")
+    det.apply_prior({"shape": np.ones((168, 9)), "spread": np.full(9, 0.1)}, version="fleet-9")
+    ts, v = make_data(days=0.05, seed=7)
+    _run(det, ts, v)
+    arrays, meta = det.state_arrays()
+    assert arrays["mean"].dtype == np.float32 and arrays["prior_mask"].dtype == np.int32
+    filled = arrays["prior_mask"] > 0
+    assert filled.any()
+    old = {k: (a.astype(np.float64) if k in ("mean", "var", "n") else a) for k, a in arrays.items()}
+    old["prior_mask"] = np.where(filled, arrays["prior_mask"] + PRIOR_EPOCH - 0.4, 0.0)  # float epoch
+    fresh = Detector(table(), timezone="UTC")
+    fresh.load_state(old, meta)
+    np.testing.assert_array_equal(fresh.state["prior_mask"], arrays["prior_mask"])
+    np.testing.assert_array_equal(fresh.state["mean"], arrays["mean"])
+    assert fresh.state["mean"].dtype == np.float32
+
+
 def test_silent_device_is_one_stale_event_not_sensor_faults():
     from gridedge.gateway.model import Point, Quantity
 
