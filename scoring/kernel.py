@@ -449,21 +449,23 @@ def _rel_learn(rf, r, dec, tot, terms, aux, L, e_raw, a, warm_r, settled, dtl):
 
 
 @njit(cache=True)
-def _rel_solve(rf, r):
-    """Ridge-regularised 3×3 normal equations of a sum relation's loss model (Cramer's rule)."""
-    a00 = rf[r, RF_A00]
-    a01 = rf[r, RF_A01]
-    a02 = rf[r, RF_A02]
-    a11 = rf[r, RF_A11]
-    a12 = rf[r, RF_A12]
-    a22 = rf[r, RF_A22]
-    lam = 1e-9 * (a00 + a11 + a22) + 1e-12
+def _ridge3_solve(m, r, a0, v0c, b0c, ridge):
+    """Ridge-regularised 3×3 normal equations by Cramer's rule, in place on row ``r`` of ``m``: the
+    symmetric matrix at columns ``a0..a0+5`` (A00, A01, A02, A11, A12, A22), the right-hand side at
+    ``v0c..v0c+2``; the solution goes to ``b0c..b0c+2`` (left as it was when singular)."""
+    a00 = m[r, a0]
+    a01 = m[r, a0 + 1]
+    a02 = m[r, a0 + 2]
+    a11 = m[r, a0 + 3]
+    a12 = m[r, a0 + 4]
+    a22 = m[r, a0 + 5]
+    lam = ridge * (a00 + a11 + a22) + 1e-12
     a00 += lam
     a11 += lam
     a22 += lam
-    v0 = rf[r, RF_V0]
-    v1 = rf[r, RF_V1]
-    v2 = rf[r, RF_V2]
+    v0 = m[r, v0c]
+    v1 = m[r, v0c + 1]
+    v2 = m[r, v0c + 2]
     c00 = a11 * a22 - a12 * a12
     c01 = a02 * a12 - a01 * a22
     c02 = a01 * a12 - a02 * a11
@@ -473,9 +475,15 @@ def _rel_solve(rf, r):
     c11 = a00 * a22 - a02 * a02
     c12 = a01 * a02 - a00 * a12
     c22 = a00 * a11 - a01 * a01
-    rf[r, RF_B0] = (c00 * v0 + c01 * v1 + c02 * v2) / det
-    rf[r, RF_B1] = (c01 * v0 + c11 * v1 + c12 * v2) / det
-    rf[r, RF_B2] = (c02 * v0 + c12 * v1 + c22 * v2) / det
+    m[r, b0c] = (c00 * v0 + c01 * v1 + c02 * v2) / det
+    m[r, b0c + 1] = (c01 * v0 + c11 * v1 + c12 * v2) / det
+    m[r, b0c + 2] = (c02 * v0 + c12 * v1 + c22 * v2) / det
+
+
+@njit(cache=True)
+def _rel_solve(rf, r):
+    """A sum relation's loss-model coefficients."""
+    _ridge3_solve(rf, r, RF_A00, RF_V0, RF_B0, 1e-9)
 
 
 @njit(cache=True)
@@ -529,32 +537,8 @@ def _th_load(g, t, pf, pi, qcode, grp_ptr, grp_pts, gparent):
 
 @njit(cache=True)
 def _th_solve(th, h):
-    """Ridge-regularised 3×3 normal equations → the model's coefficients (Cramer's rule)."""
-    a00 = th[h, TH_A00]
-    a01 = th[h, TH_A01]
-    a02 = th[h, TH_A02]
-    a11 = th[h, TH_A11]
-    a12 = th[h, TH_A12]
-    a22 = th[h, TH_A22]
-    lam = 1e-6 * (a00 + a11 + a22) + 1e-12
-    a00 += lam
-    a11 += lam
-    a22 += lam
-    v0 = th[h, TH_V0]
-    v1 = th[h, TH_V1]
-    v2 = th[h, TH_V2]
-    c00 = a11 * a22 - a12 * a12
-    c01 = a02 * a12 - a01 * a22
-    c02 = a01 * a12 - a02 * a11
-    det = a00 * c00 + a01 * c01 + a02 * c02
-    if abs(det) < 1e-300:
-        return
-    c11 = a00 * a22 - a02 * a02
-    c12 = a01 * a02 - a00 * a12
-    c22 = a00 * a11 - a01 * a01
-    th[h, TH_B0] = (c00 * v0 + c01 * v1 + c02 * v2) / det
-    th[h, TH_B1] = (c01 * v0 + c11 * v1 + c12 * v2) / det
-    th[h, TH_B2] = (c02 * v0 + c12 * v1 + c22 * v2) / det
+    """The thermal model's coefficients."""
+    _ridge3_solve(th, h, TH_A00, TH_V0, TH_B0, 1e-6)
 
 
 @njit(cache=True)
