@@ -209,6 +209,12 @@ def generate(
     pts = points_spec()
     names = [p["name"] for p in pts]
     col = {nm: i for i, nm in enumerate(names)}
+    if train_kinds and days - incidents_in_last_days < 2:
+        # the training-phase faults need their own window before the evaluation period
+        raise ValueError(
+            f"days ({days}) must exceed incidents_in_last_days ({incidents_in_last_days}) by at least 2"
+            " when train_kinds are given"
+        )
     eval_start = t0 + (days - incidents_in_last_days) * 86400.0
 
     # ---- schedule incidents (non-overlapping slots) ------------------------------------------

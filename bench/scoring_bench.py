@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from numba import njit
+
+# the repository root, so `bench.scenarios` imports when run as `python bench/scoring_bench.py`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gridedge.scoring.baseline import (
     ew_score_update_numba,
@@ -89,7 +94,7 @@ def bench_detector(quick: bool) -> list[tuple[str, str]]:
     from gridedge.gateway.model import PointTable, ReadingBatch
     from gridedge.scoring import Detector
 
-    sc = generate(0, days=14 if quick else 28)
+    sc = generate(0, days=21 if quick else 28)
     pts = PointTable.from_specs(sc.points)
     T, P = sc.values.shape
     det = Detector(pts, timezone=sc.timezone)

@@ -133,3 +133,15 @@ def test_scoring_rules_on_hand_made_alerts(sc) -> None:
     assert r["per_kind"]["stuck"][0] == 1
     assert r["false_grid"] == 2 and r["misread"] == 1
     assert r["false_sensor"] == 1
+
+
+def test_too_short_a_scenario_is_refused_with_a_clear_error():
+    # 14 days with incidents in the last 14 leaves no training window; this used to fail deep inside
+    # numpy ("high - low < 0")
+    with pytest.raises(ValueError, match="must exceed incidents_in_last_days"):
+        generate(0, days=14, incidents_in_last_days=14)
+
+
+def test_a_scenario_without_training_faults_may_be_all_evaluation():
+    sc = generate(3, days=3, incidents_in_last_days=3, train_kinds=())
+    assert sc.values.shape[0] > 0
