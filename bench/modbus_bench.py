@@ -1,8 +1,11 @@
-"""Modbus polling throughput: coalesced requests vs one request per point, against the same local server.
+"""Modbus polling throughput: coalesced requests vs one request per point, and gridedge's TCP client vs pymodbus'.
 
 The pymodbus simulator server runs in a child process (so server and driver do not share one event
 loop); the driver polls N float32 points + N/10 coils for a fixed wall time per mode and reports full
 cycles/s, points/s and requests per cycle side by side. A third column times the vectorised decode alone.
+A second table polls the same coalesced plan through both TCP clients (``client: native`` and
+``client: pymodbus``) and reports the driver process' CPU time per request (``time.process_time``):
+the server's CPU is not counted.
 
     .venv/bin/python bench/modbus_bench.py                 # 100 and 1000 points, 3 s per mode
     .venv/bin/python bench/modbus_bench.py --points 100 1000 5000 --seconds 5
@@ -51,16 +54,18 @@ async def measure(cfg: ModbusTcpDevice, seconds: float) -> dict[str, float]:
     try:
         await drv.poll()  # warm-up
         sent0, cycles = drv.requests_sent, 0
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
             b = await drv.poll()
             cycles += 1
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         assert (b.quality == 0).all()
     finally:
         await drv.close()
     n = len(cfg.points)
     return {
+        "cpu_us_req": 1e6 * cpu / (drv.requests_sent - sent0),
+        "req_s": (drv.requests_sent - sent0) / elapsed,
         "cycles_s": cycles / elapsed,
         "points_s": n * cycles / elapsed,
         "req_cycle": (drv.requests_sent - sent0) / cycles,
@@ -99,10 +104,12 @@ def main() -> int:
                     "points": [{k: v for k, v in p.items()} for p in pts]}  # fmt: skip
             co = ModbusTcpDevice.model_validate(base)
             one = ModbusTcpDevice.model_validate({**base, "workarounds": {"one_request_per_point": True}})
+            pym = ModbusTcpDevice.model_validate({**base, "client": "pymodbus"})
             r_co = asyncio.run(measure(co, args.seconds))
             r_one = asyncio.run(measure(one, args.seconds))
+            r_pym = asyncio.run(measure(pym, args.seconds))
             dec = decode_us(co, ModbusDriver(co, {p.name: i for i, p in enumerate(co.points)}).plan)
-            rows.append((len(pts), r_co, r_one, dec))
+            rows.append((len(pts), r_co, r_one, dec, r_pym))
         finally:
             parent.send("stop")
             proc.join(10)
@@ -115,10 +122,19 @@ def main() -> int:
     hdr = f"{'points':>7} | {'coalesced req/cyc':>17} {'ms/cycle':>9} {'points/s':>10} | {'per-point req/cyc':>17} {'ms/cycle':>9} {'points/s':>10} | {'speed-up':>8} | {'decode µs':>9}"
     print(hdr)
     print("-" * len(hdr))
-    for n, a, b, dec in rows:
+    for n, a, b, dec, _p in rows:
         print(
             f"{n:>7} | {a['req_cycle']:>17.0f} {a['ms_cycle']:>9.2f} {a['points_s']:>10.0f} | "
             f"{b['req_cycle']:>17.0f} {b['ms_cycle']:>9.2f} {b['points_s']:>10.0f} | {a['points_s'] / b['points_s']:>7.1f}× | {dec:>9.1f}"
+        )
+    print("\nTCP client, coalesced plan: driver-process CPU per request and requests/s")
+    hdr = f"{'points':>7} | {'native µs/req':>13} {'req/s':>7} | {'pymodbus µs/req':>15} {'req/s':>7} | {'CPU ratio':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    for n, a, _b, _dec, p in rows:
+        print(
+            f"{n:>7} | {a['cpu_us_req']:>13.0f} {a['req_s']:>7.0f} | {p['cpu_us_req']:>15.0f} {p['req_s']:>7.0f} | "
+            f"{p['cpu_us_req'] / a['cpu_us_req']:>8.1f}×"
         )
     return 0
 

@@ -285,6 +285,10 @@ class ModbusTcpDevice(DeviceBase):
     host: str = Field(..., description="IP address or host name of the RTU / gateway")
     port: int = Field(502, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=255, description="Modbus unit / device id")
+    client: Literal["native", "pymodbus"] = Field(
+        "native",
+        description="TCP client: gridedge's lean read-only client (≈ 3× less CPU per request) or pymodbus'",
+    )
     coalesce: CoalesceSection = CoalesceSection()
     workarounds: ModbusWorkarounds = ModbusWorkarounds()
     points: list[ModbusPoint] = Field(..., min_length=1)

@@ -58,7 +58,11 @@ class SlotDiff:
     def _checksum(a: np.ndarray) -> np.ndarray:
         # position-weighted wrapping sum of the raw 64-bit words: a changed value changes it (a swap of
         # two values too), at memory speed (~10 ms for 60 MB) and without a copy of the array
-        words = np.ascontiguousarray(a).view(np.uint64) if a.dtype.itemsize == 8 else a.astype(np.float64).view(np.uint64)
+        words = (
+            np.ascontiguousarray(a).view(np.uint64)
+            if a.dtype.itemsize == 8
+            else a.astype(np.float64).view(np.uint64)
+        )
         weights = np.arange(1, words.shape[1] + 1, dtype=np.uint64)
         with np.errstate(over="ignore"):
             return (words * weights).sum(axis=1, dtype=np.uint64)

@@ -36,6 +36,7 @@ from gridedge.gateway.model import Quality, ReadingBatch
 from gridedge.protocols.base import ConfigurationError, ConnectionLost
 from gridedge.protocols.coalesce import ReadRequest, Span, plan_requests
 from gridedge.protocols.modbus_codec import PointFormat, RegisterDecoder
+from gridedge.protocols.modbus_tcp_client import ModbusTcpReadClient, ModbusTcpRefused
 
 __all__ = ["READ_FUNCTIONS", "ModbusDriver", "build_plan", "point_formats"]
 
@@ -121,13 +122,15 @@ class ModbusDriver:
         self._split = np.zeros(len(self.plan), dtype=bool)
         self._split_at = np.zeros(len(self.plan), dtype=np.int64)  # cycle in which a range was split
         self._last_status = np.full(len(self.plan), _OK, dtype=np.int8)
-        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | ModbusTcpReadClient | None = None
         self.requests_sent = 0  # counters for metrics and tests
         self.cycles = 0
 
     # ------------------------------------------------------------------------------------------ link
-    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient | ModbusTcpReadClient:
         cfg = self.cfg
+        if isinstance(cfg, ModbusTcpDevice) and cfg.client == "native":
+            return ModbusTcpReadClient(cfg.host, cfg.port, cfg.unit_id, cfg.timeout)
         # retries=0 and reconnect_delay=0: the runtime owns retry and reconnect policy, not pymodbus.
         common: dict[str, Any] = {
             "name": cfg.name,
@@ -163,10 +166,12 @@ class ModbusDriver:
         client = self._make_client()
         try:
             ok = await client.connect()
+            if isinstance(client, ModbusTcpReadClient):
+                ok = True  # raises instead of returning False
         except asyncio.CancelledError:
             client.close()
             raise
-        except (OSError, ModbusException) as exc:
+        except (OSError, TimeoutError, ModbusException) as exc:
             client.close()
             raise ConnectionLost(self.name, f"cannot connect to {self._where()}: {exc}") from exc
         if not ok:
@@ -199,8 +204,10 @@ class ModbusDriver:
         if client is None or not client.connected:
             raise ConnectionLost(self.name, "not connected")
         fn_name, fc = READ_FUNCTIONS[table]
-        fn = getattr(client, fn_name)
         self.requests_sent += 1
+        if isinstance(client, ModbusTcpReadClient):
+            return await self._read_native(client, fc, address, count)
+        fn = getattr(client, fn_name)
         try:
             # pymodbus applies cfg.timeout to every request; a transport that never returns is caught by
             # the runtime's guard around the whole poll. (An asyncio.wait_for here cost a task and a timer
@@ -225,6 +232,22 @@ class ModbusDriver:
         if len(data) < count:
             return _REFUSED, -1  # short answer: treat like a refusal
         return _OK, data
+
+    async def _read_native(
+        self, client: ModbusTcpReadClient, fc: int, address: int, count: int
+    ) -> tuple[int, Any]:
+        """:meth:`_read` through gridedge's own TCP client: the answer decoded straight from bytes."""
+        try:
+            payload = await client.read(fc, address, count)
+        except ModbusTcpRefused as exc:
+            return _REFUSED, exc.code
+        except TimeoutError as exc:
+            return _TIMEOUT, str(exc)
+        except OSError as exc:  # ConnectionError included
+            raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+        if fc in (1, 2):
+            return _OK, np.unpackbits(np.frombuffer(payload, np.uint8), count=count, bitorder="little")
+        return _OK, np.frombuffer(payload, ">u2")
 
     async def _quiet_after_timeout(self) -> None:
         """On a serial line, let a late answer arrive (and be dropped) before the next request goes out.

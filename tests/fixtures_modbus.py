@@ -42,6 +42,10 @@ def point_entries(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in p.items() if k in _CFG_KEYS} for p in points]
 
 
+#: The TCP client ``tcp_device`` configures unless told otherwise (test_modbus runs every test with both).
+TCP_CLIENT = "native"
+
+
 def tcp_device(server: ModbusSimServer, *, name: str = "rtu1", **kw: Any) -> ModbusTcpDevice:
     """A ModbusTcpDevice for every point ``server`` serves; ``kw`` overrides device keys."""
     data: dict[str, Any] = {
@@ -50,6 +54,7 @@ def tcp_device(server: ModbusSimServer, *, name: str = "rtu1", **kw: Any) -> Mod
         "host": "127.0.0.1",
         "port": server.port,
         "unit_id": server.unit_id,
+        "client": TCP_CLIENT,
         "timeout": "500ms",
         "points": point_entries(server.points),
     }

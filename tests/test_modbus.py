@@ -1,4 +1,4 @@
-"""The Modbus driver against a real pymodbus server on loopback."""
+"""The Modbus driver against a real pymodbus server on loopback, through both TCP clients."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 
+import fixtures_modbus
 import numpy as np
 import pytest
 from fixtures_modbus import driver_for, run, served, tcp_device
@@ -17,10 +18,19 @@ from pymodbus.constants import ExcCodes
 
 from gridedge.gateway.model import Quality
 from gridedge.protocols import modbus as modbus_module
+from gridedge.protocols import modbus_tcp_client
 from gridedge.protocols.base import ConnectionLost, Driver
 from gridedge.protocols.modbus import READ_FUNCTIONS, ModbusDriver
 from gridedge.protocols.simulators.modbus_server import ModbusSimServer, register_map
 from gridedge.protocols.simulators.substation import SubstationModel
+
+
+@pytest.fixture(autouse=True, params=["native", "pymodbus"])
+def tcp_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with gridedge's own TCP client and with pymodbus' (``client:`` key)."""
+    monkeypatch.setattr(fixtures_modbus, "TCP_CLIENT", request.param)
+    return request.param
+
 
 ALL_TYPES = ["int16", "uint16", "int32", "uint32", "float32", "float64"]
 
@@ -327,6 +337,13 @@ def test_driver_is_read_only() -> None:
         "read_holding_registers", "read_input_registers", "read_coils", "read_discrete_inputs",
     }  # fmt: skip
     assert {fc for _fn, fc in READ_FUNCTIONS.values()} == {1, 2, 3, 4}
+    # gridedge's own TCP client: one place writes to the socket, and it writes a frame that only the
+    # read-request encoder (which refuses every other function code, test_modbus_tcp_client) builds.
+    native = Path(inspect.getfile(modbus_tcp_client)).read_text()
+    writes = [n for n in ast.walk(ast.parse(native)) if isinstance(n, ast.Call)
+              and isinstance(n.func, ast.Attribute) and n.func.attr == "write"]  # fmt: skip
+    assert len(writes) == 1 and ast.unparse(writes[0]) == "link.transport.write(frame)"
+    assert "frame = encode_read_request(" in native
 
     # At run time: everything the server receives from a polling driver is a read function code.
     pts = [*_measurement_points(3), {"name": "CB", "quantity": "status", "group": "F0"}]

@@ -80,9 +80,9 @@ def test_daemon_disk_full_and_recovery(tmp_path):
                         except OSError:
                             pass
                 t_full = time.monotonic()
-                assert wait_for(lambda: scrape_metrics(mport).get("gridedge_disk_full") == 1.0, 120), d.log_text()[
-                    -3000:
-                ]
+                assert wait_for(lambda: scrape_metrics(mport).get("gridedge_disk_full") == 1.0, 120), (
+                    d.log_text()[-3000:]
+                )
                 figures["alarm_after_s"] = round(time.monotonic() - t_full, 2)
                 assert "disk_full=True" in d.log_text()
                 m0 = scrape_metrics(mport)

@@ -1,0 +1,189 @@
+"""gridedge's own read-only Modbus TCP client, against peers that misbehave in ways pymodbus' server cannot.
+
+The well-behaved cases (every type, coalescing, exceptions, timeouts, reconnects) run against the real
+pymodbus server in test_modbus.py with both clients. Here a small asyncio server on loopback answers each
+request with whatever bytes the test scripts: split frames, stale transaction ids, short answers, garbage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from fixtures_modbus import run
+
+from gridedge.gateway.config import ModbusTcpDevice
+from gridedge.protocols.base import ConnectionLost
+from gridedge.protocols.modbus import ModbusDriver
+from gridedge.protocols.modbus_tcp_client import (
+    READ_FUNCTION_CODES,
+    ModbusTcpReadClient,
+    ModbusTcpRefused,
+    encode_read_request,
+)
+
+# request frame → chunks to send back (each written and drained separately), or None to hang up.
+Script = Callable[[bytes], list[bytes] | None]
+
+
+def answer(req: bytes, pdu: bytes, *, tid: int | None = None, proto: int = 0) -> bytes:
+    """A response frame to ``req`` carrying ``pdu`` (transaction id and unit copied unless overridden)."""
+    rtid, _p, _len, unit = struct.unpack_from(">HHHB", req)
+    return struct.pack(">HHHB", rtid if tid is None else tid, proto, len(pdu) + 1, unit) + pdu
+
+
+def registers(req: bytes, values: list[int]) -> bytes:
+    fc = req[7]
+    return answer(req, bytes([fc, 2 * len(values)]) + struct.pack(f">{len(values)}H", *values))
+
+
+@contextlib.asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A loopback server answering each 12-byte request via ``script``; yields (port, requests seen)."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                req = await reader.readexactly(12)
+                seen.append(req)
+                chunks = script(req)
+                if chunks is None:
+                    break
+                for c in chunks:
+                    writer.write(c)
+                    await writer.drain()
+                    await asyncio.sleep(0.005)  # separate TCP segments
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], seen
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_request_encoding_is_the_spec_example_and_refuses_anything_but_reads() -> None:
+    # Modbus Application Protocol v1.1b3, read holding registers 108–110 (address 0x6B, 3 registers).
+    assert encode_read_request(1, 1, 3, 0x6B, 3) == bytes.fromhex("0001 0000 0006 01 03 006B 0003")
+    assert {1, 2, 3, 4} == READ_FUNCTION_CODES
+    for fc in (5, 6, 15, 16, 22, 23, 43, 0):  # every write / diagnostic / encapsulated function
+        with pytest.raises(ValueError, match="not a read"):
+            encode_read_request(1, 1, fc, 0, 1)
+    for fc, addr, count in ((3, 0, 0), (3, 0, 126), (1, 0, 2001), (4, 65535, 2), (3, -1, 1)):
+        with pytest.raises(ValueError, match="invalid read"):
+            encode_read_request(1, 1, fc, addr, count)
+
+
+def test_split_frames_stale_answers_and_exception_responses() -> None:
+    calls = {"n": 0}
+
+    def script(req: bytes) -> list[bytes]:
+        calls["n"] += 1
+        if calls["n"] == 1:  # a stale answer first, then the real one split across three segments
+            frame = registers(req, [1, 2, 3])
+            stale = answer(req, b"\x03\x06" + bytes(6), tid=0xBEEF)
+            return [stale, frame[:3], frame[3:9], frame[9:]]
+        if calls["n"] == 2:
+            return [answer(req, bytes([req[7] | 0x80, 2]))]  # ILLEGAL_ADDRESS
+        if calls["n"] == 3:
+            return [answer(req, bytes([req[7], 4, 0, 1]))]  # says 4 bytes, carries 2
+        return [answer(req, bytes([1, 1, 0b101]))]  # coils 1,0,1
+
+    async def body() -> None:
+        async with scripted(script) as (port, seen):
+            c = ModbusTcpReadClient("127.0.0.1", port, unit=7, timeout=1.0)
+            await c.connect()
+            try:
+                assert await c.read(3, 100, 3) == struct.pack(">3H", 1, 2, 3)
+                with pytest.raises(ModbusTcpRefused) as refused:
+                    await c.read(4, 0, 2)
+                assert refused.value.code == 2
+                with pytest.raises(ModbusTcpRefused) as short:
+                    await c.read(3, 0, 2)
+                assert short.value.code == -1
+                assert await c.read(1, 0, 3) == bytes([0b101])
+                assert c.connected
+            finally:
+                c.close()
+            # Unit id and transaction ids on the wire: unit 7, ids counting up from 1.
+            assert [r[6] for r in seen] == [7, 7, 7, 7]
+            assert [struct.unpack_from(">H", r)[0] for r in seen] == [1, 2, 3, 4]
+
+    run(body())
+
+
+def test_timeout_then_late_answer_is_dropped() -> None:
+    calls = {"n": 0}
+
+    def script(req: bytes) -> list[bytes]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return []  # no answer now...
+        # ... the first request's answer arrives late, right before this one's
+        first = bytearray(req)
+        first[0:2] = struct.pack(">H", struct.unpack_from(">H", req)[0] - 1)
+        return [registers(bytes(first), [666]), registers(req, [42])]
+
+    async def body() -> None:
+        async with scripted(script) as (port, _seen):
+            c = ModbusTcpReadClient("127.0.0.1", port, unit=1, timeout=0.2)
+            await c.connect()
+            try:
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                with pytest.raises(TimeoutError):
+                    await c.read(3, 0, 1)
+                assert 0.15 < loop.time() - t0 < 1.0
+                assert await c.read(3, 0, 1) == struct.pack(">H", 42)
+            finally:
+                c.close()
+
+    run(body())
+
+
+@pytest.mark.parametrize("fault", ["garbage", "hang_up"])
+def test_lost_sync_or_hang_up_is_a_lost_connection_for_the_driver(fault: str) -> None:
+    def script(req: bytes) -> list[bytes] | None:
+        if fault == "hang_up":
+            return None
+        return [answer(req, b"\x03\x02\x00\x01", proto=7)]  # not Modbus: protocol id 7
+
+    async def body() -> None:
+        async with scripted(script) as (port, _seen):
+            cfg = ModbusTcpDevice.model_validate(
+                {"name": "d", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": port, "timeout": "1s",
+                 "points": [{"name": "v", "quantity": "voltage", "group": "B", "register": 0, "type": "uint16"}]}
+            )  # fmt: skip
+            drv = ModbusDriver(cfg, {"v": 0})
+            await drv.connect()
+            try:
+                with pytest.raises(ConnectionLost, match="connection lost"):
+                    await drv.poll()
+                assert drv._client is not None and not drv._client.connected
+            finally:
+                await drv.close()
+
+    run(body())
+
+
+def test_connect_refused_is_a_lost_connection() -> None:
+    async def body() -> None:
+        async with scripted(lambda req: None) as (port, _seen):
+            pass  # the server is closed again: nothing listens on port any more
+        cfg = ModbusTcpDevice.model_validate(
+            {"name": "d", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": port,
+             "points": [{"name": "v", "quantity": "voltage", "group": "B", "register": 0, "type": "uint16"}]}
+        )  # fmt: skip
+        drv = ModbusDriver(cfg, {"v": 0})
+        with pytest.raises(ConnectionLost, match="cannot connect"):
+            await drv.connect()
+
+    run(body())
