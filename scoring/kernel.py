@@ -811,7 +811,13 @@ def run_batch(
     rec_cap = rec_i.shape[0]
     need_room = 2 * P + 3 * G + D + 8
     cm_buf = np.empty(P)
+    # Relation scratch, kept clean between segments (RS_UNKNOWN = 0, counters 0) so that a segment pays
+    # only for the relations of the groups it touched, not for all R relations and P points of the site.
     rel_state_tmp = np.zeros(R, np.int64)
+    rel_todo = np.empty(R, np.int64)  # relations evaluated in this segment, ascending
+    rel_seen = np.zeros(R, np.int64)  # segment stamp: already in rel_todo
+    pt_seen = np.zeros(P, np.int64)  # segment stamp: member already judged
+    g_list = np.empty(G, np.int64)  # groups touched in this segment
     rel_mark = np.zeros(R, np.int64)
     rel_nb = np.zeros(R, np.int64)
     mark_stamp = 0
@@ -841,13 +847,17 @@ def run_batch(
             j += 1
         seg = int(sf[SF_SEG]) + 1
         sf[SF_SEG] = seg
+        ng = 0
         # ---------------- phase 1: per reading -------------------------------------------------------
         for k in range(i, j):
             p = pidx[k]
             x = val[k]
             qc = qcode[p]
             g = gidx[p]
-            gtouch[g] = seg
+            if gtouch[g] != seg:
+                gtouch[g] = seg
+                g_list[ng] = g
+                ng += 1
             if pf[p, PF_TS] > 0.0 and t > pf[p, PF_TS]:
                 dt = t - pf[p, PF_TS]
                 if pf[p, PF_DT] <= 0.0:
@@ -1088,9 +1098,22 @@ def run_batch(
                 pf[p, PF_ZADJ] = (pf[p, PF_VAL] - m * (1.0 + c)) / pf[p, PF_SD] / pf[p, PF_ZSCALE]
         # ---------------- phase 2d: relations and isolation ----------------------------------------
         if R > 0:
-            for r in range(R):
-                rel_state_tmp[r] = RS_UNKNOWN
-            for r in range(R):
+            # the relations a reader of ri / rel_state_tmp can reach in this segment: those of every
+            # point of a touched group (phases 2e and 2h read no others); ascending, as a full sweep was
+            nt = 0
+            for gk in range(ng):
+                g = g_list[gk]
+                for kk in range(grp_ptr[g], grp_ptr[g + 1]):
+                    q = grp_pts[kk]
+                    for rr in range(prel_ptr[q], prel_ptr[q + 1]):
+                        r = prel[rr]
+                        if rel_seen[r] != seg:
+                            rel_seen[r] = seg
+                            rel_todo[nt] = r
+                            nt += 1
+            rel_todo[:nt].sort()
+            for ti in range(nt):
+                r = rel_todo[ti]
                 valid = True
                 touched = False
                 lp = 0.0
@@ -1216,13 +1239,8 @@ def run_batch(
                     rf[r, RF_LAST] = t
                     al = 1.0 / min(w, 500.0)
                     rf[r, RF_LVL] += al * (base - rf[r, RF_LVL])
-            for p in range(P):
-                nviol[p] = 0
-                nsoft[p] = 0
-                nsat[p] = 0
-                ngrey[p] = 0
-                cand[p] = 0
-            for r in range(R):
+            for ti in range(nt):
+                r = rel_todo[ti]
                 st = rel_state_tmp[r]
                 if st == RS_UNKNOWN:
                     continue
@@ -1240,7 +1258,8 @@ def run_batch(
             # best (structured residuals): if q were off by d (log), every relation r' holding q would
             # show e' = sens(q, r')·d; its own baseline would show the same shift. A broken sensor
             # disagrees with its peers, the grid moves them all.
-            for r in range(R):
+            for ti in range(nt):
+                r = rel_todo[ti]
                 st = rel_state_tmp[r]
                 if st != RS_VIOL and st != RS_SOFT:
                     continue
@@ -1348,23 +1367,40 @@ def run_batch(
                     sq = _sens(r, best, rel_type, rel_ptr, rel_pt, rel_role, pf, rf)
                     # what the relation expects of this point (for the explanation)
                     pf[best, PF_REXP] = pf[best, PF_VAL] * math.exp(-er / sq)
-            for q in range(P):
-                if prel_ptr[q] == prel_ptr[q + 1]:
-                    continue
-                if nsat[q] + nviol[q] + nsoft[q] + ngrey[q] == 0:
-                    if pi[q, PI_SEG] == seg:
-                        pi[q, PI_INCONS] = 0  # no usable relation now: innocent
-                    continue
-                pi[q, PI_INCONS] = 1 if cand[q] > 0 else 0
-                if cand[q] == 2:
-                    pi[q, PI_DRIFT] += 1
-                    if pi[q, PI_DRIFT] >= prm[PR_DRIFT_N]:
-                        pi[q, PI_COND] |= B_DRIFT
-                elif cand[q] == 1 and pi[q, PI_FAULT] == RULE_DRIFT:
-                    pass  # hysteresis: an active drift fault holds while the point stays inconsistent
-                else:
-                    pi[q, PI_DRIFT] = 0
-                    pi[q, PI_COND] &= ~B_DRIFT
+            # every point a counter or a verdict can concern is a member of an evaluated relation
+            # (a touched point with relations is one: its group was touched)
+            for ti in range(nt):
+                r = rel_todo[ti]
+                for kq in range(rel_ptr[r], rel_ptr[r + 1]):
+                    q = rel_pt[kq]
+                    if pt_seen[q] == seg:
+                        continue
+                    pt_seen[q] = seg
+                    if nsat[q] + nviol[q] + nsoft[q] + ngrey[q] == 0:
+                        if pi[q, PI_SEG] == seg:
+                            pi[q, PI_INCONS] = 0  # no usable relation now: innocent
+                        continue
+                    pi[q, PI_INCONS] = 1 if cand[q] > 0 else 0
+                    if cand[q] == 2:
+                        pi[q, PI_DRIFT] += 1
+                        if pi[q, PI_DRIFT] >= prm[PR_DRIFT_N]:
+                            pi[q, PI_COND] |= B_DRIFT
+                    elif cand[q] == 1 and pi[q, PI_FAULT] == RULE_DRIFT:
+                        pass  # hysteresis: an active drift fault holds while the point stays inconsistent
+                    else:
+                        pi[q, PI_DRIFT] = 0
+                        pi[q, PI_COND] &= ~B_DRIFT
+            # leave the scratch clean for the next segment
+            for ti in range(nt):
+                r = rel_todo[ti]
+                rel_state_tmp[r] = RS_UNKNOWN
+                for kq in range(rel_ptr[r], rel_ptr[r + 1]):
+                    q = rel_pt[kq]
+                    nviol[q] = 0
+                    nsoft[q] = 0
+                    nsat[q] = 0
+                    ngrey[q] = 0
+                    cand[q] = 0
         # ---------------- phase 2e: scale and stuck (need relation states) -----------------------
         for k in range(i, j):
             p = pidx[k]
