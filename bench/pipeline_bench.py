@@ -150,8 +150,34 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
     return "\n".join(out)
 
 
+def summarize_smaps(text: str, top: int = 10) -> str:
+    """Resident memory of a ``/proc/<pid>/smaps`` dump by kind (heap, anonymous, each file), largest first."""
+    by: dict[str, int] = {}
+    name = "?"
+    for line in text.splitlines():
+        head = line.split()
+        if not head:
+            continue
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            path = head[5] if len(head) > 5 else ""
+            name = path if path.startswith("[") else (path.rsplit("/", 1)[-1] if path else "[anon]")
+        elif head[0] == "Rss:":
+            by[name] = by.get(name, 0) + int(head[1])
+    total = sum(by.values())
+    out = [f"RSS {total / 1024:.1f} MiB by mapping (MiB):"]
+    for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {v / 1024:7.1f}  {k}")
+    return "\n".join(out)
+
+
 def run_size(
-    label: str, window: float, warmup: float, workdir: Path, mqtt_port: int, profile_dir: Path | None = None
+    label: str,
+    window: float,
+    warmup: float,
+    workdir: Path,
+    mqtt_port: int,
+    profile_dir: Path | None = None,
+    smaps_dir: Path | None = None,
 ) -> Result:
     from fixtures_durability import FIRST_READINGS_TIMEOUT, Daemon, observe, proc_sample, wait_for
     from fixtures_mqtt import Collector
@@ -201,6 +227,11 @@ def run_size(
                     next_inj = time.monotonic() + 3.0
             watcher.recording = False
             o1, s1 = observe(db), samples[-1]
+            if smaps_dir is not None:
+                smaps_dir.mkdir(parents=True, exist_ok=True)
+                text = Path(f"/proc/{d.pid}/smaps").read_text()
+                (smaps_dir / f"{label}.smaps").write_text(text)
+                print(f"# memory {label}\n" + summarize_smaps(text), file=sys.stderr)
             if prof is not None:
                 prof.wait(timeout=window + 30)
                 print(
@@ -292,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         help="sample the daemon with py-spy during each window (collapsed "
         "stacks + a self/inclusive summary on stderr); py-spy must be on PATH",
     )
+    ap.add_argument(
+        "--smaps",
+        metavar="DIR",
+        help="at the end of each window, save the daemon's /proc/<pid>/smaps there and print its resident "
+        "memory by mapping (heap, anonymous, each library) on stderr",
+    )
     a = ap.parse_args(argv)
     import fixtures_mqtt
     from fixtures_mqtt import Broker
@@ -304,7 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for label in a.sizes:
                 r = run_size(
-                    label, a.window, a.warmup, work, broker.port, Path(a.profile) if a.profile else None
+                    label,
+                    a.window,
+                    a.warmup,
+                    work,
+                    broker.port,
+                    Path(a.profile) if a.profile else None,
+                    Path(a.smaps) if a.smaps else None,
                 )
                 results.append(r)
                 print(f"# {label}: {r}", file=sys.stderr, flush=True)

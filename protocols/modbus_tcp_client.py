@@ -23,6 +23,7 @@ import asyncio
 import struct
 
 __all__ = [
+    "EXCEPTION_NAMES",
     "READ_FUNCTION_CODES",
     "ModbusTcpReadClient",
     "ModbusTcpRefused",
@@ -32,6 +33,18 @@ __all__ = [
 
 #: read coils, read discrete inputs, read holding registers, read input registers.
 READ_FUNCTION_CODES = frozenset({1, 2, 3, 4})
+#: Exception codes of the Modbus Application Protocol v1.1b3, section 7.
+EXCEPTION_NAMES = {
+    1: "ILLEGAL_FUNCTION",
+    2: "ILLEGAL_ADDRESS",
+    3: "ILLEGAL_VALUE",
+    4: "DEVICE_FAILURE",
+    5: "ACKNOWLEDGE",
+    6: "DEVICE_BUSY",
+    8: "MEMORY_PARITY_ERROR",
+    10: "GATEWAY_PATH_UNAVAILABLE",
+    11: "GATEWAY_NO_RESPONSE",
+}
 #: Spec limits per request: 2000 bits (FC 1/2), 125 registers (FC 3/4).
 _MAX_COUNT = {1: 2000, 2: 2000, 3: 125, 4: 125}
 _MBAP = struct.Struct(">HHHBBHH")  # header + unit + function + address + count: one request frame
