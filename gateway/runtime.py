@@ -120,6 +120,10 @@ class Runtime:
     :meth:`run` until :meth:`request_stop`. The demo calls ``prepare`` first to warm the detector.
     """
 
+    #: Release LLVM's code pages once the kernels are loaded (``gridedge run`` sets it; a class attribute,
+    #: so a reload, which re-runs ``__init__``, keeps it).
+    page_out_compiler: bool = False
+
     def __init__(
         self,
         cfg: SiteConfig,
@@ -675,6 +679,11 @@ class Runtime:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.prepare()
+        if self.page_out_compiler:
+            from gridedge.gateway.malloc_tuning import page_out_library
+
+            advised = page_out_library("libllvmlite")
+            log.info(kv("compiler_pages_released", mib=round(advised / 2**20, 1)))
         self.apply_fleet_models()
         self._start_optional_services()
         self._install_signals()
