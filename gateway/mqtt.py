@@ -48,6 +48,7 @@ from gridedge.gateway.commands import Command, CommandError, parse_command
 from gridedge.gateway.config import MqttSection
 from gridedge.gateway.model import Event, PointTable, Quality, ReadingBatch
 from gridedge.gateway.outbox import Outbox
+from gridedge.gateway.value_deadband import select_changed
 
 __all__ = [
     "GROUP_STATES",
@@ -76,6 +77,12 @@ class ConnState(enum.Enum):
     CONNECTED = "connected"
     BACKOFF = "backoff"
     STOPPED = "stopped"
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """``a`` made read-only like a ReadingBatch's arrays (one compiled signature of select_changed)."""
+    a.flags.writeable = False
+    return a
 
 
 def topic_safe(name: str) -> str:
@@ -544,42 +551,29 @@ class MqttBridge:
         """
         if not self.cfg.publish_values or len(batch) == 0:
             return
-        idx = batch.point_idx
-        sel_all = np.arange(len(idx))
+        idx, v, q, ts, gw = batch.point_idx, batch.value, batch.quality, batch.ts, batch.received
         # a polled batch lists each point once in increasing order: skip the sort that np.unique costs
         if not (idx[1:] > idx[:-1]).all() and len(np.unique(idx)) != len(idx):
             order = np.lexsort((batch.ts, idx))
             last_of_run = np.r_[idx[order][1:] != idx[order][:-1], True]
             sel_all = order[last_of_run]
-            idx = idx[sel_all]
-        v = batch.value[sel_all]
-        q = batch.quality[sel_all]
-        ts = batch.ts[sel_all]
-        gw = batch.received[sel_all]
+            idx, v, q, ts, gw = (_readonly(a[sel_all]) for a in (idx, v, q, ts, gw))
         online = self._connected.is_set()
+        commit = online or self.cfg.values_in_outbox
+        out = np.empty(len(idx), np.int64)
         with self._values_lock:
-            last = self._last_val[idx]
-            ref = np.where(np.isnan(self._ref[idx]), np.abs(last), self._ref[idx])
-            thr = np.maximum(self._db_abs[idx], self._db_pct[idx] * 0.01 * np.nan_to_num(ref))
-            with np.errstate(invalid="ignore"):
-                moved = np.abs(v - last) > thr
-            moved |= np.isnan(v) != np.isnan(last)
-            send = (
-                moved
-                | (q.astype(np.int16) != self._last_q[idx])
-                | ((gw - self._last_pub[idx]) >= self._integrity[idx])
-            )
-            chosen = np.flatnonzero(send)
-            if len(chosen) == 0:
-                return
-            if not online and not self.cfg.values_in_outbox:
-                # Not marked as published: after the reconnect these points go out at once.
-                self.outbox.count_drop("offline_value", len(chosen))
-                return
-            pi = idx[chosen]
-            self._last_val[pi] = v[chosen]
-            self._last_q[pi] = q[chosen]
-            self._last_pub[pi] = gw[chosen]
+            m = select_changed(
+                idx, v, q, gw, self._last_val, self._last_q, self._last_pub,
+                self._ref, self._db_abs, self._db_pct, self._integrity, commit, out,
+            )  # fmt: skip
+        if m == 0:
+            return
+        if not commit:
+            # Not marked as published: after the reconnect these points go out at once.
+            self.outbox.count_drop("offline_value", m)
+            return
+        chosen = out[:m]
+        pi = idx[chosen]
         vals = v[chosen].tolist()
         qs = q[chosen].tolist()
         tss = ts[chosen].tolist()

@@ -681,7 +681,9 @@ class Runtime:
         self.prepare()
         if self.page_out_compiler:
             from gridedge.gateway.malloc_tuning import page_out_library
+            from gridedge.gateway.value_deadband import warm
 
+            warm()  # the MQTT bridge's kernel, loaded while LLVM's pages are still in
             advised = page_out_library("libllvmlite")
             log.info(kv("compiler_pages_released", mib=round(advised / 2**20, 1)))
         self.apply_fleet_models()
