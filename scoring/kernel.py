@@ -556,8 +556,8 @@ def _th_dev_sum(th, ha, hb):
 
 
 @njit(cache=True)
-def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi, gf, qcode, grp_ptr, grp_pts,
-                     gparent, floor_abs, prm):  # fmt: skip
+def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, th_list, pf, pi, gi, gf, qcode, grp_ptr,
+                     grp_pts, gparent, floor_abs, prm):  # fmt: skip
     """Thermal model of every transformer with an oil temperature (IEC 60076-7 top-oil, first order).
 
     The oil's steady rise over ambient follows ((k²R + 1)/(R + 1))^x of the per-unit load k through
@@ -573,11 +573,16 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
     R = prm[PR_TH_R]
     xo = prm[PR_TH_X]
     mem = prm[PR_TAU]
+    # th_list: the models with a fresh oil reading in this segment, ascending (the loops below visit
+    # only them — peers included — in the order a sweep over all H would)
+    nl = 0
     for h in range(H):
         th_ok[h] = 0
         p = th_pt[h]
         if pi[p, PI_SEG] != seg or pf[p, PF_GOOD] != t:
             continue
+        th_list[nl] = h
+        nl += 1
         g = th_grp[h]
         S, src = _th_load(g, t, pf, pi, qcode, grp_ptr, grp_pts, gparent)
         if math.isfinite(S):
@@ -606,7 +611,8 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
         th[h, TH_K] = k
         th[h, TH_T] = t
         th_ok[h] = 1
-    for h in range(H):
+    for hk in range(nl):
+        h = th_list[hk]
         if th_ok[h] == 0:
             continue
         p = th_pt[h]
@@ -617,7 +623,8 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
         so = 0.0
         sF = 0.0
         c = 0
-        for h2 in range(H):
+        for hk2 in range(nl):
+            h2 = th_list[hk2]
             if h2 == h or th_ok[h2] == 0:
                 continue
             p2 = th_pt[h2]
@@ -672,7 +679,8 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
         th_x[h, 1] = x1
         th_x[h, 2] = x2
         th_ok[h] = 2
-    for h in range(H):
+    for hk in range(nl):
+        h = th_list[hk]
         if th_ok[h] != 2:
             continue
         p = th_pt[h]
@@ -697,7 +705,8 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
             if lat == 0.0 and ef > lc:
                 # a larger opposite deviation of another transformer explains this one
                 explained = False
-                for h2 in range(H):
+                for hk2 in range(nl):
+                    h2 = th_list[hk2]
                     if h2 != h and th_ok[h2] == 2 and (th[h2, TH_EF] < -1.5 * ef or th[h2, TH_LATCH] == -2.0):
                         explained = True
                 if not explained:
@@ -707,7 +716,8 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
                         # a creeping sensor — this one, unless another oil fell about as much as this rose
                         # (each against its own hour-of-week expectation): then which moved is not clear yet
                         named = True
-                        for h2 in range(H):
+                        for hk2 in range(nl):
+                            h2 = th_list[hk2]
                             if h2 != h and th_ok[h2] == 2 and th[h2, TH_EF] < -0.25 * ef:
                                 if _th_dev_sum(th, h, h2) < 0.2 * ef:  # (NaN, no reference yet: named)
                                     named = False
@@ -723,7 +733,8 @@ def _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi,
                     if h2 != h and th[h2, TH_LATCH] == 1.0:
                         cooling = True
                 if not cooling:
-                    for h2 in range(H):
+                    for hk2 in range(nl):
+                        h2 = th_list[hk2]
                         if h2 != h and th_ok[h2] == 2 and th[h2, TH_EF] > 0.25 * (-ef):
                             if _th_dev_sum(th, h, h2) < 0.2 * ef:
                                 lat = -2.0
@@ -831,6 +842,7 @@ def run_batch(
     H = th.shape[0]
     th_ok = np.zeros(H, np.int64)
     th_x = np.zeros((H, 3))
+    th_list = np.empty(H, np.int64)
     # a frequency nadir first looks like a lone spike; when the next reading stays off on the same side
     # (the primary-response plateau) it was the grid: the band rule counts it (segment, time, level, point)
     fpend_seg = np.zeros(G, np.int64)
@@ -1082,8 +1094,8 @@ def run_batch(
                     pf[p, PF_ZADJ] = (dev - loo) / pf[p, PF_SD] / pf[p, PF_ZSCALE]
         # oil temperatures with a thermal model (once warm) are scored against it instead
         if H > 0:
-            _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, pf, pi, gi, gf, qcode, grp_ptr,
-                             grp_pts, gparent, floor_abs, prm)  # fmt: skip
+            _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, th_list, pf, pi, gi, gf, qcode,
+                             grp_ptr, grp_pts, gparent, floor_abs, prm)  # fmt: skip
         for k in range(i, j):
             p = pidx[k]
             if _is_load(qcode[p]) and math.isfinite(pf[p, PF_Z]) and pf[p, PF_GOOD] == t:
