@@ -287,7 +287,7 @@ class ModbusTcpDevice(DeviceBase):
     unit_id: int = Field(1, ge=0, le=255, description="Modbus unit / device id")
     client: Literal["native", "pymodbus"] = Field(
         "native",
-        description="TCP client: gridedge's lean read-only client (≈ 3× less CPU per request) or pymodbus'",
+        description="TCP client: gridedge's lean read-only client (≈ half the CPU per request) or pymodbus'",
     )
     coalesce: CoalesceSection = CoalesceSection()
     workarounds: ModbusWorkarounds = ModbusWorkarounds()

@@ -5,7 +5,8 @@ they are first called; that touches ≈ 68 MiB of the library, which then stays 
 good although nothing runs it again until something new is compiled. :func:`page_out_library` asks the
 kernel to reclaim those clean, file-backed pages (``madvise(MADV_PAGEOUT)``, Linux ≥ 5.4) once the
 kernels are loaded; a later compile faults them back in from the file. No memory is lost or shared
-differently: the pages were reclaimable all along, this only stops them from counting as ours.
+differently: the pages were reclaimable all along, this only stops them from counting as ours. Pages
+that another process maps too (a federation SuperNode from the same venv) are left where they are.
 
 **glibc's mmap threshold.**
 

@@ -1,9 +1,9 @@
 """A lean, read-only Modbus TCP client: function codes 1–4 and nothing else.
 
 Why not pymodbus here: at 100k points/s the gateway sends ≈ 1,600 requests/s, and a request through
-pymodbus' asyncio client costs ≈ 3× the CPU of this one (measured 235 vs 83 µs per request, client side,
-`bench/modbus_bench.py`), most of it in its transaction manager, PDU objects and the list of
-Python ints it builds per response. This client frames a request with one ``struct.pack``, matches the
+pymodbus' asyncio client costs ≈ 2× the CPU of one through this client (184–208 vs 95–103 µs per request
+in the driver process, `bench/modbus_bench.py`), spent in its transaction manager, PDU objects and the
+list of Python ints it builds per response. This client frames a request with one ``struct.pack``, matches the
 answer by transaction id and hands the payload to NumPy as bytes. pymodbus stays the client for Modbus
 RTU and is one config key away for TCP (``client: pymodbus``).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,10 +40,11 @@ def test_pinned_threshold_returns_freed_arrays_to_the_kernel() -> None:
 
 
 PAGEOUT_PROBE = """
+import mmap, os, sys, tempfile
 import numba, numpy as np
 from gridedge.gateway.malloc_tuning import page_out_library
 
-def lib_rss_kib(fragment):
+def rss_kib(fragment):
     total, inside = 0, False
     for line in open("/proc/self/smaps"):
         f = line.split()
@@ -52,6 +54,19 @@ def lib_rss_kib(fragment):
             total += int(f[1])
     return total
 
+# 1. The mechanism, on a file only this process maps: 32 MiB mapped read-only and read through.
+path = os.path.join(sys.argv[1], "gridedge-pageout-probe.bin")
+with open(path, "wb") as f:
+    f.write(os.urandom(32 * 2**20))
+fd = os.open(path, os.O_RDONLY)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+checksum = sum(m[i] for i in range(0, len(m), 4096))
+before = rss_kib("gridedge-pageout-probe.bin")
+advised = page_out_library("gridedge-pageout-probe.bin")
+after = rss_kib("gridedge-pageout-probe.bin")
+assert sum(m[i] for i in range(0, len(m), 4096)) == checksum  # the file reads the same afterwards
+
+# 2. LLVM's pages: compiled code keeps running without them, and a new compile brings them back.
 @numba.njit
 def total(a):
     s = 0.0
@@ -59,25 +74,36 @@ def total(a):
         s += x
     return s
 
-assert total(np.arange(10.0)) == 45.0       # LLVM compiled something: its pages are resident
-before = lib_rss_kib("libllvmlite")
-advised = page_out_library("libllvmlite")
-after = lib_rss_kib("libllvmlite")
-assert total(np.arange(100.0)) == 4950.0    # the compiled function runs without LLVM's pages
+assert total(np.arange(10.0)) == 45.0
+llvm_advised = page_out_library("libllvmlite")
+assert total(np.arange(100.0)) == 4950.0
+
 @numba.njit
 def twice(a):
     return 2.0 * a.sum()
-assert twice(np.ones(3)) == 6.0             # and a new compile faults them back in
-print(before, after, advised, lib_rss_kib("libllvmlite"))
+
+assert twice(np.ones(3)) == 6.0
+print(before, after, advised, llvm_advised)
 """
 
 
-def test_llvm_pages_are_released_and_compiled_code_keeps_working() -> None:
-    out = subprocess.run([sys.executable, "-c", PAGEOUT_PROBE], capture_output=True, text=True, timeout=300)
+def _kernel_has_pageout() -> bool:
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (5, 4)
+
+
+@pytest.mark.skipif(
+    not _kernel_has_pageout() or not pin_mmap_threshold(), reason="needs Linux >= 5.4 and glibc"
+)
+def test_page_out_releases_file_pages_and_compiled_code_keeps_working(tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PAGEOUT_PROBE, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
-    before, after, advised, recompiled = (int(x) for x in out.stdout.split())
-    if advised == 0:
-        pytest.skip("madvise(MADV_PAGEOUT) unavailable (Linux < 5.4 or not glibc)")
-    assert before > 20_000  # KiB: LLVM's pages were resident after a compile
-    assert after < before / 4  # ... and most of them are gone after the page-out
-    assert recompiled > after  # compiling again brought pages back (nothing was broken)
+    before, after, advised, llvm_advised = (int(x) for x in out.stdout.split())
+    assert advised == 32 * 2**20
+    assert before > 30_000  # KiB: the read-through made the mapping resident
+    assert after < before / 4  # ... and the page-out took it back
+    # LLVM's read-only mappings were advised too. (How much of them leaves RSS depends on whether another
+    # process maps the same pages — here the test runner may: the kernel keeps pages mapped twice.)
+    assert llvm_advised > 0
