@@ -120,6 +120,10 @@ class ModbusDriver:
     instance never has two requests in flight: requests of a cycle are sent one after another.
     """
 
+    #: With the native TCP client, send a cycle's requests as one chain (one await per cycle, not per
+    #: request). Off only to measure the difference (``bench/modbus_bench.py``).
+    chain_requests = True
+
     def __init__(self, cfg: ModbusTcpDevice | ModbusRtuDevice, point_index: dict[str, int]):
         self.name: str = cfg.name
         self.cfg = cfg
@@ -136,9 +140,8 @@ class ModbusDriver:
         self._split = np.zeros(len(self.plan), dtype=bool)
         self._split_at = np.zeros(len(self.plan), dtype=np.int64)  # cycle in which a range was split
         self._last_status = np.full(len(self.plan), _OK, dtype=np.int8)
-        self._client: Any = (
-            None  # ModbusTcpReadClient, or pymodbus' AsyncModbusTcpClient / AsyncModbusSerialClient
-        )
+        # ModbusTcpReadClient, or pymodbus' AsyncModbusTcpClient / AsyncModbusSerialClient
+        self._client: Any = None
         self.requests_sent = 0  # counters for metrics and tests
         self.cycles = 0
 
@@ -185,8 +188,6 @@ class ModbusDriver:
             errors += (_pymodbus().ModbusException,)
         try:
             ok = await client.connect()
-            if native:
-                ok = True  # raises instead of returning False
         except asyncio.CancelledError:
             client.close()
             raise
@@ -269,6 +270,36 @@ class ModbusDriver:
             return _OK, np.unpackbits(np.frombuffer(payload, np.uint8), count=count, bitorder="little")
         return _OK, np.frombuffer(payload, ">u2")
 
+    async def _read_chained(self, skip: list[bool]) -> dict[int, tuple[int, Any]] | None:
+        """The cycle's range reads (all but ``skip``) sent back to back through the native client.
+
+        One await for the whole cycle instead of one per request; ``None`` with pymodbus (or when the
+        chain is switched off), whose requests :meth:`poll` then awaits one by one.
+        """
+        client = self._client
+        if not isinstance(client, ModbusTcpReadClient) or not self.chain_requests:
+            return None
+        if not client.connected:
+            raise ConnectionLost(self.name, "not connected")
+        rs = [r for r in range(len(self.plan)) if not skip[r]]
+        reqs = [(READ_FUNCTIONS[self.plan[r].table][1], self.plan[r].address, self.plan[r].count) for r in rs]
+        self.requests_sent += len(reqs)
+        try:
+            results = await client.read_many(reqs)
+        except OSError as exc:  # ConnectionError included
+            raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+        out: dict[int, tuple[int, Any]] = {}
+        for r, (fc, _address, count), res in zip(rs, reqs, results, strict=True):
+            if isinstance(res, ModbusTcpRefused):
+                out[r] = (_REFUSED, res.code)
+            elif isinstance(res, TimeoutError):
+                out[r] = (_TIMEOUT, str(res))
+            elif fc in (1, 2):
+                out[r] = (_OK, np.unpackbits(np.frombuffer(res, np.uint8), count=count, bitorder="little"))
+            else:
+                out[r] = (_OK, np.frombuffer(res, ">u2"))
+        return out
+
     async def _quiet_after_timeout(self) -> None:
         """On a serial line, let a late answer arrive (and be dropped) before the next request goes out.
 
@@ -344,13 +375,21 @@ class ModbusDriver:
         req_q = np.zeros(len(self.plan), dtype=np.uint8)
         point_q = np.zeros(dec.n_points, dtype=np.uint8)
         sent = timed_out = 0
+        split_now = [
+            bool(self._split[r]) and self.cycles - self._split_at[r] < RANGE_RETRY_CYCLES
+            for r in range(len(self.plan))
+        ]
+        chained = await self._read_chained(split_now)
         for r, req in enumerate(self.plan):
             base = int(dec.buffer_base[r])
-            if self._split[r] and self.cycles - self._split_at[r] < RANGE_RETRY_CYCLES:
+            if split_now[r]:
                 s, t = await self._read_split(req, base, regs, bits, point_q)
                 sent, timed_out = sent + s, timed_out + t
                 continue
-            status, data = await self._read(req.table, req.address, req.count)
+            if chained is not None:
+                status, data = chained[r]
+            else:
+                status, data = await self._read(req.table, req.address, req.count)
             sent += 1
             if status == _OK:
                 if self._split[r]:

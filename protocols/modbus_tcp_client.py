@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Sequence
 
 __all__ = [
     "EXCEPTION_NAMES",
     "READ_FUNCTION_CODES",
     "ModbusTcpReadClient",
     "ModbusTcpRefused",
+    "ReadResult",
+    "check_answer",
     "encode_read_request",
     "expected_data_bytes",
 ]
@@ -76,19 +79,68 @@ def encode_read_request(tid: int, unit: int, fc: int, address: int, count: int) 
     return _MBAP.pack(tid & 0xFFFF, 0, 6, unit & 0xFF, fc, address, count)
 
 
-class _Link(asyncio.Protocol):
-    """The connection's protocol object: reassembles frames and resolves the one pending request."""
+def check_answer(pdu: bytes, fc: int, count: int) -> bytes | ModbusTcpRefused:
+    """The data bytes of a valid answer to a read of ``count`` items, or the refusal it stands for."""
+    if pdu[0] == fc | 0x80:
+        return ModbusTcpRefused(pdu[1] if len(pdu) > 1 else -1)
+    n = expected_data_bytes(fc, count)
+    if pdu[0] != fc or len(pdu) < 2 + n or pdu[1] != n:
+        return ModbusTcpRefused(-1)  # short, inconsistent or not an answer to this function
+    return pdu[2 : 2 + n]
 
-    def __init__(self) -> None:
+
+#: What one request of a chain comes back as: its data bytes, a refusal, or a timeout.
+ReadResult = bytes | ModbusTcpRefused | TimeoutError
+
+
+class _Chain:
+    """Requests sent one after another on one connection; the next goes out as the previous is answered."""
+
+    __slots__ = ("deadline", "fut", "requests", "results", "tid")
+
+    def __init__(self, requests: Sequence[tuple[int, int, int]], fut: asyncio.Future[list[ReadResult]]):
+        self.requests = requests
+        self.results: list[ReadResult] = []
+        self.fut = fut
+        self.tid = -1  # transaction id of the request in flight
+        self.deadline = 0.0  # loop time by which it must be answered
+
+
+class _Link(asyncio.Protocol):
+    """The connection's protocol object: reassembles frames and drives the one chain in flight.
+
+    The next request of a chain is written from :meth:`data_received` itself, so a poll cycle of N
+    requests wakes the polling task once rather than N times (no future, task step or driver call per
+    request: ≈ 40 % of the client's CPU at 1,600 requests/s). Still one request in flight at a time,
+    which every Modbus TCP device handles.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, unit: int, timeout: float) -> None:
+        self.loop, self.unit, self.timeout = loop, unit, timeout
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.pending: asyncio.Future[bytes] | None = None
-        self.pending_tid = -1
-        self.deadline = 0.0  # loop time by which the pending request must be answered
+        self.chain: _Chain | None = None
         self.lost: BaseException | None = None
+        self._tid = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def send_next(self, chain: _Chain) -> None:
+        """Send the chain's next request, or resolve the chain when every request has its result."""
+        i = len(chain.results)
+        if i == len(chain.requests):
+            self.chain = None
+            if not chain.fut.done():
+                chain.fut.set_result(chain.results)
+            return
+        fc, address, count = chain.requests[i]
+        self._tid = tid = (self._tid + 1) & 0xFFFF
+        chain.tid = tid
+        chain.deadline = self.loop.time() + self.timeout
+        frame = encode_read_request(tid, self.unit, fc, address, count)
+        assert self.transport is not None
+        self.transport.write(frame)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -105,11 +157,19 @@ class _Link(asyncio.Protocol):
                 return
             pdu = bytes(buf[7:end])
             del buf[:end]
-            fut = self.pending
-            if tid == self.pending_tid and fut is not None and not fut.done():
-                self.pending = None
-                fut.set_result(pdu)
+            chain = self.chain
+            if chain is not None and tid == chain.tid:
+                fc, _address, count = chain.requests[len(chain.results)]
+                chain.results.append(check_answer(pdu, fc, count))
+                self.send_next(chain)
             # else: a late answer to a request that timed out (or was cancelled): dropped.
+
+    def expire(self) -> None:
+        """A request in flight past its deadline times out; the chain goes on with the next one."""
+        chain = self.chain
+        if chain is not None and self.loop.time() >= chain.deadline:
+            chain.results.append(TimeoutError("no answer within the timeout"))
+            self.send_next(chain)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -117,24 +177,24 @@ class _Link(asyncio.Protocol):
 
     def _fail(self, exc: BaseException) -> None:
         self.lost = exc
-        fut, self.pending = self.pending, None
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
+        chain, self.chain = self.chain, None
+        if chain is not None and not chain.fut.done():
+            chain.fut.set_exception(exc)
 
 
 class ModbusTcpReadClient:
     """One Modbus TCP connection with at most one request in flight.
 
-    ``await read(fc, address, count)`` returns the answer's data bytes (registers big-endian, bits packed
-    LSB first, as on the wire); raises :class:`ModbusTcpRefused` for an exception response,
-    ``TimeoutError`` when no answer arrives within ``timeout`` seconds, ``ConnectionError`` when the
-    link is gone.
+    ``await read_many([(fc, address, count), ...])`` sends the requests one after another and returns
+    one result per request: the answer's data bytes (registers big-endian, bits packed LSB first, as on
+    the wire), a :class:`ModbusTcpRefused` for an exception response, a ``TimeoutError`` when no answer
+    came within ``timeout`` seconds (the chain then goes on). It raises ``ConnectionError`` when the
+    link is gone. ``await read(fc, address, count)`` is one request, its refusal or timeout raised.
     """
 
     def __init__(self, host: str, port: int, unit: int, timeout: float) -> None:
         self.host, self.port, self.unit, self.timeout = host, port, unit, timeout
         self._link: _Link | None = None
-        self._tid = 0
         self._sweep: asyncio.TimerHandle | None = None
 
     @property
@@ -142,13 +202,16 @@ class ModbusTcpReadClient:
         link = self._link
         return link is not None and link.transport is not None and link.lost is None
 
-    async def connect(self) -> None:
-        """Open the TCP connection (``OSError`` / ``TimeoutError`` when it cannot be opened in ``timeout``)."""
+    async def connect(self) -> bool:
+        """Open the TCP connection; True once open (``OSError`` / ``TimeoutError`` when it cannot be
+        opened within ``timeout``)."""
         loop = asyncio.get_running_loop()
         _transport, link = await asyncio.wait_for(
-            loop.create_connection(_Link, self.host, self.port), max(self.timeout, 1.0)
+            loop.create_connection(lambda: _Link(loop, self.unit, self.timeout), self.host, self.port),
+            max(self.timeout, 1.0),
         )
         self._link = link
+        return True
 
     def close(self) -> None:
         """Close the connection; a pending read fails with ``ConnectionError``. Never raises."""
@@ -161,49 +224,42 @@ class ModbusTcpReadClient:
             if link.transport is not None:
                 link.transport.close()
 
-    def _expire_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The sweep: fail the pending request once its deadline passed; runs while one is pending."""
+    def _expire_overdue(self) -> None:
+        """The sweep: time out an overdue request; runs every timeout/4 while a chain is in flight."""
         self._sweep = None
         link = self._link
-        if link is None or link.pending is None:
-            return  # idle: the next read starts the sweep again
-        fut = link.pending
-        if loop.time() >= link.deadline:
-            link.pending = None
-            if not fut.done():
-                fut.set_exception(TimeoutError("no answer within the timeout"))
-            return
-        self._sweep = loop.call_later(self.timeout / 4, self._expire_overdue, loop)
+        if link is None or link.chain is None:
+            return  # idle: the next chain starts the sweep again
+        link.expire()
+        if link.chain is not None:
+            self._sweep = link.loop.call_later(self.timeout / 4, self._expire_overdue)
 
-    async def read(self, fc: int, address: int, count: int) -> bytes:
-        """One read request and its answer's data bytes (see the class docstring for the errors)."""
+    async def read_many(self, requests: Sequence[tuple[int, int, int]]) -> list[ReadResult]:
+        """Send ``requests`` one after another; one result per request (see the class docstring)."""
         link = self._link
         if link is None or link.transport is None or link.lost is not None:
             raise ConnectionError("not connected")
-        if link.pending is not None:
+        if link.chain is not None:
             raise RuntimeError("a request is already in flight on this connection")
-        self._tid = tid = (self._tid + 1) & 0xFFFF
-        frame = encode_read_request(tid, self.unit, fc, address, count)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        link.pending, link.pending_tid = fut, tid
-        link.deadline = loop.time() + self.timeout
-        # Timeouts are found by a sweep every timeout/4 while requests are in flight, not by a timer per
+        for fc, address, count in requests:
+            encode_read_request(0, self.unit, fc, address, count)  # refuse a bad request before any is sent
+        fut: asyncio.Future[list[ReadResult]] = link.loop.create_future()
+        link.chain = chain = _Chain(requests, fut)
+        # Timeouts are found by a sweep every timeout/4 while a chain is in flight, not by a timer per
         # request (a TimerHandle created and cancelled 1,600 times a second was ≈ 1 % of a core); an
         # unanswered request therefore fails between 1 and 1.25 × timeout after it was sent.
         if self._sweep is None:
-            self._sweep = loop.call_later(self.timeout / 4, self._expire_overdue, loop)
-        link.transport.write(frame)
+            self._sweep = link.loop.call_later(self.timeout / 4, self._expire_overdue)
+        link.send_next(chain)
         try:
-            pdu = await fut
+            return await fut
         finally:
-            if link.pending is fut:
-                link.pending = None
-        if pdu[0] == fc | 0x80:
-            raise ModbusTcpRefused(pdu[1] if len(pdu) > 1 else -1)
-        if pdu[0] != fc or len(pdu) < 2:
-            raise ModbusTcpRefused(-1)
-        n = expected_data_bytes(fc, count)
-        if pdu[1] != n or len(pdu) < 2 + n:
-            raise ModbusTcpRefused(-1)  # short or inconsistent answer
-        return pdu[2 : 2 + n]
+            if link.chain is chain:  # cancelled: late answers are dropped by transaction id
+                link.chain = None
+
+    async def read(self, fc: int, address: int, count: int) -> bytes:
+        """One read request and its answer's data bytes (raises its refusal or timeout)."""
+        (result,) = await self.read_many(((fc, address, count),))
+        if isinstance(result, BaseException):
+            raise result
+        return result

@@ -342,7 +342,7 @@ def test_driver_is_read_only() -> None:
     native = Path(inspect.getfile(modbus_tcp_client)).read_text()
     writes = [n for n in ast.walk(ast.parse(native)) if isinstance(n, ast.Call)
               and isinstance(n.func, ast.Attribute) and n.func.attr == "write"]  # fmt: skip
-    assert len(writes) == 1 and ast.unparse(writes[0]) == "link.transport.write(frame)"
+    assert len(writes) == 1 and ast.unparse(writes[0]) == "self.transport.write(frame)"
     assert "frame = encode_read_request(" in native
 
     # At run time: everything the server receives from a polling driver is a read function code.

@@ -187,3 +187,94 @@ def test_connect_refused_is_a_lost_connection() -> None:
             await drv.connect()
 
     run(body())
+
+
+class _OneAtATimeServer(asyncio.Protocol):
+    """Answers each request 10 ms after it arrived and notes any request that came before that answer."""
+
+    def __init__(self, answers: Callable[[bytes], bytes | None], log: dict[str, list]) -> None:
+        self.answers, self.log = answers, log
+        self.pending = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for i in range(0, len(data), 12):
+            req = data[i : i + 12]
+            self.log["seen"].append(req)
+            if self.pending:
+                self.log["overlaps"].append(req)  # sent while another request was still unanswered
+            frame = self.answers(req)
+            if frame is not None:
+                self.pending += 1
+                asyncio.get_running_loop().call_later(0.01, self._answer, frame)
+
+    def _answer(self, frame: bytes) -> None:
+        self.pending -= 1
+        self.transport.write(frame)  # type: ignore[attr-defined]
+
+
+def test_chain_keeps_one_request_in_flight_and_goes_on_past_a_refusal_and_a_timeout() -> None:
+    def answers(req: bytes) -> bytes | None:
+        address = struct.unpack_from(">H", req, 8)[0]
+        if address == 20:
+            return answer(req, bytes([req[7] | 0x80, 2]))  # ILLEGAL_ADDRESS
+        if address == 30:
+            return None  # never answered: times out, the chain goes on
+        return registers(req, [address, address + 1])
+
+    async def body() -> None:
+        log: dict[str, list] = {"seen": [], "overlaps": []}
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _OneAtATimeServer(answers, log), "127.0.0.1", 0)
+        c = ModbusTcpReadClient("127.0.0.1", server.sockets[0].getsockname()[1], unit=1, timeout=0.2)
+        try:
+            await c.connect()
+            t0 = loop.time()
+            res = await c.read_many([(3, 10, 2), (3, 20, 2), (3, 30, 2), (4, 40, 2)])
+            elapsed = loop.time() - t0
+            assert res[0] == struct.pack(">2H", 10, 11) and res[3] == struct.pack(">2H", 40, 41)
+            assert isinstance(res[1], ModbusTcpRefused) and res[1].code == 2
+            assert isinstance(res[2], TimeoutError)
+            assert 0.2 <= elapsed < 0.6  # one timeout (swept every timeout/4) plus three 10 ms answers
+            assert [struct.unpack_from(">H", r, 8)[0] for r in log["seen"]] == [10, 20, 30, 40]
+            assert log["overlaps"] == []  # never two requests in flight
+            with pytest.raises(ValueError, match="not a read"):
+                await c.read_many([(3, 0, 1), (16, 0, 1)])  # refused before anything is sent
+            assert len(log["seen"]) == 4
+        finally:
+            c.close()
+            server.close()
+            await server.wait_closed()
+
+    run(body())
+
+
+def test_cancelled_chain_leaves_the_client_usable_and_its_late_answers_dropped() -> None:
+    calls = {"n": 0}
+
+    def script(req: bytes) -> list[bytes]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            return []  # the second request of the chain stays unanswered until...
+        if calls["n"] == 3:  # ... the next read: its late answer arrives first
+            late = bytearray(req)
+            late[0:2] = struct.pack(">H", struct.unpack_from(">H", req)[0] - 1)
+            return [registers(bytes(late), [666]), registers(req, [7])]
+        return [registers(req, [calls["n"]])]
+
+    async def body() -> None:
+        async with scripted(script) as (port, seen):
+            c = ModbusTcpReadClient("127.0.0.1", port, unit=1, timeout=5.0)
+            await c.connect()
+            try:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(c.read_many([(3, 0, 1), (3, 1, 1), (3, 2, 1)]), 0.2)
+                assert len(seen) == 2  # the third request was never sent
+                assert await c.read(3, 5, 1) == struct.pack(">H", 7)
+                assert c.connected
+            finally:
+                c.close()
+
+    run(body())
