@@ -241,6 +241,7 @@ class Detector:
         self._rec_f = np.zeros((cap, 3))
         self._snap_i = np.zeros((max(_REC_CAP * 8, cap), 3), np.int64)
         self._snap_f = np.zeros((max(_REC_CAP * 8, cap), 6))
+        self._scratch = K.new_scratch(P, G, len(self.relations.rel_type))
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -298,7 +299,7 @@ class Detector:
             rel.rel_type, rel.rel_ptr, rel.rel_pt, rel.rel_role, rel.prel_ptr, rel.prel,
             self._win_kind, self._win_idx, self._win_t0, self._win_t1,
             K.CAL_GRID, self.prm, BAD_QUALITY_MASK,
-            self._rec_i, self._rec_f, self._snap_i, self._snap_f,
+            self._rec_i, self._rec_f, self._snap_i, self._snap_f, *self._scratch,
         )  # fmt: skip
 
     @staticmethod
@@ -326,7 +327,10 @@ class Detector:
                 while self._next_recal <= ts[start]:
                     self._next_recal += self._recal_every
                 continue
-            end = int(np.searchsorted(ts, self._next_recal, side="left"))
+            if ts[N - 1] < self._next_recal:
+                end = N  # the usual case: no recalibration inside this batch
+            else:
+                end = int(np.searchsorted(ts, self._next_recal, side="left"))
             sl = slice(start, end)
             a_p, a_t, a_v, a_q, a_s, a_f = pidx[sl], ts[sl], val[sl], qual[sl], slot[sl], frac[sl]
             pos = 0
@@ -353,9 +357,10 @@ class Detector:
             return []
         ts = batch.ts
         pidx, val, qual = batch.point_idx, batch.value, batch.quality
-        if int(pidx.min()) < 0 or int(pidx.max()) >= len(self.points):
+        indices_ok, ts_sorted = K.check_batch(pidx, ts, len(self.points))
+        if not indices_ok:
             raise ValueError(f"batch names point indices outside 0..{len(self.points) - 1}")
-        if len(ts) > 1 and np.any(np.diff(ts) < 0):
+        if not ts_sorted:
             order = np.argsort(ts, kind="stable")
             pidx, ts, val, qual = pidx[order], ts[order], val[order], qual[order]
         return self._run(pidx, ts, val, qual, emit=True)
@@ -628,6 +633,8 @@ class Detector:
             if old_th.ndim == 2 and old_th.shape[1] == K.NTH:
                 s["th"][hd] = old_th[hs]
         s["sf"][:] = arrays["sf"]
+        # the kernel's scratch stamps segment numbers; the restored counter may be lower than this one's
+        self._scratch = K.new_scratch(len(self.points), len(self.group_names), len(self.relations.rel_type))
         if len(ps) != len(self.points):
             # a new point: its group/relations changed; let segment ids stay consistent
             log.info("event=state_points_added added=%d", len(self.points) - len(ps))

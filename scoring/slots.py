@@ -43,11 +43,22 @@ class SlotClock:
         """Slot (int16, 0..167) for each timestamp in ``ts`` (UTC epoch seconds)."""
         return self.slots_frac(ts)[0]
 
+    def _slot_frac_scalar(self, t: float) -> tuple[int, float]:
+        """:meth:`slots_frac` of one timestamp, in plain floats (the same arithmetic)."""
+        local = (t + self.offset(int(np.floor(t / _BUCKET)))) / 3600.0
+        local_h = np.floor(local)
+        return (int(local_h) + _EPOCH_HOW) % N_SLOTS, float(local - local_h)
+
     def slots_frac(self, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slot (int16) and position within the local hour (0 ≤ frac < 1) for each timestamp."""
         ts = np.asarray(ts, dtype=np.float64)
         if ts.size == 0:
             return np.empty(0, np.int16), np.empty(0, np.float64)
+        if ts.ndim == 1 and ts[0] == ts[-1] and (ts.size < 3 or ts[ts.size // 2] == ts[0]):
+            # probably a live poll (one timestamp for the whole batch): compute one, check the rest
+            s1, f1 = self._slot_frac_scalar(float(ts[0]))
+            if ts.size < 3 or bool((ts == ts[0]).all()):
+                return np.full(ts.size, s1, np.int16), np.full(ts.size, f1)
         buckets = np.floor(ts / _BUCKET).astype(np.int64)
         b0, b1 = int(buckets[0]), int(buckets[-1])
         if b0 == b1 and np.all(buckets == b0):  # a live batch: one lookup

@@ -130,6 +130,22 @@ def test_slots_dst_spring_forward_and_fall_back():
     assert list(bulk) == single
 
 
+def test_slots_of_a_live_batch_equal_the_general_path():
+    # A poll batch carries one timestamp for all its readings: slots_frac computes it once. Same slot and
+    # the same fraction, bit for bit, as the per-bucket path, across both DST changes and odd seconds.
+    clock = SlotClock("Europe/Berlin")
+    times = _ts("2026-03-29T00:59:59.25") + np.arange(0, 48 * 3600, 1234.567)
+    times = np.r_[times, _ts("2026-10-25T00:30:00") + np.arange(0, 3 * 3600, 99.9), 0.0, 1.5]
+    gen_slot, gen_frac = clock.slots_frac(np.r_[times, times[-1] + 1.0])  # not uniform: general path
+    for i, t in enumerate(times):
+        slot, frac = clock.slots_frac(np.full(1000, t))
+        assert slot.dtype == np.int16 and (slot == gen_slot[i]).all() and (frac == gen_frac[i]).all()
+    mixed = np.full(1000, times[5])
+    mixed[700] += 3600.0  # equal ends and middle, one reading an hour later: not uniform
+    slot, _ = clock.slots_frac(mixed)
+    assert slot[700] == (slot[0] + 1) % 168 and (np.delete(slot, 700) == slot[0]).all()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Detector helpers
 # ---------------------------------------------------------------------------------------------------
