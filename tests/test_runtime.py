@@ -83,6 +83,30 @@ def test_schedule_has_no_drift(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_stop_ends_a_long_pause_between_polls_at_once(tmp_path: Path) -> None:
+    # A device polled every 10 minutes sleeps between cycles; a stop must not wait for the next deadline.
+    async def main() -> None:
+        srv = ModbusSimServer(POINTS, host="127.0.0.1", port=0)
+        port = await srv.start()
+        await srv.update(VALUES)
+        try:
+            rt = Runtime(_cfg(tmp_path, [_device("rtu", port, poll="10min")], scoring={"enabled": False}))
+            task = asyncio.create_task(rt.run())
+            while "rtu" not in rt.devices or rt.devices["rtu"].polls == 0:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.2)
+            assert len(rt._pauses) == 1  # the device loop is pausing until its next cycle
+            t0 = time.monotonic()
+            rt.request_stop()
+            await asyncio.wait_for(task, timeout=20)
+            assert time.monotonic() - t0 < 5.0 and rt.devices["rtu"].polls == 1
+            assert not rt._pauses
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
 def test_overload_skips_cycles_and_counts_them(tmp_path: Path) -> None:
     async def main() -> None:
         srv = ModbusSimServer(POINTS, host="127.0.0.1", port=0)
