@@ -84,33 +84,15 @@ def make_driver(dev: Any, point_index: dict[str, int], store: Store | None = Non
 
 
 def _precompile_scoring(cfg: SiteConfig) -> None:
-    """Compile (or load from numba's cache) every scoring kernel before the first poll.
+    """Compile (or load from numba's cache) every kernel before the first poll.
 
     A fresh install compiles for tens of seconds on the first batch; doing it here, on a throwaway
     detector, keeps that out of the event loop's first cycles (READY=1 is sent only afterwards).
     """
-    from gridedge.gateway.model import Point, Quantity
-    from gridedge.scoring.detector import Detector
+    from gridedge.gateway.precompile import precompile_kernels
 
-    t0 = time.perf_counter()
-    pts = PointTable([
-        Point(0, "_i", Quantity.CURRENT, group="_g", rating=100.0), Point(1, "_p", Quantity.ACTIVE_POWER, group="_g"),
-        Point(2, "_v", Quantity.VOLTAGE, group="_b", nominal=10.0), Point(3, "_cb", Quantity.STATUS, group="_g"),
-    ])  # fmt: skip
-    det = Detector(
-        pts, timezone=cfg.site.timezone, frequency_hz=float(cfg.site.frequency_hz), config=cfg.scoring
-    )
-    now = time.time()
-    ts = now - 3600 + 60.0 * np.arange(30)
-    values = np.tile([50.0, 1.0, 10.0, 1.0], (30, 1))
-    det.warm(ts, values)
-    det.calibrate()
-    for k in range(3):
-        det.process(
-            ReadingBatch.uniform(np.arange(4, dtype=np.int32), np.array([50.0, 1.0, 10.0, 1.0]), ts=now + k)
-        )
-    det.state_arrays()
-    log.info(kv("scoring_ready", seconds=round(time.perf_counter() - t0, 2)))
+    seconds = precompile_kernels(cfg.site.timezone, float(cfg.site.frequency_hz), cfg.scoring)
+    log.info(kv("scoring_ready", seconds=round(seconds, 2)))
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -712,7 +694,7 @@ class Runtime:
             from gridedge.gateway.malloc_tuning import page_out_library
             from gridedge.gateway.value_deadband import warm
 
-            warm()  # the MQTT bridge's kernel, loaded while LLVM's pages are still in
+            warm()  # the MQTT bridge's kernel (loaded already when scoring is on), before LLVM's pages go
             advised = page_out_library("libllvmlite")
             log.info(kv("compiler_pages_released", mib=round(advised / 2**20, 1)))
         self.apply_fleet_models()

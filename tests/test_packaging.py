@@ -119,7 +119,7 @@ def _stub_env(tmp_path: Path, root: Path) -> tuple[dict[str, str], Path]:
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     log = tmp_path / "calls.log"
-    for cmd in ("adduser", "chown", "install", "systemctl", "deb-systemd-invoke"):
+    for cmd in ("adduser", "chown", "install", "systemctl", "deb-systemd-invoke", "runuser"):
         (stubs / cmd).write_text(f'#!/bin/sh\necho "{cmd} $*" >> "{log}"\n')
     # a fresh system: the units were never enabled by the administrator
     (stubs / "deb-systemd-helper").write_text(
@@ -161,6 +161,13 @@ def test_postinst_fresh_install_creates_user_and_starts_nothing(extracted, tmp_p
     assert any(c.startswith("adduser --system --group") and c.endswith(" gridedge") for c in calls)
     assert "install-venv" in calls
     assert any(c.startswith("install -d -o gridedge -g gridedge") for c in calls)
+    # the kernels are compiled into the service's numba cache, as the service user, after the venv exists
+    pre = [c for c in calls if c.startswith("runuser ")]
+    assert len(pre) == 1 and calls.index(pre[0]) > calls.index("install-venv"), calls
+    assert pre[0].startswith("runuser -u gridedge -- env NUMBA_CACHE_DIR=/var/cache/gridedge/numba ")
+    assert pre[0].endswith("/bin/python -m gridedge.gateway.precompile")
+    unit = (Path(__file__).parents[1] / "systemd/gridedge.service").read_text()
+    assert "Environment=NUMBA_CACHE_DIR=/var/cache/gridedge/numba" in unit  # the same cache the service reads
     assert not [c for c in calls if re.match(r"systemctl .*\b(start|restart|try-restart|enable)\b", c)]
     assert not [c for c in calls if c.startswith("deb-systemd-helper enable")]
 
@@ -222,3 +229,24 @@ def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
     )
     assert proc.stdout.strip() == "ok", proc.stderr
     assert (prefix / "bin/flower-supernode").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_precompile_fills_the_cache_the_next_start_loads(tmp_path: Path) -> None:
+    """What postinst runs: after it, a new process loads every kernel from the cache and compiles none."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    cmd = [sys.executable, "-m", "gridedge.gateway.precompile"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
+    assert first.returncode == 0, first.stderr
+    assert "precompiled" in first.stderr and str(tmp_path / "numba") in first.stderr
+    cached = {p.name.split("-")[0] for p in (tmp_path / "numba").rglob("*.nbi")}
+    assert {"kernel.run_batch", "kernel.check_batch", "value_deadband.select_changed"} <= cached, cached
+    again = subprocess.run(
+        cmd, env={**env, "NUMBA_DEBUG_CACHE": "1"}, capture_output=True, text=True, timeout=800
+    )
+    assert again.returncode == 0, again.stderr
+    out = again.stdout + again.stderr
+    loaded = [ln for ln in out.splitlines() if "data loaded from" in ln]
+    assert any("run_batch" in ln for ln in loaded) and any("select_changed" in ln for ln in loaded)
+    assert "data saved to" not in out  # nothing compiled on the "first start"

@@ -1,0 +1,78 @@
+"""Compile (or load from numba's cache) every kernel the daemon runs, before the first poll.
+
+The daemon calls :func:`precompile_kernels` while it starts (READY=1 comes after it). The Debian package's
+postinst runs ``python -m gridedge.gateway.precompile`` once as the service user with the service's
+``NUMBA_CACHE_DIR``: the first start then loads the kernels in seconds instead of compiling them for a
+minute or more, and its memory peak stays that of every later start (≈ 220 MiB at 10,000 points instead
+of ≈ 410 MiB: LLVM's compile-time memory is never allocated).
+
+Kernel signatures depend only on array types, so a throwaway four-point detector compiles exactly the
+specialisations a real site uses; neither the site config nor any data is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+from gridedge.gateway.logs import kv
+from gridedge.gateway.model import Point, PointTable, Quantity, ReadingBatch
+
+__all__ = ["main", "precompile_kernels"]
+
+log = logging.getLogger("gridedge.precompile")
+
+
+def precompile_kernels(
+    timezone: str = "UTC", frequency_hz: float = 50.0, scoring_config: object | None = None
+) -> float:
+    """Run every scoring kernel and the MQTT value deadband once on a throwaway detector; seconds taken."""
+    from gridedge.gateway.value_deadband import warm
+    from gridedge.scoring.detector import Detector
+
+    t0 = time.perf_counter()
+    pts = PointTable([
+        Point(0, "_i", Quantity.CURRENT, group="_g", rating=100.0), Point(1, "_p", Quantity.ACTIVE_POWER, group="_g"),
+        Point(2, "_v", Quantity.VOLTAGE, group="_b", nominal=10.0), Point(3, "_cb", Quantity.STATUS, group="_g"),
+    ])  # fmt: skip
+    det = Detector(pts, timezone=timezone, frequency_hz=frequency_hz, config=scoring_config)
+    now = time.time()
+    ts = now - 3600 + 60.0 * np.arange(30)
+    values = np.tile([50.0, 1.0, 10.0, 1.0], (30, 1))
+    det.warm(ts, values)
+    det.calibrate()
+    for k in range(3):
+        det.process(
+            ReadingBatch.uniform(np.arange(4, dtype=np.int32), np.array([50.0, 1.0, 10.0, 1.0]), ts=now + k)
+        )
+    det.state_arrays()
+    warm()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gridedge.gateway.precompile``: fill numba's cache (``$NUMBA_CACHE_DIR``) and exit."""
+    ap = argparse.ArgumentParser(
+        prog="python -m gridedge.gateway.precompile",
+        description="Compile gridedge's numba kernels into numba's cache ($NUMBA_CACHE_DIR), so that the "
+        "daemon's next start loads them instead of compiling. Safe to run again: cached kernels load.",
+    )
+    ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    cache = os.environ.get("NUMBA_CACHE_DIR", "(next to the sources)")
+    try:
+        seconds = precompile_kernels()
+    except Exception as exc:  # a failed precompile only means the first start compiles
+        log.error(kv("precompile_failed", cache=cache, error=exc))
+        return 1
+    log.info(kv("precompiled", cache=cache, seconds=round(seconds, 1)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
