@@ -31,7 +31,8 @@ log = logging.getLogger("gridedge.precompile")
 def precompile_kernels(
     timezone: str = "UTC", frequency_hz: float = 50.0, scoring_config: object | None = None
 ) -> float:
-    """Run every scoring kernel and the MQTT value deadband once on a throwaway detector; seconds taken."""
+    """Run every scoring kernel (on a throwaway detector), the MQTT value deadband and the Modbus decode
+    once; seconds taken."""
     from gridedge.gateway.value_deadband import warm
     from gridedge.scoring.detector import Detector
 
@@ -52,7 +53,18 @@ def precompile_kernels(
         )
     det.state_arrays()
     warm()
+    _warm_modbus_decode()
     return time.perf_counter() - t0
+
+
+def _warm_modbus_decode() -> None:
+    """The Modbus register decode (compiled), with the array types the driver passes."""
+    from gridedge.protocols.coalesce import Span, plan_requests
+    from gridedge.protocols.modbus_codec import PointFormat, RegisterDecoder
+
+    fmts = [PointFormat("holding", 0, "float32"), PointFormat("coil", 0, "bool")]
+    dec = RegisterDecoder(fmts, plan_requests([Span(f.table, f.address, f.width) for f in fmts]))
+    dec.decode(np.zeros(dec.n_registers, np.uint16), np.zeros(dec.n_bits, np.uint8), np.zeros(2, np.uint8))
 
 
 def main(argv: list[str] | None = None) -> int:
