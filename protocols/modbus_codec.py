@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from gridedge.gateway.model import Quality
 from gridedge.protocols.coalesce import BIT_TABLES, ReadRequest
@@ -105,59 +104,6 @@ def encode_registers(
     return np.ascontiguousarray(w)
 
 
-#: Type codes of the compiled decode (:func:`_decode_points`).
-_KIND = {"int16": 0, "uint16": 1, "int32": 2, "uint32": 3, "float32": 4, "float64": 5, "bool": 6}
-_BYTE_LITTLE, _WORD_LITTLE = 1, 2
-
-
-@njit(cache=True)
-def _decode_points(
-    regs, bits, req_q, kind, width, pos, order, req_of, scale, offset, invalid, values, quality
-):
-    """One pass over the points: words → raw value → scale/offset, quality from the request and the value.
-
-    The bit patterns are reassembled as an unsigned integer, most significant word first, and
-    reinterpreted through one-element views (float32/float64), as NumPy's ``view`` does.
-    """
-    b32 = np.zeros(1, np.uint32)
-    f32 = b32.view(np.float32)
-    b64 = np.zeros(1, np.uint64)
-    f64 = b64.view(np.float64)
-    for m in range(len(kind)):
-        k = kind[m]
-        p = pos[m]
-        if k == 6:
-            raw = 1.0 if bits[p] != 0 else 0.0
-        else:
-            w = width[m]
-            u = np.uint64(0)
-            for j in range(w):
-                word = np.uint64(regs[p + (w - 1 - j if order[m] & 2 else j)])
-                if order[m] & 1:
-                    word = ((word & np.uint64(0xFF)) << np.uint64(8)) | (word >> np.uint64(8))
-                u = (u << np.uint64(16)) | word
-            if k == 0:
-                raw = float(np.int64(u) - 65536 if u >= 32768 else np.int64(u))
-            elif k == 1:
-                raw = float(u)
-            elif k == 2:
-                raw = float(np.int64(u) - 4294967296 if u >= 2147483648 else np.int64(u))
-            elif k == 3:
-                raw = float(u)
-            elif k == 4:
-                b32[0] = np.uint32(u)
-                raw = float(f32[0])
-            else:
-                b64[0] = u
-                raw = f64[0]
-        v = raw * scale[m] + offset[m]
-        q = req_q[req_of[m]]
-        if not np.isfinite(v):
-            q |= invalid
-        quality[m] = q
-        values[m] = np.nan if q & invalid else v
-
-
 class RegisterDecoder:
     """Gather plan from per-cycle response buffers to per-point values and qualities.
 
@@ -207,11 +153,16 @@ class RegisterDecoder:
             self._groups.append((t, wo, bo, pos, idx))
         self._bit_pos = np.array(bit_pos, dtype=np.int64)
         self._bit_idx = point_buf[self._bit_pos]
-        # the compiled decode's per-point tables
-        self._kind = np.array([_KIND[f.type] for f in formats], dtype=np.int64)
+        # The compiled decode and its per-point tables. Imported here, not at module level: the simulator
+        # imports this module for encode_registers, and a process that loads numba maps LLVM's library,
+        # whose shared pages the daemon then cannot release (gateway/malloc_tuning.py).
+        from gridedge.protocols.modbus_decode import BYTE_LITTLE, KIND, WORD_LITTLE, decode_points
+
+        self._decode_points = decode_points
+        self._kind = np.array([KIND[f.type] for f in formats], dtype=np.int64)
         self._width = np.array([TYPE_WIDTH[f.type] for f in formats], dtype=np.int64)
         self._order = np.array(
-            [(_BYTE_LITTLE if f.byte_order == "little" else 0) | (_WORD_LITTLE if f.word_order == "little" else 0)
+            [(BYTE_LITTLE if f.byte_order == "little" else 0) | (WORD_LITTLE if f.word_order == "little" else 0)
              for f in formats], dtype=np.int64,
         )  # fmt: skip
         self._pos = point_buf
@@ -227,7 +178,7 @@ class RegisterDecoder:
         """
         values = np.empty(self.n_points, dtype=np.float64)
         quality = np.empty(self.n_points, dtype=np.uint8)
-        _decode_points(
+        self._decode_points(
             np.ascontiguousarray(registers, dtype=np.uint16), np.ascontiguousarray(bits, dtype=np.uint8),
             np.ascontiguousarray(request_quality, dtype=np.uint8), self._kind, self._width, self._pos,
             self._order, self.request_of_point, self.scale, self.offset, np.uint8(Quality.INVALID),

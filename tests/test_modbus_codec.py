@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -206,3 +208,17 @@ def test_plan_properties(raw: list[tuple[str, int, int]], max_regs: int, max_gap
     for a, b in itertools.pairwise(plan):
         if a.table == b.table:
             assert b.address - a.end > max_gap or max(a.end, b.end) - a.address > max_regs
+
+
+def test_the_simulator_side_of_the_codec_does_not_load_numba() -> None:
+    # A process that loads numba maps LLVM's library; the daemon's page-out (malloc_tuning) cannot release
+    # pages another process maps too. The simulators (and anything else importing the codec for
+    # encode_registers) must not load it: the compiled decode is imported by RegisterDecoder only.
+    code = (
+        "import sys; import gridedge.protocols.modbus_codec, gridedge.protocols.simulators.modbus_server; "
+        "print('numba' in sys.modules, 'llvmlite' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr

@@ -245,7 +245,7 @@ def test_precompile_fills_the_cache_the_next_start_loads(tmp_path: Path) -> None
         "kernel.run_batch",
         "kernel.check_batch",
         "value_deadband.select_changed",
-        "modbus_codec._decode_points",
+        "modbus_decode.decode_points",
     }
     assert want <= cached, cached
     again = subprocess.run(
