@@ -34,7 +34,12 @@ from gridedge.gateway.model import Quality, ReadingBatch
 from gridedge.protocols.base import ConfigurationError, ConnectionLost
 from gridedge.protocols.coalesce import ReadRequest, Span, plan_requests
 from gridedge.protocols.modbus_codec import PointFormat, RegisterDecoder
-from gridedge.protocols.modbus_tcp_client import EXCEPTION_NAMES, ModbusTcpReadClient, ModbusTcpRefused
+from gridedge.protocols.modbus_tcp_client import (
+    EXCEPTION_NAMES,
+    ModbusTcpReadClient,
+    ModbusTcpRefused,
+    ReadResult,
+)
 
 __all__ = ["READ_FUNCTIONS", "ModbusDriver", "build_plan", "point_formats"]
 
@@ -111,6 +116,17 @@ def build_plan(cfg: ModbusTcpDevice | ModbusRtuDevice) -> list[ReadRequest]:
         max_bits=cfg.coalesce.max_bits,
         one_request_per_point=cfg.workarounds.one_request_per_point,
     )
+
+
+def _native_status(fc: int, count: int, res: ReadResult) -> tuple[int, Any]:
+    """One native-client result as the driver's (_OK, values) | (_REFUSED, code) | (_TIMEOUT, reason)."""
+    if isinstance(res, ModbusTcpRefused):
+        return _REFUSED, res.code
+    if isinstance(res, TimeoutError):
+        return _TIMEOUT, str(res)
+    if fc in (1, 2):
+        return _OK, np.unpackbits(np.frombuffer(res, np.uint8), count=count, bitorder="little")
+    return _OK, np.frombuffer(res, ">u2")
 
 
 class ModbusDriver:
@@ -259,16 +275,10 @@ class ModbusDriver:
     ) -> tuple[int, Any]:
         """:meth:`_read` through gridedge's own TCP client: the answer decoded straight from bytes."""
         try:
-            payload = await client.read(fc, address, count)
-        except ModbusTcpRefused as exc:
-            return _REFUSED, exc.code
-        except TimeoutError as exc:
-            return _TIMEOUT, str(exc)
+            (res,) = await client.read_many(((fc, address, count),))
         except OSError as exc:  # ConnectionError included
             raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
-        if fc in (1, 2):
-            return _OK, np.unpackbits(np.frombuffer(payload, np.uint8), count=count, bitorder="little")
-        return _OK, np.frombuffer(payload, ">u2")
+        return _native_status(fc, count, res)
 
     async def _read_chained(self, skip: list[bool]) -> dict[int, tuple[int, Any]] | None:
         """The cycle's range reads (all but ``skip``) sent back to back through the native client.
@@ -288,17 +298,10 @@ class ModbusDriver:
             results = await client.read_many(reqs)
         except OSError as exc:  # ConnectionError included
             raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
-        out: dict[int, tuple[int, Any]] = {}
-        for r, (fc, _address, count), res in zip(rs, reqs, results, strict=True):
-            if isinstance(res, ModbusTcpRefused):
-                out[r] = (_REFUSED, res.code)
-            elif isinstance(res, TimeoutError):
-                out[r] = (_TIMEOUT, str(res))
-            elif fc in (1, 2):
-                out[r] = (_OK, np.unpackbits(np.frombuffer(res, np.uint8), count=count, bitorder="little"))
-            else:
-                out[r] = (_OK, np.frombuffer(res, ">u2"))
-        return out
+        return {
+            r: _native_status(fc, count, res)
+            for r, (fc, _address, count), res in zip(rs, reqs, results, strict=True)
+        }
 
     async def _quiet_after_timeout(self) -> None:
         """On a serial line, let a late answer arrive (and be dropped) before the next request goes out.
