@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "BAD_QUALITY_MASK",
+    "QUALITY_DTYPE",
     "QUANTITIES",
     "Event",
     "EventKind",
@@ -53,6 +54,9 @@ class Quality(enum.IntFlag):
             return "good"
         return "|".join(f.name.lower() for f in cls if f and bits & f)  # type: ignore[union-attr]
 
+
+#: The dtype of every quality array (ReadingBatch.quality, drivers' buffers, the store's codec).
+QUALITY_DTYPE = np.uint8
 
 #: Flags that make a reading unusable for learning and scoring.
 BAD_QUALITY_MASK = int(Quality.INVALID | Quality.COMM_LOST | Quality.OVERFLOW | Quality.STALE | Quality.TEST)
@@ -179,7 +183,7 @@ class ReadingBatch:
             ("point_idx", np.int32),
             ("ts", np.float64),
             ("value", np.float64),
-            ("quality", np.uint8),
+            ("quality", QUALITY_DTYPE),
         ):
             arr = getattr(self, name)
             if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != 1:
@@ -209,7 +213,7 @@ class ReadingBatch:
             np.empty(0, np.int32),
             np.empty(0, np.float64),
             np.empty(0, np.float64),
-            np.empty(0, np.uint8),
+            np.empty(0, QUALITY_DTYPE),
             device=device,
         )
 
@@ -225,7 +229,7 @@ class ReadingBatch:
         """A batch where every reading shares one timestamp (a polled cycle)."""
         n = len(point_idx)
         t = time.time() if ts is None else ts
-        q = np.full(n, quality, np.uint8) if np.isscalar(quality) else quality
+        q = np.full(n, quality, QUALITY_DTYPE) if np.isscalar(quality) else quality
         return cls(
             np.asarray(point_idx, np.int32), np.full(n, t), np.asarray(value, np.float64), q, device=device
         )
