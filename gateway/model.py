@@ -32,9 +32,10 @@ __all__ = [
 
 
 class Quality(enum.IntFlag):
-    """Per-reading quality as bit flags (uint8). No flag set means good.
+    """Per-reading quality as bit flags (:data:`QUALITY_DTYPE`, 16 bits). No flag set means good.
 
-    Mapped from Modbus exceptions/timeouts, IEC 61850 ``q`` and IEC 104 IV/NT/SB/BL/OV.
+    Bits 0–7 describe the *value* (mapped from Modbus exceptions/timeouts, IEC 61850 ``q`` and IEC 104
+    IV/NT/SB/BL/OV); bit 8 describes the *source timestamp*.
     """
 
     GOOD = 0
@@ -46,6 +47,10 @@ class Quality(enum.IntFlag):
     OVERFLOW = 32  # value out of representable range (61850 overflow, IEC 104 OV)
     BLOCKED = 64  # value blocked for transmission (IEC 104 BL, 61850 operatorBlocked)
     TEST = 128  # value produced in test mode (61850 test bit)
+    # The source timestamp is further from the gateway's clock than the device's ``clock_tolerance``
+    # (a field clock far off, or a GI answered with the time of the last change). The value is fine:
+    # it is stored with its source time, while retention, quota and scoring use the gateway's receive time.
+    CLOCK_SKEW = 256
 
     @classmethod
     def describe(cls, bits: int) -> str:
@@ -56,7 +61,7 @@ class Quality(enum.IntFlag):
 
 
 #: The dtype of every quality array (ReadingBatch.quality, drivers' buffers, the store's codec).
-QUALITY_DTYPE = np.uint8
+QUALITY_DTYPE = np.uint16
 
 #: Flags that make a reading unusable for learning and scoring.
 BAD_QUALITY_MASK = int(Quality.INVALID | Quality.COMM_LOST | Quality.OVERFLOW | Quality.STALE | Quality.TEST)
@@ -173,7 +178,7 @@ class ReadingBatch:
     point_idx: np.ndarray  # int32
     ts: np.ndarray  # float64, UTC epoch seconds
     value: np.ndarray  # float64 (NaN when there is no value)
-    quality: np.ndarray  # uint8, Quality bits
+    quality: np.ndarray  # QUALITY_DTYPE (uint16), Quality bits
     gateway_ts: np.ndarray | None = None  # float64; None means equal to ts
     device: str = ""
 

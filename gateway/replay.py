@@ -38,7 +38,7 @@ import numpy as np
 
 from gridedge.gateway.alert_policy import PUBLISHED, AlertPolicy
 from gridedge.gateway.config import AlertsSection, ScoringSection
-from gridedge.gateway.model import Event, PointTable, ReadingBatch
+from gridedge.gateway.model import QUALITY_DTYPE, Event, PointTable, ReadingBatch
 
 __all__ = [
     "ALERT_HEADER",
@@ -104,7 +104,7 @@ class ParsedReadings:
     point_idx: np.ndarray  # int32
     ts: np.ndarray  # float64 epoch s
     value: np.ndarray  # float64
-    quality: np.ndarray  # uint8
+    quality: np.ndarray  # QUALITY_DTYPE
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -143,7 +143,7 @@ def parse_readings(path: Path, points: PointTable) -> ParsedReadings:
         raise ReplayError(f"{path}: {exc}") from exc
     n = len(df)
     if n == 0:
-        return ParsedReadings(np.empty(0, np.int32), np.empty(0), np.empty(0), np.empty(0, np.uint8))
+        return ParsedReadings(np.empty(0, np.int32), np.empty(0), np.empty(0), np.empty(0, QUALITY_DTYPE))
 
     # points: look each distinct name up once
     pcat = df["point"].cat
@@ -187,9 +187,9 @@ def parse_readings(path: Path, points: PointTable) -> ParsedReadings:
         if badq.any():
             row = int(np.flatnonzero(badq)[0])
             raise ReplayError(f"{path}:{row + 2}: quality must be an integer 0..255 (Quality bit flags)")
-        quality = qf.astype(np.uint8)
+        quality = qf.astype(QUALITY_DTYPE)
     else:
-        quality = np.zeros(n, np.uint8)
+        quality = np.zeros(n, QUALITY_DTYPE)
     return ParsedReadings(idx, ts, value, quality)
 
 

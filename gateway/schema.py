@@ -90,7 +90,7 @@ SHARED_DDL: dict[str, str] = {
     "device_status": """
         CREATE TABLE IF NOT EXISTS device_status (
             name TEXT PRIMARY KEY,
-            state TEXT NOT NULL,           -- up | down
+            state TEXT NOT NULL,           -- up | degraded | down (connecting before the first answer)
             points INTEGER NOT NULL,
             good INTEGER NOT NULL,
             last_error TEXT,
@@ -183,10 +183,22 @@ def _m2_scorer_slots(db: Any) -> None:
     db.execute(SHARED_DDL["scorer_slots"])
 
 
+def _m3_arrival_time(db: Any) -> None:
+    """Retention, quota and compaction count from when a reading *arrived* (gateway clock), not from its
+    source timestamp: a field clock 31 days behind must not have its readings deleted within seconds.
+    Rows written before this migration get their data time as the best estimate of their arrival."""
+    for table, backfill in (("chunks", "t_max"), ("series", "t_max"), ("hourly", "hour + 3600")):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN arrived REAL")
+        db.execute(f"UPDATE {table} SET arrived = {backfill}")
+    db.execute("CREATE INDEX IF NOT EXISTS series_arrived ON series(arrived)")
+    db.execute("CREATE INDEX IF NOT EXISTS hourly_arrived ON hourly(arrived)")
+
+
 #: Forward migrations: (version, name, function(sqlite_utils.Database)). Append only; never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[Any], None]]] = [
     (1, "initial", _m1_initial),
     (2, "scorer_slots", _m2_scorer_slots),
+    (3, "arrival_time", _m3_arrival_time),
 ]
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]

@@ -35,7 +35,14 @@ import numpy as np
 
 from .model import BAD_QUALITY_MASK, Event, PointTable, ReadingBatch
 from .scorer_state import SlotDiff, pack_blob, read_state, split_slot_arrays
-from .store_codec import compact, decode_chunk, encode_chunk, gather_range, point_ranges
+from .store_codec import (
+    compact,
+    decode_chunk,
+    decode_chunk_received,
+    encode_chunk,
+    gather_range,
+    point_ranges,
+)
 from .store_db import connect_writer, is_retryable, migrate, open_readonly
 from .store_query import history as _history
 from .store_query import hourly as _hourly
@@ -195,10 +202,10 @@ class Store:
         try:
             version = migrate(conn)
             self._write_points(conn)
-            row = conn.execute("SELECT coalesce(sum(n),0), min(t_min), max(t_max) FROM chunks").fetchone()
+            row = conn.execute("SELECT coalesce(sum(n),0), min(arrived), max(arrived) FROM chunks").fetchone()
             self._hot_readings = int(row[0])
             self._hot_oldest = math.inf if row[1] is None else float(row[1])
-            newest = conn.execute("SELECT max(t_max) FROM series").fetchone()[0]
+            newest = conn.execute("SELECT max(arrived) FROM series").fetchone()[0]
             self._newest_ts = max(x for x in (row[2], newest, -math.inf) if x is not None)
             self._max_block_span = float(
                 conn.execute("SELECT value FROM store_counters WHERE name='max_block_span'").fetchone()[0]
@@ -760,7 +767,7 @@ class Store:
         try:
             if chunk_rows:
                 conn.executemany(
-                    "INSERT INTO chunks(t_min, t_max, n, flags, data) VALUES (?,?,?,?,?)", chunk_rows
+                    "INSERT INTO chunks(t_min, t_max, n, flags, data, arrived) VALUES (?,?,?,?,?,?)", chunk_rows
                 )
                 conn.execute(
                     "UPDATE store_counters SET value=value+? WHERE name IN ('readings', 'readings_total')",
@@ -800,10 +807,10 @@ class Store:
         if bad:
             c.drops["bad_reading"] += bad
             log.warning("event=store_drop reason=bad_reading readings=%d", bad)
-        for t_min, t_max, n, _, _ in chunk_rows:
+        for _, _, n, _, _, arrived in chunk_rows:
             self._hot_readings += n
-            self._hot_oldest = min(self._hot_oldest, t_min)
-            self._newest_ts = max(self._newest_ts, t_max)
+            self._hot_oldest = min(self._hot_oldest, arrived)
+            self._newest_ts = max(self._newest_ts, arrived)
         with self._lock:
             self._pending_readings -= n_sub
         with self._committed:
@@ -836,10 +843,11 @@ class Store:
         ts = np.concatenate([b.ts for b in batches]) if len(batches) > 1 else batches[0].ts
         val = np.concatenate([b.value for b in batches]) if len(batches) > 1 else batches[0].value
         q = np.concatenate([b.quality for b in batches]) if len(batches) > 1 else batches[0].quality
+        rx = np.concatenate([b.received for b in batches]) if len(batches) > 1 else batches[0].received
         ok = (idx >= 0) & (idx < len(self._lut)) & np.isfinite(ts)
         bad = int(len(idx) - np.count_nonzero(ok))
         if bad:
-            idx, ts, val, q = idx[ok], ts[ok], val[ok], q[ok]
+            idx, ts, val, q, rx = idx[ok], ts[ok], val[ok], q[ok], rx[ok]
         pid = self._lut[idx]
         n = len(pid)
         starts = np.flatnonzero(ts[1:] != ts[:-1]) + 1
@@ -855,8 +863,12 @@ class Store:
         rows = []
         for s, e in bounds:
             t = ts[s:e]
-            flags, blob = encode_chunk(pid[s:e], t, val[s:e], q[s:e])
-            rows.append((float(t.min()), float(t.max()), e - s, flags, blob))
+            # arrival (gateway clock) is what retention and quota count from; a non-finite receive time
+            # (a driver bug) falls back to the source time rather than to "never expires"
+            r = np.where(np.isfinite(rx[s:e]), rx[s:e], t)
+            flags, blob = encode_chunk(pid[s:e], t, val[s:e], q[s:e], r)
+            arrived = float(r.max())
+            rows.append((float(t.min()), float(t.max()), e - s, flags, blob, arrived))
         return rows, len(pid), bad
 
     # ------------------------------------------------------------------------------------------ housekeeping
@@ -923,24 +935,30 @@ class Store:
         if not rows:
             self._hot_readings, self._hot_oldest = 0, math.inf
             return
-        parts = [decode_chunk(n, flags, data) for _, n, flags, data in rows]  # views of the blobs
+        # views of the blobs, with each reading's arrival (a block keeps its newest)
+        parts = []
+        for _, n, flags, data in rows:
+            pid, ts, val, q = decode_chunk(n, flags, data)
+            parts.append((pid, ts, val, q, decode_chunk_received(n, flags, data, ts)))
         span = 0.0
         last_id = rows[-1][0]
         conn.execute("BEGIN IMMEDIATE")
         try:
             for lo, hi in point_ranges([p[0] for p in parts], self.compact_readings):
-                res = compact(*gather_range(parts, lo, hi), BAD_QUALITY_MASK)
+                pid, ts, val, q, arr = gather_range(parts, lo, hi)
+                res = compact(pid, ts, val, q, BAD_QUALITY_MASK, arrived=arr)
                 span = max(span, max((b[2] - b[1] for b in res.blocks), default=0.0))
                 conn.executemany(
-                    "INSERT INTO series(point, t_min, t_max, n, data) VALUES (?,?,?,?,?)", res.blocks
+                    "INSERT INTO series(point, t_min, t_max, n, data, arrived) VALUES (?,?,?,?,?,?)", res.blocks
                 )
                 conn.executemany(
-                    "INSERT INTO hourly(point, hour, n, n_bad, min, max, sum) VALUES (?,?,?,?,?,?,?) "
+                    "INSERT INTO hourly(point, hour, n, n_bad, min, max, sum, arrived) VALUES (?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(point, hour) DO UPDATE SET n=hourly.n+excluded.n, n_bad=hourly.n_bad+excluded.n_bad, "
                     "min=CASE WHEN excluded.min IS NULL THEN hourly.min WHEN hourly.min IS NULL THEN excluded.min "
                     "ELSE min(hourly.min, excluded.min) END, "
                     "max=CASE WHEN excluded.max IS NULL THEN hourly.max WHEN hourly.max IS NULL THEN excluded.max "
-                    "ELSE max(hourly.max, excluded.max) END, sum=hourly.sum+excluded.sum",
+                    "ELSE max(hourly.max, excluded.max) END, sum=hourly.sum+excluded.sum, "
+                    "arrived=max(coalesce(hourly.arrived, excluded.arrived), excluded.arrived)",
                     res.hourly,
                 )
                 del res  # its blocks are views of this range's sorted records: free them before the next
@@ -954,18 +972,20 @@ class Store:
             raise
         self._max_block_span = max(self._max_block_span, span)
         self._c.compactions += 1
-        row = conn.execute("SELECT coalesce(sum(n),0), min(t_min) FROM chunks").fetchone()
-        self._hot_readings = int(row[0])
-        self._hot_oldest = math.inf if row[1] is None else float(row[1])
+        self._refresh_hot(conn)
         log.debug("event=store_compacted readings=%d chunks=%d", total, len(rows))
 
     def _retention_step(self, conn: sqlite3.Connection) -> bool:
-        """Delete at most ``retention_batch`` expired rows of one table; True while more remain."""
+        """Delete at most ``retention_batch`` expired rows of one table; True while more remain.
+
+        Readings and aggregates expire by when they *arrived* (the gateway's clock), never by their source
+        timestamp: a reading is kept at least ``retention_raw`` after it arrived, whatever the field clock said.
+        """
         now = self.clock()
         b = self.retention_batch
         steps = (
-            ("series", "t_max", now - self.retention_raw, True),
-            ("hourly", "hour", now - self.retention_hourly, False),
+            ("series", "arrived", now - self.retention_raw, True),
+            ("hourly", "arrived", now - self.retention_hourly, False),
             ("events", "start", now - self.retention_events, False),
             ("alerts", "ts", now - self.retention_events, False),
             ("audit", "ts", now - self.retention_events, False),
@@ -1004,7 +1024,7 @@ class Store:
         return False
 
     def _refresh_hot(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute("SELECT coalesce(sum(n),0), min(t_min) FROM chunks").fetchone()
+        row = conn.execute("SELECT coalesce(sum(n),0), min(arrived) FROM chunks").fetchone()
         self._hot_readings = int(row[0])
         self._hot_oldest = math.inf if row[1] is None else float(row[1])
 
@@ -1030,12 +1050,13 @@ class Store:
                 self._reclaim(conn)
             return
         b = self.retention_batch
-        for table in ("series", "chunks"):
+        # oldest first by arrival (a skewed field clock must not decide what goes); chunks arrive in id order
+        for table, order in (("series", "arrived"), ("chunks", "id")):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 ids = [
                     r[0]
-                    for r in conn.execute(f"SELECT id FROM {table} ORDER BY t_max LIMIT ?", (b,)).fetchall()
+                    for r in conn.execute(f"SELECT id FROM {table} ORDER BY {order} LIMIT ?", (b,)).fetchall()
                 ]
                 if not ids:
                     conn.execute("COMMIT")

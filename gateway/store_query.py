@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .model import QUALITY_DTYPE
 from .store_codec import decode_block, decode_chunk
 from .store_db import open_readonly, schema_version
 
@@ -65,10 +66,10 @@ def history(
             if m.any():
                 parts.append((ts[m], val[m], q[m]))
     if not parts:
-        return np.empty(0, np.float64), np.empty(0, np.float64), np.empty(0, np.uint8)
+        return np.empty(0, np.float64), np.empty(0, np.float64), np.empty(0, QUALITY_DTYPE)
     ts = np.concatenate([p[0] for p in parts])
     val = np.concatenate([p[1] for p in parts])
-    q = np.concatenate([p[2] for p in parts])
+    q = np.concatenate([p[2] for p in parts]).astype(QUALITY_DTYPE, copy=False)  # 8- and 16-bit blobs
     keep = (ts >= t0) & (ts <= t1)
     if not keep.all():
         ts, val, q = ts[keep], val[keep], q[keep]

@@ -68,7 +68,7 @@ def warm() -> None:
 
     one = np.zeros(1)
     select_changed(
-        ro(np.zeros(1, np.int32)), ro(np.zeros(1)), ro(np.zeros(1, np.uint8)), ro(np.zeros(1)),
+        ro(np.zeros(1, np.int32)), ro(np.zeros(1)), ro(np.zeros(1, np.uint16)), ro(np.zeros(1)),
         np.full(1, np.nan), np.full(1, -1, np.int16), np.full(1, -np.inf), np.full(1, np.nan),
         one, one, one, False, np.empty(1, np.int64),
     )  # fmt: skip

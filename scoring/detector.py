@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from gridedge.gateway.model import BAD_QUALITY_MASK, Event, EventKind, PointTable, Quality, ReadingBatch
+from gridedge.gateway.model import (
+    BAD_QUALITY_MASK,
+    QUALITY_DTYPE,
+    Event,
+    EventKind,
+    PointTable,
+    Quality,
+    ReadingBatch,
+)
 
 from . import kernel as K
 from .composite import fit_thresholds, zscale_from_hist
@@ -382,14 +390,14 @@ class Detector:
         if len(self.points) != P:
             raise ValueError(f"warm: values has {P} columns, the point table {len(self.points)}")
         if quality is None:
-            quality = np.where(np.isfinite(values), 0, int(Quality.INVALID)).astype(np.uint8)
+            quality = np.where(np.isfinite(values), 0, int(Quality.INVALID)).astype(QUALITY_DTYPE)
         chunk = max(1, 2_000_000 // max(P, 1))
         for a in range(0, T, chunk):
             b = min(T, a + chunk)
             n = b - a
             pidx = np.tile(np.arange(P, dtype=np.int32), n)
             tt = np.repeat(ts[a:b], P)
-            self._run(pidx, tt, values[a:b].ravel(), np.asarray(quality[a:b], np.uint8).ravel(), emit=False)
+            self._run(pidx, tt, values[a:b].ravel(), np.asarray(quality[a:b], QUALITY_DTYPE).ravel(), emit=False)
 
     def calibrate(self) -> None:
         """Set adaptive thresholds (per group) and z scales (per point) from the scores seen so far."""

@@ -15,9 +15,12 @@ from gridedge.gateway.model import BAD_QUALITY_MASK, Event, EventKind, PointTabl
 from gridedge.gateway.schema import SCHEMA_VERSION, SHARED_DDL
 from gridedge.gateway.store import Store, StoreError, open_readonly, read_status
 from gridedge.gateway.store_codec import (
+    CHUNK_Q16,
     CHUNK_TS_CONST,
     compact,
+    decode_block,
     decode_chunk,
+    encode_block,
     encode_chunk,
     gather_range,
     point_ranges,
@@ -78,6 +81,31 @@ def test_codec_roundtrip_and_const_ts():
     np.testing.assert_array_equal(decode_chunk(100, flags, blob)[1], ts2)
 
 
+def test_codec_keeps_16_bit_quality_and_stays_narrow_without_it():
+    """CLOCK_SKEW (bit 8) survives chunk and block encoding; without a high bit the byte-wide layout stays."""
+    rng = np.random.default_rng(2)
+    pid = rng.integers(0, 5, 60).astype(np.int32)
+    ts = T0 + np.sort(rng.uniform(0, 600, 60))
+    val = rng.normal(size=60)
+    q = rng.integers(0, 255, 60).astype(np.uint16)
+    q[::7] |= int(Quality.CLOCK_SKEW)
+    flags, blob = encode_chunk(pid, ts, val, q)
+    assert flags & CHUNK_Q16 and len(blob) == 60 * 22
+    for a, b in zip(decode_chunk(60, flags, blob), (pid, ts, val, q), strict=True):
+        np.testing.assert_array_equal(a, b)
+    flags, blob = encode_chunk(pid, ts, val, q & 0xFF)
+    assert not flags & CHUNK_Q16 and len(blob) == 60 * 21
+    res = compact(pid, ts, val, q, BAD_QUALITY_MASK, arrived=ts + 86400.0)
+    got_q = np.concatenate([decode_block(b[3], b[4])[2] for b in res.blocks])
+    assert sorted(got_q.tolist()) == sorted(q.tolist())
+    assert all(len(b[4]) == 18 * b[3] for b in res.blocks)
+    for p, _t0, t1, _n, _data, arrived in res.blocks:  # a block's arrival is its newest reading's
+        assert arrived == pytest.approx(ts[pid == p].max() + 86400.0) or arrived <= t1 + 86400.0
+    narrow = compact(pid, ts, val, q & 0xFF, BAD_QUALITY_MASK)
+    assert all(len(b[4]) == 17 * b[3] for b in narrow.blocks)
+    np.testing.assert_array_equal(decode_block(5, encode_block(ts[:5], val[:5], q[:5]))[2], q[:5])
+
+
 def test_compact_aggregates_match_slow_oracle():
     rng = np.random.default_rng(7)
     n = 5000
@@ -90,7 +118,7 @@ def test_compact_aggregates_match_slow_oracle():
     assert sum(b[3] for b in res.blocks) == n
     assert len(res.blocks) == len(res.hourly) == len(np.unique(pid * 10 + np.floor((ts - T0) / 3600)))
     assert all(b[2] - b[1] < 3600 and np.floor(b[1] / 3600) == np.floor(b[2] / 3600) for b in res.blocks)
-    got = {(p, h): (c, nb, mn, mx, sm) for p, h, c, nb, mn, mx, sm in res.hourly}
+    got = {(p, h): (c, nb, mn, mx, sm) for p, h, c, nb, mn, mx, sm, _arrived in res.hourly}
     for p, h in [(3, int(T0)), (11, int(T0) + 3600), (19, int(T0) + 7200)]:
         m = (pid == p) & (np.floor(ts / 3600) * 3600 == h)
         good = m & ((q & BAD_QUALITY_MASK) == 0) & np.isfinite(val)
@@ -152,7 +180,8 @@ def test_compaction_in_point_ranges_equals_one_pass(tmp_path):
             conn = open_readonly(s.path)
             out[name] = (
                 conn.execute("SELECT point, n, data FROM series ORDER BY point, t_min").fetchall(),
-                conn.execute("SELECT * FROM hourly ORDER BY point, hour").fetchall(),
+                # (not `arrived`: it is the newest arrival of a block's chunks, and chunks follow commit timing)
+                conn.execute("SELECT point, hour, n, n_bad, min, max, sum FROM hourly ORDER BY point, hour").fetchall(),
                 conn.execute("SELECT count(*) FROM chunks").fetchone()[0],
             )
             conn.close()
@@ -419,6 +448,83 @@ def test_retention_in_small_batches_keeps_hourly(tmp_path):
         s.close()
 
 
+def test_retention_counts_from_arrival_not_from_a_field_clock(tmp_path):
+    """Finding 1 of #16: an RTU 31 days behind must not lose its readings to a 30-day retention, and a
+    reading that arrived longer ago than the retention goes whatever its source time says."""
+    now = [T0 + 40 * 86400]
+    s = Store(
+        tmp_path / "skew.db",
+        points=make_points(3),
+        retention_raw=30 * 86400,
+        retention_hourly=30 * 86400,
+        retention_interval=0.02,
+        compact_age=1,
+        commit_interval=0.02,
+        clock=lambda: now[0],
+    )
+    s.open()
+    try:
+        idx = np.arange(3, dtype=np.int32)
+        behind = 31 * 86400
+        for k in range(50):  # arrived "now", stamped 31 days ago by the field clock
+            rx = now[0] - 50 + k
+            s.submit(ReadingBatch(idx, np.full(3, rx - behind), np.full(3, float(k)),
+                                  np.full(3, int(Quality.CLOCK_SKEW)), np.full(3, rx)))  # fmt: skip
+        for k in range(20):  # arrived 35 days ago with a correct clock: expired
+            t = now[0] - 35 * 86400 + k
+            s.submit(ReadingBatch(idx, np.full(3, t), np.full(3, -1.0), np.zeros(3), np.full(3, t)))
+        assert s.compact_now()
+        conn = open_readonly(s.path)
+        deadline = time.time() + 20
+        while time.time() < deadline and conn.execute(
+            "SELECT count(*) FROM series WHERE arrived < ?", (now[0] - 30 * 86400,)
+        ).fetchone()[0]:
+            time.sleep(0.02)
+        time.sleep(0.2)  # a few more retention passes: nothing else may go
+        ts, val, q = s.history("P1", now[0] - 40 * 86400, now[0])
+        assert len(ts) == 50 and (val >= 0).all()  # every skewed reading kept, every expired one gone
+        assert (q == int(Quality.CLOCK_SKEW)).all()  # the flag is stored with the reading
+        np.testing.assert_allclose(ts, now[0] - 50 + np.arange(50) - behind)  # source time kept as data
+        hours = conn.execute("SELECT count(*) FROM hourly WHERE n > 0 AND min >= 0").fetchone()[0]
+        assert hours >= 3  # the skewed readings' aggregates stay too
+        assert conn.execute("SELECT count(*) FROM hourly WHERE min < 0").fetchone()[0] == 0
+        assert read_status(s.path)["readings"] == 150
+        conn.close()
+    finally:
+        s.close()
+
+
+def test_a_file_of_schema_2_migrates_with_arrival_backfilled(tmp_path):
+    """Files written before migration 3 keep their readings; arrival defaults to the data time."""
+    from gridedge.gateway.schema import MIGRATIONS
+    from gridedge.gateway.store_db import connect_writer
+
+    path = tmp_path / "old.db"
+    with Store(path, points=make_points(2), retention_raw=1e12, retention_hourly=1e12, compact_age=1e12) as s:
+        for k in range(10):
+            s.submit(cycle(k, 2))
+        s.flush(5)
+    # turn it into what a schema-2 gridedge wrote: no arrival columns, no migration-3 record
+    conn = connect_writer(path)
+    for table in ("chunks", "series", "hourly"):
+        conn.execute(f"DROP INDEX IF EXISTS {table}_arrived")
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN arrived")
+    conn.execute("DELETE FROM schema_version WHERE version=3")
+    conn.commit()
+    conn.close()
+    assert MIGRATIONS[2][1] == "arrival_time"
+    with Store(path, points=make_points(2), retention_raw=1e12, retention_hourly=1e12) as s:
+        ts, _, _ = s.history("P0", T0, T0 + 100)
+        assert len(ts) == 10
+        assert s.compact_now()
+        ts2, _, _ = s.history("P0", T0, T0 + 100)
+        np.testing.assert_array_equal(ts, ts2)
+    conn = open_readonly(path)
+    assert conn.execute("SELECT count(*) FROM series WHERE arrived IS NULL").fetchone()[0] == 0
+    assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 3
+    conn.close()
+
+
 def test_quota_deletes_oldest_raw_first(tmp_path):
     s = Store(
         tmp_path / "q.db",
@@ -530,7 +636,7 @@ def test_migrations_are_recorded_once(tmp_path):
     conn = open_readonly(path)
     try:
         rows = conn.execute("SELECT version, name FROM schema_version").fetchall()
-        assert rows == [(1, "initial"), (2, "scorer_slots")]
+        assert rows == [(1, "initial"), (2, "scorer_slots"), (3, "arrival_time")]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     finally:
