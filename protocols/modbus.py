@@ -11,10 +11,18 @@ Quality mapping
       When a *coalesced* request is refused with ILLEGAL_ADDRESS / ILLEGAL_VALUE, its points are re-read one
       by one in the same cycle and the request stays split from then on, so one bad address does not blank
       its neighbours.
-    * a request that times out → its points are ``INVALID``; if every request of the cycle timed out
-      the link is considered dead: :class:`ConnectionLost`. A gateway's GATEWAY_PATH_UNAVAILABLE /
-      GATEWAY_NO_RESPONSE counts as a timeout of the device behind it.
-    * closed / refused / reset connection → :class:`ConnectionLost` (the runtime reconnects with backoff).
+    * an answer that is not a valid response (another unit id, bytes after the declared byte count, a byte
+      count that does not fit, another function code) → the request's points are ``INVALID``, counted in
+      :attr:`ModbusDriver.protocol_errors` by kind and logged once per change; the link stays up.
+    * a request that times out → its points are ``INVALID``. If every request of the cycle got no answer,
+      or :data:`GIVE_UP_AFTER` requests in a row did (the rest of the cycle is then not sent), the link is
+      considered dead: :class:`ConnectionLost` naming the requests ("no answer within 0.5 s to FC3 0..7").
+      A gateway's GATEWAY_PATH_UNAVAILABLE / GATEWAY_TARGET_NO_RESPONSE (10 / 11) counts as no answer from
+      the device behind it: when every request of a cycle gets one, ``ConnectionLost("gateway exception 11
+      (GATEWAY_TARGET_NO_RESPONSE) to FC3 0..7")``; when only some do, their points are ``INVALID``.
+    * closed / refused / reset connection, junk or half a frame from the peer → :class:`ConnectionLost`
+      whose reason names it ("connection closed by peer after FC3 0..7", "junk from peer: …"); the runtime
+      reconnects with backoff.
     * a float register holding NaN / inf → ``INVALID``.
 """
 
@@ -36,12 +44,22 @@ from gridedge.protocols.coalesce import ReadRequest, Span, plan_requests
 from gridedge.protocols.modbus_codec import PointFormat, RegisterDecoder
 from gridedge.protocols.modbus_tcp_client import (
     EXCEPTION_NAMES,
+    ModbusTcpLinkError,
+    ModbusTcpProtocolError,
     ModbusTcpReadClient,
     ModbusTcpRefused,
     ReadResult,
+    describe_request,
 )
 
-__all__ = ["READ_FUNCTIONS", "ModbusDriver", "build_plan", "point_formats"]
+__all__ = [
+    "GIVE_UP_AFTER",
+    "PROTOCOL_ERROR_KINDS",
+    "READ_FUNCTIONS",
+    "ModbusDriver",
+    "build_plan",
+    "point_formats",
+]
 
 log = logging.getLogger("gridedge.protocols.modbus")
 
@@ -59,7 +77,22 @@ _SPLIT_CODES = frozenset({2, 3})
 # A TCP gateway answering for a serial device that did not answer: as good as a timeout of that device
 # (GATEWAY_PATH_UNAVAILABLE, GATEWAY_NO_RESPONSE).
 _GATEWAY_CODES = frozenset({10, 11})
-_OK, _REFUSED, _TIMEOUT = 0, 1, 2
+_OK, _REFUSED, _TIMEOUT, _PROTOCOL = 0, 1, 2, 3
+#: What :attr:`ModbusDriver.protocol_errors` counts: answers refused as invalid (the request's points INVALID,
+#: the link stays up) — ``wrong_unit`` (MBAP unit id not the request's), ``trailing_bytes`` (more bytes than
+#: the byte count declares), ``bad_length`` (a byte count that does not fit the request, or fewer bytes than
+#: it declares), ``wrong_function``; answers dropped — ``unmatched_tid`` (a transaction id not in flight: late
+#: answers to timed-out requests, or made up); and streams given up — ``junk`` (bytes that cannot be Modbus
+#: TCP), ``half_frame`` (part of a frame, then silence until the deadline). The native client sees them all;
+#: pymodbus' client drops an answer with another unit id or transaction id itself (the request then times
+#: out, uncounted) and does not show trailing bytes.
+PROTOCOL_ERROR_KINDS = (
+    "wrong_unit", "trailing_bytes", "bad_length", "wrong_function", "unmatched_tid", "junk", "half_frame",
+)  # fmt: skip
+_KIND_STATUS = {k: _PROTOCOL + i for i, k in enumerate(PROTOCOL_ERROR_KINDS)}  # per-kind status for _note
+#: This many requests in a row without an answer end the cycle: the rest is not sent and the poll raises
+#: ConnectionLost (a hung device costs ≈ 2 × timeout per poll, not one timeout per request).
+GIVE_UP_AFTER = 2
 #: A range that was refused and is being read point by point is tried as a range again after this many cycles.
 RANGE_RETRY_CYCLES = 600
 
@@ -119,14 +152,55 @@ def build_plan(cfg: ModbusTcpDevice | ModbusRtuDevice) -> list[ReadRequest]:
 
 
 def _native_status(fc: int, count: int, res: ReadResult) -> tuple[int, Any]:
-    """One native-client result as the driver's (_OK, values) | (_REFUSED, code) | (_TIMEOUT, reason)."""
+    """One native-client result as the driver's (_OK, values) | (_REFUSED, code) | (_TIMEOUT, reason) |
+    (_PROTOCOL, ModbusTcpProtocolError)."""
     if isinstance(res, ModbusTcpRefused):
         return _REFUSED, res.code
     if isinstance(res, TimeoutError):
         return _TIMEOUT, str(res)
+    if isinstance(res, ModbusTcpProtocolError):
+        return _PROTOCOL, res
     if fc in (1, 2):
         return _OK, np.unpackbits(np.frombuffer(res, np.uint8), count=count, bitorder="little")
     return _OK, np.frombuffer(res, ">u2")
+
+
+class _Cycle:
+    """What one poll saw, for the decision "is the link dead?" and the reason that names what failed."""
+
+    __slots__ = ("dead", "failures", "quiet", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0  # requests sent
+        self.dead = 0  # requests with no answer from the device (timeout, gateway exception 10/11)
+        self.quiet = 0  # requests in a row without an answer
+        self.failures: list[tuple[str, str]] = []  # (what, request) of the first few dead requests
+
+    def answered(self) -> None:
+        self.sent += 1
+        self.quiet = 0
+
+    def no_answer(self, what: str, request: str) -> None:
+        self.sent += 1
+        self.dead += 1
+        if len(self.failures) < 4:
+            self.failures.append((what, request))
+
+    def timed_out(self, what: str, request: str) -> None:
+        self.no_answer(what, request)
+        self.quiet += 1
+
+    def reason(self) -> str:
+        """``no answer within 0.5 s to FC3 0..7, FC1 0..0; gateway exception 11 (…) to FC4 0..1``."""
+        parts: list[tuple[str, list[str]]] = []
+        for what, request in self.failures:
+            if parts and parts[-1][0] == what:
+                parts[-1][1].append(request)
+            else:
+                parts.append((what, [request]))
+        text = "; ".join(f"{what} to {', '.join(reqs)}" for what, reqs in parts)
+        more = self.dead - len(self.failures)
+        return text + (f" and {more} more" if more > 0 else "")
 
 
 class ModbusDriver:
@@ -160,6 +234,11 @@ class ModbusDriver:
         self._client: Any = None
         self.requests_sent = 0  # counters for metrics and tests
         self.cycles = 0
+        #: Answers refused or dropped as protocol errors, by kind (:data:`PROTOCOL_ERROR_KINDS`), since start.
+        self.protocol_errors: dict[str, int] = dict.fromkeys(PROTOCOL_ERROR_KINDS, 0)
+        self._unmatched_seen = 0  # the native client's unmatched_answers already counted
+        self._unmatched_noted = False  # unmatched answers logged (once per change)
+        self._unmatched_at_last_poll = 0
 
     # ------------------------------------------------------------------------------------------ link
     def _make_client(self) -> Any:
@@ -234,11 +313,25 @@ class ModbusDriver:
                 log.debug("modbus close device=%s error=%r", self.name, exc)
 
     # ------------------------------------------------------------------------------------------ poll
+    def _not_connected(self) -> ConnectionLost:
+        client = self._client
+        reason = client.lost_reason if isinstance(client, ModbusTcpReadClient) else None
+        return ConnectionLost(self.name, reason or "not connected")
+
+    def _link_lost(self, exc: BaseException, what: str) -> ConnectionLost:
+        """A link failure as ConnectionLost; junk / half frames are counted."""
+        if isinstance(exc, ModbusTcpLinkError):
+            if exc.kind in self.protocol_errors:
+                self.protocol_errors[exc.kind] += 1
+            return ConnectionLost(self.name, str(exc))
+        return ConnectionLost(self.name, f"connection lost during {what}: {exc or type(exc).__name__}")
+
     async def _read(self, table: str, address: int, count: int) -> tuple[int, Any]:
-        """One read request → (_OK, values) | (_REFUSED, exception code) | (_TIMEOUT, reason)."""
+        """One read request → (_OK, values) | (_REFUSED, exception code) | (_TIMEOUT, reason) |
+        (_PROTOCOL, ModbusTcpProtocolError)."""
         client = self._client
         if client is None or not client.connected:
-            raise ConnectionLost(self.name, "not connected")
+            raise self._not_connected()
         fn_name, fc = READ_FUNCTIONS[table]
         self.requests_sent += 1
         if isinstance(client, ModbusTcpReadClient):
@@ -251,23 +344,35 @@ class ModbusDriver:
             # per request: ≈ 3 % of a core at 1,700 requests/s.)
             rr = await fn(address, count=count, device_id=self.cfg.unit_id)
         except pm.ConnectionException as exc:
-            raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+            raise self._link_lost(exc, describe_request(fc, address, count)) from exc
         except (TimeoutError, pm.ModbusException) as exc:
             if not client.connected:
-                raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+                raise self._link_lost(exc, describe_request(fc, address, count)) from exc
             await self._quiet_after_timeout()
             return _TIMEOUT, str(exc) or type(exc).__name__
         except OSError as exc:
-            raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+            raise self._link_lost(exc, describe_request(fc, address, count)) from exc
+        if (
+            isinstance(self.cfg, ModbusTcpDevice)
+            and getattr(rr, "dev_id", self.cfg.unit_id) != self.cfg.unit_id
+        ):
+            # pymodbus drops such answers itself unless the unit id asked for is 0
+            return _PROTOCOL, ModbusTcpProtocolError(
+                "wrong_unit", f"answer from unit {rr.dev_id}, the request was to unit {self.cfg.unit_id}"
+            )
         if rr.isError():
             return _REFUSED, int(getattr(rr, "exception_code", 0))
-        data = getattr(rr, "bits" if table in ("coil", "discrete") else "registers", None)
+        bit_table = table in ("coil", "discrete")
+        data = getattr(rr, "bits" if bit_table else "registers", None)
         if (rr.function_code & 0x7F) != fc or data is None:
             # An answer to an earlier request (RTU has no transaction id): not ours, treat as lost.
             await self._quiet_after_timeout()
             return _TIMEOUT, f"unexpected response function={rr.function_code}"
-        if len(data) < count:
-            return _REFUSED, -1  # short answer: treat like a refusal
+        # pymodbus decodes what the byte count declares (bits: whole bytes), so a count that does not fit shows
+        if len(data) != (8 * ((count + 7) // 8) if bit_table else count):
+            return _PROTOCOL, ModbusTcpProtocolError(
+                "bad_length", f"{len(data)} {'bits' if bit_table else 'registers'} in the answer to {count}"
+            )
         return _OK, data
 
     async def _read_native(
@@ -277,30 +382,43 @@ class ModbusDriver:
         try:
             (res,) = await client.read_many(((fc, address, count),))
         except OSError as exc:  # ConnectionError included
-            raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+            raise self._link_lost(exc, describe_request(fc, address, count)) from exc
+        finally:
+            self._count_unmatched(client)
         return _native_status(fc, count, res)
+
+    def _count_unmatched(self, client: ModbusTcpReadClient) -> None:
+        n = client.unmatched_answers
+        if n != self._unmatched_seen:
+            if n > self._unmatched_seen:
+                self.protocol_errors["unmatched_tid"] += n - self._unmatched_seen
+            self._unmatched_seen = n
 
     async def _read_chained(self, skip: list[bool]) -> dict[int, tuple[int, Any]] | None:
         """The cycle's range reads (all but ``skip``) sent back to back through the native client.
 
         One await for the whole cycle instead of one per request; ``None`` with pymodbus (or when the
-        chain is switched off), whose requests :meth:`poll` then awaits one by one.
+        chain is switched off), whose requests :meth:`poll` then awaits one by one. Requests missing from
+        the result were not sent (:data:`GIVE_UP_AFTER` requests in a row went unanswered).
         """
         client = self._client
         if not isinstance(client, ModbusTcpReadClient) or not self.chain_requests:
             return None
         if not client.connected:
-            raise ConnectionLost(self.name, "not connected")
+            raise self._not_connected()
         rs = [r for r in range(len(self.plan)) if not skip[r]]
         reqs = [(READ_FUNCTIONS[self.plan[r].table][1], self.plan[r].address, self.plan[r].count) for r in rs]
-        self.requests_sent += len(reqs)
         try:
-            results = await client.read_many(reqs)
+            results = await client.read_many(reqs, give_up_after=GIVE_UP_AFTER)
         except OSError as exc:  # ConnectionError included
-            raise ConnectionLost(self.name, f"connection lost: {exc}") from exc
+            self.requests_sent += len(reqs)  # (at most; the link broke somewhere in the chain)
+            raise self._link_lost(exc, "the cycle") from exc
+        finally:
+            self._count_unmatched(client)
+        self.requests_sent += len(results)
         return {
             r: _native_status(fc, count, res)
-            for r, (fc, _address, count), res in zip(rs, reqs, results, strict=True)
+            for r, (fc, _address, count), res in zip(rs, reqs, results, strict=False)
         }
 
     async def _quiet_after_timeout(self) -> None:
@@ -314,9 +432,10 @@ class ModbusDriver:
 
     def _note(self, r: int, status: int, req: ReadRequest, detail: Any) -> None:
         """Log a request's state change once (not every cycle)."""
-        if status == self._last_status[r]:
+        key = _KIND_STATUS[detail.kind] if status == _PROTOCOL else status
+        if key == self._last_status[r]:
             return
-        self._last_status[r] = status
+        self._last_status[r] = key
         fn_name, fc = READ_FUNCTIONS[req.table]
         where = (
             f"device={self.name} unit={self.cfg.unit_id} function={fn_name}({fc}) "
@@ -331,6 +450,15 @@ class ModbusDriver:
                 detail,
                 len(req.members),
             )
+        elif status == _PROTOCOL:
+            log.warning(
+                "modbus protocol error %s error=%s detail=%r points=%d quality=invalid errors_total=%d",
+                where,
+                detail.kind,
+                detail.detail,
+                len(req.members),
+                self.protocol_errors[detail.kind],
+            )
         elif status == _TIMEOUT:
             log.warning(
                 "modbus timeout %s timeout=%.3gs reason=%r points=%d quality=invalid",
@@ -342,42 +470,76 @@ class ModbusDriver:
         else:
             log.info("modbus recovered %s", where)
 
+    def _account(self, cyc: _Cycle, status: int, data: Any, fc: int, address: int, count: int) -> None:
+        """Note one request's outcome in the cycle; raise ConnectionLost once the device stopped answering."""
+        if status == _TIMEOUT:
+            cyc.timed_out(f"no answer within {self.cfg.timeout:g} s", describe_request(fc, address, count))
+            if cyc.quiet >= GIVE_UP_AFTER:
+                raise self._dead(cyc, stopped=True)
+        elif status == _REFUSED and data in _GATEWAY_CODES:
+            cyc.no_answer(
+                f"gateway exception {data} ({_exc_name(data)})", describe_request(fc, address, count)
+            )
+        else:
+            if status == _PROTOCOL:
+                self.protocol_errors[data.kind] += 1
+            cyc.answered()
+
+    def _dead(self, cyc: _Cycle, *, stopped: bool = False) -> ConnectionLost:
+        """The ConnectionLost for a cycle in which the device answered nothing (the link is closed by poll)."""
+        reason = cyc.reason()
+        if stopped:
+            reason += f" (gave up after {GIVE_UP_AFTER} unanswered requests in a row)"
+        return ConnectionLost(self.name, reason)
+
     async def _read_split(
-        self, req: ReadRequest, base: int, regs: np.ndarray, bits: np.ndarray, point_q: np.ndarray
-    ) -> tuple[int, int]:
-        """Read a refused range point by point; returns (requests sent, requests timed out)."""
-        sent = timed_out = 0
+        self,
+        req: ReadRequest,
+        base: int,
+        regs: np.ndarray,
+        bits: np.ndarray,
+        point_q: np.ndarray,
+        cyc: _Cycle,
+    ) -> None:
+        """Read a refused range point by point."""
+        fc = READ_FUNCTIONS[req.table][1]
         for m, off in zip(req.members, req.offsets, strict=True):
             width = self._formats[m].width
             status, data = await self._read(req.table, req.address + off, width)
-            sent += 1
+            self._account(cyc, status, data, fc, req.address + off, width)
             if status == _OK:
                 buf = bits if req.table in ("coil", "discrete") else regs
                 buf[base + off : base + off + width] = data[:width]
             else:
-                timed_out += status == _TIMEOUT or (status == _REFUSED and data in _GATEWAY_CODES)
                 point_q[m] |= Quality.INVALID
-                if status == _REFUSED:
+                if status in (_REFUSED, _PROTOCOL):
                     p = self.cfg.points[m]
                     log.debug(
-                        "modbus exception device=%s point=%s address=%d code=%s",
+                        "modbus refused device=%s point=%s address=%d detail=%s",
                         self.name,
                         p.name,
                         p.register,
                         data,
                     )
-        return sent, timed_out
 
     async def poll(self) -> ReadingBatch:
-        """One cycle over all points. Raises :class:`ConnectionLost` when the link broke."""
+        """One cycle over all points. Raises :class:`ConnectionLost` when the link broke or the device
+        answered none of the cycle's requests (the reason names them)."""
         if self._client is None:
             raise ConnectionLost(self.name, "not connected")
+        try:
+            return await self._poll()
+        except ConnectionLost:
+            await self.close()
+            raise
+
+    async def _poll(self) -> ReadingBatch:
         dec = self._decoder
         regs = np.zeros(dec.n_registers, dtype=np.uint16)
         bits = np.zeros(dec.n_bits, dtype=np.uint8)
         req_q = np.zeros(len(self.plan), dtype=np.uint8)
         point_q = np.zeros(dec.n_points, dtype=np.uint8)
-        sent = timed_out = 0
+        cyc = _Cycle()
         split_now = [
             bool(self._split[r]) and self.cycles - self._split_at[r] < RANGE_RETRY_CYCLES
             for r in range(len(self.plan))
@@ -386,14 +548,15 @@ class ModbusDriver:
         for r, req in enumerate(self.plan):
             base = int(dec.buffer_base[r])
             if split_now[r]:
-                s, t = await self._read_split(req, base, regs, bits, point_q)
-                sent, timed_out = sent + s, timed_out + t
+                await self._read_split(req, base, regs, bits, point_q, cyc)
                 continue
             if chained is not None:
+                if r not in chained:  # not sent: the chain gave up on an unanswered device
+                    raise self._dead(cyc, stopped=True)
                 status, data = chained[r]
             else:
                 status, data = await self._read(req.table, req.address, req.count)
-            sent += 1
+            self._account(cyc, status, data, READ_FUNCTIONS[req.table][1], req.address, req.count)
             if status == _OK:
                 if self._split[r]:
                     self._split[r] = False
@@ -415,23 +578,34 @@ class ModbusDriver:
                     "modbus range refused, reading points singly device=%s unit=%d function=%s(%d) address=%d count=%d exception=%s points=%d",
                     self.name, self.cfg.unit_id, fn_name, fc, req.address, req.count, _exc_name(data), len(req.members),
                 )  # fmt: skip
-                s, t = await self._read_split(req, base, regs, bits, point_q)
-                sent, timed_out = sent + s, timed_out + t
+                await self._read_split(req, base, regs, bits, point_q, cyc)
                 continue
             else:
                 req_q[r] = Quality.INVALID
-                timed_out += status == _TIMEOUT or (status == _REFUSED and data in _GATEWAY_CODES)
             self._note(r, status, req, data)
         ts = time.time()  # the cycle's responses have all arrived
         self.cycles += 1
-        if sent and timed_out == sent:
-            await self.close()
-            raise ConnectionLost(
-                self.name,
-                f"no response to any of {sent} requests within {self.cfg.timeout:g}s (or gateway: no path / no response)",
-            )
+        self._note_unmatched()
+        if cyc.sent and cyc.dead == cyc.sent:
+            raise self._dead(cyc)
         values, quality = dec.decode(regs, bits, req_q)
         if point_q.any():
             quality |= point_q
             values[point_q != 0] = np.nan
         return ReadingBatch.uniform(self._point_idx, values, quality, ts=ts, device=self.name)
+
+    def _note_unmatched(self) -> None:
+        """Log once per change that answers with a transaction id not in flight were dropped."""
+        n = self.protocol_errors["unmatched_tid"]
+        seen = n != self._unmatched_at_last_poll
+        self._unmatched_at_last_poll = n
+        if seen and not self._unmatched_noted:
+            log.warning(
+                "modbus answers dropped device=%s error=unmatched_tid total=%d "
+                "(a transaction id not in flight: late answers to timed-out requests, or made up)",
+                self.name,
+                n,
+            )
+        elif not seen and self._unmatched_noted:
+            log.info("modbus answers match again device=%s unmatched_tid_total=%d", self.name, n)
+        self._unmatched_noted = seen

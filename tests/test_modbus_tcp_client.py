@@ -20,6 +20,7 @@ from gridedge.protocols.base import ConnectionLost
 from gridedge.protocols.modbus import ModbusDriver
 from gridedge.protocols.modbus_tcp_client import (
     READ_FUNCTION_CODES,
+    ModbusTcpProtocolError,
     ModbusTcpReadClient,
     ModbusTcpRefused,
     encode_read_request,
@@ -106,9 +107,9 @@ def test_split_frames_stale_answers_and_exception_responses() -> None:
                 with pytest.raises(ModbusTcpRefused) as refused:
                     await c.read(4, 0, 2)
                 assert refused.value.code == 2
-                with pytest.raises(ModbusTcpRefused) as short:
+                with pytest.raises(ModbusTcpProtocolError) as short:
                     await c.read(3, 0, 2)
-                assert short.value.code == -1
+                assert short.value.kind == "bad_length" and "MBAP length too short" in str(short.value)
                 assert await c.read(1, 0, 3) == bytes([0b101])
                 assert c.connected
             finally:
@@ -165,9 +166,11 @@ def test_lost_sync_or_hang_up_is_a_lost_connection_for_the_driver(fault: str) ->
             drv = ModbusDriver(cfg, {"v": 0})
             await drv.connect()
             try:
-                with pytest.raises(ConnectionLost, match="connection lost"):
+                expected = "connection closed by peer after FC3 0..0" if fault == "hang_up" else "junk from peer"
+                with pytest.raises(ConnectionLost, match=expected):
                     await drv.poll()
-                assert drv._client is not None and not drv._client.connected
+                assert drv.protocol_errors["junk"] == (fault == "garbage")
+                assert drv._client is None  # closed by the poll that raised
             finally:
                 await drv.close()
 
