@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import struct
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -165,6 +166,86 @@ def _native_status(fc: int, count: int, res: ReadResult) -> tuple[int, Any]:
     return _OK, np.frombuffer(res, ">u2")
 
 
+class _PymodbusWatch:
+    """pymodbus' ``trace_packet`` hook for TCP: checks each complete answer frame as it arrives.
+
+    pymodbus itself drops an answer with another unit id or transaction id (the request then times out)
+    and decodes a register answer by its byte count, ignoring bytes after it; this hook sees the raw
+    stream (pymodbus hands it the receive buffer from a frame boundary) and notes what was wrong with the
+    answer to the request in flight, so the driver can refuse and count it like the native client does.
+    Costs a few µs per received segment, on the pymodbus path only.
+    """
+
+    def __init__(self, unit: int) -> None:
+        self.unit = unit
+        self.tid = -1  # transaction id of the request in flight
+        self.issue: ModbusTcpProtocolError | None = None  # what was wrong with its answer
+        self.unmatched: set[int] = set()  # other transaction ids seen since it was sent
+        self.unmatched_total = 0
+        self.junk: str | None = None
+        self.last: str | None = None  # the last request sent, as FC3 0..7
+        self.closed = False  # pymodbus reported the connection gone (``trace_connect``)
+
+    def connection(self, up: bool) -> None:
+        """pymodbus' ``trace_connect`` hook."""
+        self.closed = not up
+
+    def lost_reason(self) -> str:
+        return f"connection closed by peer after {self.last}" if self.last else "connection closed by peer"
+
+    def __call__(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            if len(data) >= 12:
+                self.tid = int.from_bytes(data[:2], "big")
+                self.issue = None
+                self.unmatched.clear()
+                fc, address, count = (
+                    data[7],
+                    int.from_bytes(data[8:10], "big"),
+                    int.from_bytes(data[10:12], "big"),
+                )
+                self.last = describe_request(fc, address, count)
+            return data
+        i = 0
+        while len(data) - i >= 7:
+            tid, proto, length = _HDR.unpack_from(data, i)
+            if proto != 0 or not 2 <= length <= 254:
+                if self.junk is None:
+                    self.junk = (
+                        f"junk from peer: not a Modbus TCP frame (protocol id {proto}, length {length}; "
+                        f"bytes {data[i : i + 12].hex(' ')})"
+                    )
+                return data
+            end = i + 6 + length
+            if end > len(data):
+                break
+            unit, pdu = data[i + 6], data[i + 7 : end]
+            i = end
+            if tid != self.tid:
+                if tid not in self.unmatched:
+                    self.unmatched.add(tid)
+                    self.unmatched_total += 1
+                continue
+            if unit != self.unit:
+                self.issue = ModbusTcpProtocolError(
+                    "wrong_unit", f"answer from unit {unit}, the request was to unit {self.unit}"
+                )
+            elif pdu[0] & 0x80 and len(pdu) > 2:
+                self.issue = ModbusTcpProtocolError(
+                    "trailing_bytes", f"{len(pdu) - 2} bytes after exception code"
+                )
+            elif pdu[0] in _READ_FCS and len(pdu) >= 2 and len(pdu) > 2 + pdu[1]:
+                self.issue = ModbusTcpProtocolError(
+                    "trailing_bytes",
+                    f"{len(pdu) - 2 - pdu[1]} bytes after the declared byte count {pdu[1]} (MBAP length too long)",
+                )
+        return data
+
+
+_HDR = struct.Struct(">HHH")
+_READ_FCS = frozenset({1, 2, 3, 4})
+
+
 class _Cycle:
     """What one poll saw, for the decision "is the link dead?" and the reason that names what failed."""
 
@@ -239,6 +320,7 @@ class ModbusDriver:
         self._unmatched_seen = 0  # the native client's unmatched_answers already counted
         self._unmatched_noted = False  # unmatched answers logged (once per change)
         self._unmatched_at_last_poll = 0
+        self._watch: _PymodbusWatch | None = None  # pymodbus TCP: the raw-frame check
 
     # ------------------------------------------------------------------------------------------ link
     def _make_client(self) -> Any:
@@ -254,7 +336,14 @@ class ModbusDriver:
             "reconnect_delay": 0,
         }
         if isinstance(cfg, ModbusTcpDevice):
-            client = pm.AsyncModbusTcpClient(cfg.host, port=cfg.port, **common)
+            self._watch = _PymodbusWatch(cfg.unit_id)
+            client = pm.AsyncModbusTcpClient(
+                cfg.host,
+                port=cfg.port,
+                trace_packet=self._watch,
+                trace_connect=self._watch.connection,
+                **common,
+            )
         else:
             client = pm.AsyncModbusSerialClient(
                 cfg.port,
@@ -315,7 +404,12 @@ class ModbusDriver:
     # ------------------------------------------------------------------------------------------ poll
     def _not_connected(self) -> ConnectionLost:
         client = self._client
-        reason = client.lost_reason if isinstance(client, ModbusTcpReadClient) else None
+        if isinstance(client, ModbusTcpReadClient):
+            reason = client.lost_reason
+        elif self._watch is not None and self._watch.closed:
+            reason = self._watch.lost_reason()
+        else:
+            reason = None
         return ConnectionLost(self.name, reason or "not connected")
 
     def _link_lost(self, exc: BaseException, what: str) -> ConnectionLost:
@@ -349,9 +443,24 @@ class ModbusDriver:
             if not client.connected:
                 raise self._link_lost(exc, describe_request(fc, address, count)) from exc
             await self._quiet_after_timeout()
+            watch = self._watch
+            if watch is not None:
+                self._count_watch(watch)
+                if watch.junk is not None:
+                    self.protocol_errors["junk"] += 1
+                    raise ConnectionLost(
+                        self.name, f"{watch.junk} after {describe_request(fc, address, count)}"
+                    ) from exc
+                if watch.issue is not None:  # an answer came, pymodbus dropped it (another unit id)
+                    return _PROTOCOL, watch.issue
             return _TIMEOUT, str(exc) or type(exc).__name__
         except OSError as exc:
             raise self._link_lost(exc, describe_request(fc, address, count)) from exc
+        watch = self._watch
+        if watch is not None:
+            self._count_watch(watch)
+            if watch.issue is not None:
+                return _PROTOCOL, watch.issue
         if (
             isinstance(self.cfg, ModbusTcpDevice)
             and getattr(rr, "dev_id", self.cfg.unit_id) != self.cfg.unit_id
@@ -386,6 +495,11 @@ class ModbusDriver:
         finally:
             self._count_unmatched(client)
         return _native_status(fc, count, res)
+
+    def _count_watch(self, watch: _PymodbusWatch) -> None:
+        if watch.unmatched_total:
+            self.protocol_errors["unmatched_tid"] += watch.unmatched_total
+            watch.unmatched_total = 0
 
     def _count_unmatched(self, client: ModbusTcpReadClient) -> None:
         n = client.unmatched_answers
