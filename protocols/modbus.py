@@ -206,7 +206,7 @@ class _PymodbusWatch:
                 )
                 self.last = describe_request(fc, address, count)
             return data
-        i = 0
+        i, answered = 0, False
         while len(data) - i >= 7:
             tid, proto, length = _HDR.unpack_from(data, i)
             if proto != 0 or not 2 <= length <= 254:
@@ -226,6 +226,7 @@ class _PymodbusWatch:
                     self.unmatched.add(tid)
                     self.unmatched_total += 1
                 continue
+            answered = True
             if unit != self.unit:
                 self.issue = ModbusTcpProtocolError(
                     "wrong_unit", f"answer from unit {unit}, the request was to unit {self.unit}"
@@ -239,6 +240,16 @@ class _PymodbusWatch:
                     "trailing_bytes",
                     f"{len(pdu) - 2 - pdu[1]} bytes after the declared byte count {pdu[1]} (MBAP length too long)",
                 )
+            elif pdu[0] in _READ_FCS and len(pdu) >= 2 and len(pdu) < 2 + pdu[1]:
+                self.issue = ModbusTcpProtocolError(
+                    "bad_length",
+                    f"frame carries {len(pdu) - 2} data bytes, its byte count says {pdu[1]} (MBAP length too short)",
+                )
+        if answered and i < len(data) and self.issue is None:
+            # pymodbus empties its buffer before the next request: bytes after the answer would vanish
+            self.issue = ModbusTcpProtocolError(
+                "trailing_bytes", f"{len(data) - i} bytes after the answer's frame"
+            )
         return data
 
 
@@ -418,6 +429,12 @@ class ModbusDriver:
             if exc.kind in self.protocol_errors:
                 self.protocol_errors[exc.kind] += 1
             return ConnectionLost(self.name, str(exc))
+        watch = self._watch
+        if (
+            watch is not None and watch.issue is not None
+        ):  # pymodbus broke the link on an answer it could not decode
+            self.protocol_errors[watch.issue.kind] += 1
+            return ConnectionLost(self.name, f"connection lost during {what}: invalid answer ({watch.issue})")
         return ConnectionLost(self.name, f"connection lost during {what}: {exc or type(exc).__name__}")
 
     async def _read(self, table: str, address: int, count: int) -> tuple[int, Any]:
