@@ -76,7 +76,7 @@ READ_FUNCTIONS: dict[str, tuple[str, int]] = {
 # (ILLEGAL_ADDRESS, ILLEGAL_VALUE).
 _SPLIT_CODES = frozenset({2, 3})
 # A TCP gateway answering for a serial device that did not answer: as good as a timeout of that device
-# (GATEWAY_PATH_UNAVAILABLE, GATEWAY_NO_RESPONSE).
+# (GATEWAY_PATH_UNAVAILABLE, GATEWAY_TARGET_NO_RESPONSE).
 _GATEWAY_CODES = frozenset({10, 11})
 _OK, _REFUSED, _TIMEOUT, _PROTOCOL = 0, 1, 2, 3
 #: What :attr:`ModbusDriver.protocol_errors` counts: answers refused as invalid (the request's points INVALID,
@@ -573,7 +573,7 @@ class ModbusDriver:
             f"address={req.address} count={req.count} range={req.table}[{req.address}..{req.end - 1}]"
         )
         if status == _REFUSED:
-            name = "SHORT_RESPONSE" if detail == -1 else _exc_name(detail)
+            name = _exc_name(detail)
             log.warning(
                 "modbus exception %s exception=%s code=%s points=%d quality=invalid",
                 where,

@@ -166,7 +166,9 @@ def test_lost_sync_or_hang_up_is_a_lost_connection_for_the_driver(fault: str) ->
             drv = ModbusDriver(cfg, {"v": 0})
             await drv.connect()
             try:
-                expected = "connection closed by peer after FC3 0..0" if fault == "hang_up" else "junk from peer"
+                expected = (
+                    "connection closed by peer after FC3 0..0" if fault == "hang_up" else "junk from peer"
+                )
                 with pytest.raises(ConnectionLost, match=expected):
                     await drv.poll()
                 assert drv.protocol_errors["junk"] == (fault == "garbage")
