@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gridedge.gateway.model import Quality
+from gridedge.gateway.model import QUALITY_DTYPE, Quality
 
 __all__ = [
     "DBPOS_BAD",
@@ -77,17 +77,17 @@ _QUESTIONABLE_DETAILS = (
 
 def _build_table() -> np.ndarray:
     raw = np.arange(1 << 14, dtype=np.int64)
-    out = np.zeros(raw.shape, np.uint8)
+    out = np.zeros(raw.shape, QUALITY_DTYPE)
     validity = raw & _VALIDITY_MASK
-    out[validity == Q_INVALID] |= np.uint8(Quality.INVALID)
-    out[validity == Q_RESERVED] |= np.uint8(Quality.INVALID)
-    out[validity == Q_QUESTIONABLE] |= np.uint8(Quality.QUESTIONABLE)
-    out[(raw & Q_OVERFLOW) != 0] |= np.uint8(Quality.OVERFLOW)
-    out[(raw & _QUESTIONABLE_DETAILS) != 0] |= np.uint8(Quality.QUESTIONABLE)
-    out[(raw & Q_OLD_DATA) != 0] |= np.uint8(Quality.STALE | Quality.QUESTIONABLE)
-    out[(raw & Q_SUBSTITUTED) != 0] |= np.uint8(Quality.SUBSTITUTED)
-    out[(raw & Q_TEST) != 0] |= np.uint8(Quality.TEST)
-    out[(raw & Q_OPERATOR_BLOCKED) != 0] |= np.uint8(Quality.BLOCKED)
+    out[validity == Q_INVALID] |= QUALITY_DTYPE(Quality.INVALID)
+    out[validity == Q_RESERVED] |= QUALITY_DTYPE(Quality.INVALID)
+    out[validity == Q_QUESTIONABLE] |= QUALITY_DTYPE(Quality.QUESTIONABLE)
+    out[(raw & Q_OVERFLOW) != 0] |= QUALITY_DTYPE(Quality.OVERFLOW)
+    out[(raw & _QUESTIONABLE_DETAILS) != 0] |= QUALITY_DTYPE(Quality.QUESTIONABLE)
+    out[(raw & Q_OLD_DATA) != 0] |= QUALITY_DTYPE(Quality.STALE | Quality.QUESTIONABLE)
+    out[(raw & Q_SUBSTITUTED) != 0] |= QUALITY_DTYPE(Quality.SUBSTITUTED)
+    out[(raw & Q_TEST) != 0] |= QUALITY_DTYPE(Quality.TEST)
+    out[(raw & Q_OPERATOR_BLOCKED) != 0] |= QUALITY_DTYPE(Quality.BLOCKED)
     out.flags.writeable = False
     return out
 
@@ -96,14 +96,14 @@ _TABLE = _build_table()
 
 
 def map_quality(raw_q: np.ndarray) -> np.ndarray:
-    """Raw IEC 61850 ``q`` integers (any int dtype) → gridedge quality bits (uint8), element-wise."""
+    """Raw IEC 61850 ``q`` integers (any int dtype) → gridedge quality bits (``QUALITY_DTYPE``), element-wise."""
     return _TABLE[np.asarray(raw_q, dtype=np.int64) & 0x3FFF]
 
 
 # Dbpos (intermediate=0, off=1, on=2, bad=3) → (value, extra quality)
 _DBPOS_VALUE = np.array([np.nan, 0.0, 1.0, np.nan])
 _DBPOS_QUALITY = np.array(
-    [Quality.INVALID | Quality.QUESTIONABLE, 0, 0, Quality.INVALID | Quality.QUESTIONABLE], np.uint8
+    [Quality.INVALID | Quality.QUESTIONABLE, 0, 0, Quality.INVALID | Quality.QUESTIONABLE], QUALITY_DTYPE
 )
 
 

@@ -7,6 +7,9 @@ is held that way deadlocks the connection (the receive thread waits for the GIL 
 callback, the caller waits for the receive thread). The worker therefore
   * does every GIL-holding call during connect, before any report control block is enabled, and
   * afterwards only uses the ``pyWrap_*`` calls that release the GIL (readObject, get/setRCBValues).
+Polling falls back per point when the server refuses a read: logical node → data object → attribute
+(:meth:`Session.poll`); refusals are remembered per (reference, FC) in :class:`_Refusal` and handed to the
+driver with every poll, so a reconnect re-probes once without logging the known condition again.
 A crash in the C library ends the worker, never the daemon.
 
 Read-only by construction: the only services used are association, directory/specification reads,
@@ -18,13 +21,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyiec61850.pyiec61850 as iec
 
+from gridedge.gateway.logs import kv
+from gridedge.gateway.model import QUALITY_DTYPE
 from gridedge.protocols.iec61850_quality import dbpos_to_value, map_quality
 
 log = logging.getLogger("gridedge.protocols.iec61850")
@@ -121,8 +126,17 @@ class Member:
     fc: str
     tree: Node
 
+    @property
+    def key(self) -> Key:
+        return (self.ref, self.fc)
 
-Loc = tuple[int, tuple[int, ...]]  # (member index, element path inside the member's value)
+
+Key = tuple[str, str]  # (object reference, FC)
+
+
+# (member, element path inside the member's value); the member is its index in a list (reports) or its
+# (ref, fc) key in a dict of values (polling)
+Loc = tuple[Any, tuple[int, ...]]
 
 
 def locate(members: list[Member], ref: str, fc: str) -> tuple[Loc, Node] | None:
@@ -151,6 +165,8 @@ class PointPlan:
     value: Loc
     q: Loc | None
     t: Loc | None
+    # the resolved attribute references and their types (what an attribute-level read asks for)
+    attrs: dict[str, tuple[str, Node]] = field(default_factory=dict)  # "value"/"q"/"t" → (ref, type)
 
 
 def plan_point(members: list[Member], slot: int, index: int, ref: str, fc: str) -> PointPlan | None:
@@ -167,6 +183,7 @@ def plan_point(members: list[Member], slot: int, index: int, ref: str, fc: str) 
                 break
         else:
             return None
+    attrs = {"value": (ref, node)}
     ld_ln, _, rest = ref.partition(".")
     parts = rest.split(".")
     q_loc = t_loc = None
@@ -176,11 +193,89 @@ def plan_point(members: list[Member], slot: int, index: int, ref: str, fc: str) 
         t_hit = locate(members, base + ".t", fc) if t_loc is None else None
         if q_hit is not None and q_hit[1].type == iec.MMS_BIT_STRING:
             q_loc = q_hit[0]
+            attrs["q"] = (base + ".q", q_hit[1])
         if t_hit is not None and t_hit[1].type == iec.MMS_UTC_TIME:
             t_loc = t_hit[0]
+            attrs["t"] = (base + ".t", t_hit[1])
         if q_loc is not None and t_loc is not None:
             break
-    return PointPlan(slot, index, loc, q_loc, t_loc)
+    return PointPlan(slot, index, loc, q_loc, t_loc, attrs)
+
+
+def _keyed(plan: PointPlan, members: list[Member]) -> PointPlan:
+    """The same plan with member indices replaced by the members' (ref, fc) keys (polling reads into a
+    dict, because which members are read changes with what the server accepts)."""
+
+    def k(loc: Loc | None) -> Loc | None:
+        return None if loc is None else (members[loc[0]].key, loc[1])
+
+    return PointPlan(plan.slot, plan.index, k(plan.value), k(plan.q), k(plan.t), plan.attrs)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Polled:
+    """One polled point, planned at each read granularity."""
+
+    plan_ln: PointPlan  # in the value of its logical node (under the point's FC)
+    plan_do: PointPlan  # in the value of its data object
+    plan_da: PointPlan  # in the values of its own attributes (value, q, t)
+    attrs: list[Member]
+
+
+@dataclass
+class _LnGroup:
+    """The polled points of one (logical node, FC), and their data objects."""
+
+    ln: Member
+    points: list[_Polled] = field(default_factory=list)
+    dos: dict[Key, tuple[Member, list[_Polled]]] = field(default_factory=dict)
+
+
+REPROBE_S = 600.0  # a refused LN/DO read is tried again this often (and after every reconnect)
+_FALLBACK = {"ln": "data_objects", "do": "attributes", "attribute": "none"}
+
+
+@dataclass
+class _Refusal:
+    """A read the server refuses at one granularity: since when, how often (logged once, counted)."""
+
+    level: str  # ln, do, attribute
+    error: str
+    since: float  # wall clock of the first refusal
+    count: int
+    retry_at: float = 0.0  # monotonic; 0 = at the next poll (a new association re-probes)
+
+    def export(self) -> list[Any]:
+        return [self.level, self.error, self.since, self.count]
+
+
+def _split_key(k: str) -> Key:
+    ref, _, fc = k.rpartition("|")
+    return (ref, fc)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+_ACCESS_ERRORS = {
+    iec.DATA_ACCESS_ERROR_OBJECT_INVALIDATED: "object-invalidated",
+    iec.DATA_ACCESS_ERROR_HARDWARE_FAULT: "hardware-fault",
+    iec.DATA_ACCESS_ERROR_TEMPORARILY_UNAVAILABLE: "temporarily-unavailable",
+    iec.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED: "object-access-denied",
+    iec.DATA_ACCESS_ERROR_OBJECT_UNDEFINED: "object-undefined",
+    iec.DATA_ACCESS_ERROR_INVALID_ADDRESS: "invalid-address",
+    iec.DATA_ACCESS_ERROR_TYPE_UNSUPPORTED: "type-unsupported",
+    iec.DATA_ACCESS_ERROR_TYPE_INCONSISTENT: "type-inconsistent",
+    iec.DATA_ACCESS_ERROR_OBJECT_ATTRIBUTE_INCONSISTENT: "object-attribute-inconsistent",
+    iec.DATA_ACCESS_ERROR_OBJECT_ACCESS_UNSUPPORTED: "object-access-unsupported",
+    iec.DATA_ACCESS_ERROR_OBJECT_NONE_EXISTENT: "object-non-existent",
+    iec.DATA_ACCESS_ERROR_OBJECT_VALUE_INVALID: "object-value-invalid",
+}
+
+
+def _access_error_text(code: int) -> str:
+    return _ACCESS_ERRORS.get(code, f"data-access-error {code}")
 
 
 def _element(v: Any, path: tuple[int, ...]) -> Any:
@@ -212,14 +307,21 @@ def _scalar(v: Any) -> tuple[float, bool, bool]:
 
 
 def extract(
-    values: list[Any], plans: list[PointPlan], included: list[bool] | None, fallback_ts: float
+    values: Sequence[Any] | Mapping[Key, Any],
+    plans: list[PointPlan],
+    included: list[bool] | None,
+    fallback_ts: float,
 ) -> tuple[np.ndarray, ...]:
-    """Turn member values into ``(point_idx, ts, value, quality)`` arrays for the planned points."""
+    """Turn member values into ``(point_idx, ts, value, quality)`` arrays for the planned points.
+
+    ``values`` is a list indexed like the plans' members, or a dict by member key where a member that was
+    not read (or was refused) may be absent or None: its elements then count as missing."""
+    member = values.get if isinstance(values, Mapping) else values.__getitem__
     n = len(plans)
     idx = np.empty(n, np.int32)
     val = np.full(n, np.nan)
     rawq = np.zeros(n, np.int64)
-    extra = np.zeros(n, np.uint8)
+    extra = np.zeros(n, QUALITY_DTYPE)
     ts = np.full(n, fallback_ts)
     dbpos = np.zeros(n, bool)
     k = 0
@@ -227,17 +329,16 @@ def extract(
         if included is not None and not included[p.value[0]]:
             continue
         idx[k] = p.index
-        member = values[p.value[0]]
-        v, is_dbpos, ok = _scalar(_element(member, p.value[1]))
+        v, is_dbpos, ok = _scalar(_element(member(p.value[0]), p.value[1]))
         val[k], dbpos[k] = v, is_dbpos
         if not ok:
             extra[k] |= _BAD
         if p.q is not None:
-            qv = _element(values[p.q[0]], p.q[1])
+            qv = _element(member(p.q[0]), p.q[1])
             if qv is not None and iec.MmsValue_getType(qv) == iec.MMS_BIT_STRING:
                 rawq[k] = iec.Quality_fromMmsValue(qv)
         if p.t is not None:
-            tv = _element(values[p.t[0]], p.t[1])
+            tv = _element(member(p.t[0]), p.t[1])
             if tv is not None and iec.MmsValue_getType(tv) == iec.MMS_UTC_TIME:
                 ms = iec.MmsValue_getUtcTimeInMs(tv)
                 if ms > 0:  # t never set by the device: keep the receive/report time
@@ -300,8 +401,11 @@ class Session:
         self.device = spec["name"]
         self.push = push
         self.con: Any = None
-        self.poll_members: list[Member] = []
-        self.poll_plans: list[PointPlan] = []
+        self.groups: dict[Key, _LnGroup] = {}  # polled points by (logical node, FC)
+        self.unresolved: list[dict[str, Any]] = []  # polled points whose reference the device lacks
+        self.refused: dict[Key, _Refusal] = {
+            _split_key(k): _Refusal(*v) for k, v in spec.get("refused", {}).items()
+        }  # fmt: skip
         self.reports: list[_Report] = []
         self._closing = False
 
@@ -323,27 +427,21 @@ class Session:
             rep = self._prepare_report(r["rcb"].replace("$", "."), points)
             covered.update(p.slot for p in rep.plans)
             self.reports.append(rep)
-        # Points no report carries are polled: one readObject per (logical node, FC).
-        missing: list[str] = []
+        # Points no report carries are polled: one readObject per (logical node, FC) while the server
+        # accepts that; a reference the device does not have makes that one point INVALID, not the device
+        # unusable.
         for slot, index, ref, fc in points:
             if slot in covered:
                 continue
-            ln_ref = ref.split(".", 1)[0]
-            if not any(m.ref == ln_ref and m.fc == fc for m in self.poll_members):
-                try:
-                    self.poll_members.append(Member(ln_ref, fc, spec_tree(con, ln_ref, fc)))
-                except SessionError as exc:
-                    if exc.kind == "link":
-                        raise
-                    missing.append(f"{ref} [{fc}]: logical node {ln_ref} has no {fc} data")
-                    continue
-            plan = plan_point(self.poll_members, slot, index, ref, fc)
-            if plan is None:
-                missing.append(f"{ref} [{fc}] does not exist")
-            else:
-                self.poll_plans.append(plan)
-        if missing:
-            raise SessionError("config", "; ".join(missing))
+            reason = self._add_polled(slot, index, ref, fc)
+            if reason is not None:
+                self.unresolved.append({"slot": slot, "index": index, "ref": ref, "fc": fc, "reason": reason})
+        # an LN whose points all failed to resolve is not read at all
+        self.groups = {k: g for k, g in self.groups.items() if g.points}
+        if self.unresolved and not self.groups and not self.reports:
+            raise SessionError(
+                "config", "; ".join(f"{u['ref']} [{u['fc']}]: {u['reason']}" for u in self.unresolved)
+            )
         # Install every report handler before the first RCB is enabled: installing one takes the
         # connection's report lock while holding the GIL, which deadlocks once reports flow.
         for rep in self.reports:
@@ -352,8 +450,9 @@ class Session:
         for rep in self.reports:
             self._enable(rep, s["entry_ids"].get(rep.ref), s["report_opts"][rep.ref])
         return {
-            "polled": len(self.poll_plans),
+            "polled": sum(len(g.points) for g in self.groups.values()),
             "reported": len(covered),
+            "unresolved": self.unresolved,
             "rcbs": [r.ref for r in self.reports],
         }
 
@@ -528,29 +627,127 @@ class Session:
     def poll(self) -> tuple[Any, ...]:
         if iec.IedConnection_getState(self.con) != iec.IED_STATE_CONNECTED:
             raise SessionError("link", "connection closed by the peer")
-        if not self.poll_members:
+        if not self.groups:
             self._probe()
-        now = time.time()
-        values: list[Any] = []
+        now, mono = time.time(), time.monotonic()
+        values: dict[Key, Any] = {}
+        plans: list[PointPlan] = []
         try:
-            for m in self.poll_members:
-                v, err = iec.pyWrap_IedConnection_readObject(self.con, m.ref, FC_CODES[m.fc])
-                if err in _LINK_ERRORS:
-                    raise SessionError("link", f"reading {m.ref} [{m.fc}] failed: {_err_text(err)}")
-                if err != iec.IED_ERROR_OK:
-                    log.warning(
-                        "event=read_refused device=%s ref=%s fc=%s error=%s",
-                        self.device,
-                        m.ref,
-                        m.fc,
-                        _err_text(err),
-                    )
-                    if v is not None:
-                        iec.MmsValue_delete(v)
-                    v = None
-                values.append(v)
-            return (*extract(values, self.poll_plans, None, now), now)
+            for g in self.groups.values():
+                if self._due(g.ln.key, mono) and self._read(g.ln, "ln", values, mono):
+                    plans.extend(p.plan_ln for p in g.points)
+                    continue
+                for do, pts in g.dos.values():  # the LN read is refused: one read per data object
+                    if self._due(do.key, mono) and self._read(do, "do", values, mono):
+                        plans.extend(p.plan_do for p in pts)
+                        continue
+                    for p in pts:  # the DO read is refused too: the point's own attributes
+                        for m in p.attrs:  # value first: when that is refused, q and t do not matter
+                            if not self._read(m, "attribute", values, mono) and m is p.attrs[0]:
+                                break
+                        plans.append(p.plan_da)
+            idx, ts, val, q = extract(values, plans, None, now)
         finally:
-            for v in values:
+            for v in values.values():
                 if v is not None:
                     iec.MmsValue_delete(v)
+        if self.unresolved:  # in every batch, INVALID: the runtime sees them as bad, not as absent
+            k = len(self.unresolved)
+            idx = np.concatenate([idx, np.array([u["index"] for u in self.unresolved], np.int32)])
+            ts = np.concatenate([ts, np.full(k, now)])
+            val = np.concatenate([val, np.full(k, np.nan)])
+            q = np.concatenate([q, np.full(k, _BAD, QUALITY_DTYPE)])
+        state = {"refused": {f"{r}|{fc}": x.export() for (r, fc), x in self.refused.items()}}
+        return idx, ts, val, q, now, state
+
+    # ------------------------------------------------- per-point read fallback
+    def _add_polled(self, slot: int, index: int, ref: str, fc: str) -> str | None:
+        """Plan one polled point at the three read granularities; the reason when it cannot be."""
+        ln_ref = ref.split(".", 1)[0]
+        g = self.groups.get((ln_ref, fc))
+        if g is None:
+            try:
+                tree = spec_tree(self.con, ln_ref, fc)
+            except SessionError as exc:
+                if exc.kind == "link":
+                    raise
+                return str(exc)
+            g = self.groups[(ln_ref, fc)] = _LnGroup(Member(ln_ref, fc, tree))
+        ln = g.ln
+        plan_ln = plan_point([ln], slot, index, ref, fc)
+        if plan_ln is None:
+            return "no such data object or attribute"
+        do_name = ref[len(ln_ref) + 1 :].split(".", 1)[0]
+        do = Member(f"{ln_ref}.{do_name}", fc, ln.tree.children[do_name][1])
+        entry = g.dos.setdefault(do.key, (do, []))
+        do = entry[0]
+        plan_do = plan_point([do], slot, index, ref, fc)
+        attrs = [Member(r, fc, node) for r, node in plan_ln.attrs.values()]
+        plan_da = plan_point(attrs, slot, index, plan_ln.attrs["value"][0], fc)
+        assert plan_do is not None and plan_da is not None  # sub-trees of what resolved above
+        p = _Polled(_keyed(plan_ln, [ln]), _keyed(plan_do, [do]), _keyed(plan_da, attrs), attrs)
+        g.points.append(p)
+        entry[1].append(p)
+        return None
+
+    def _due(self, key: Key, mono: float) -> bool:
+        """Try a read at this granularity? Yes unless the server refused it and no re-probe is due."""
+        r = self.refused.get(key)
+        return r is None or mono >= r.retry_at
+
+    def _read(self, m: Member, level: str, values: dict[Key, Any], mono: float) -> bool:
+        """One readObject; the value goes to ``values`` (None when refused). A refusal is a value (the
+        server said no), a link error raises."""
+        key = m.key
+        if key in values:
+            return values[key] is not None
+        v, err = iec.pyWrap_IedConnection_readObject(self.con, m.ref, FC_CODES[m.fc])
+        error = None
+        if err != iec.IED_ERROR_OK:
+            error = _err_text(err)
+        elif v is None:
+            error = "empty answer"
+        elif iec.MmsValue_getType(v) == iec.MMS_DATA_ACCESS_ERROR:
+            # libiec61850 reports a per-variable refusal (access denied, object non-existent...) as
+            # IED_ERROR_OK with a data-access-error value
+            error = _access_error_text(iec.MmsValue_getDataAccessError(v))
+        if error is not None:
+            if v is not None:
+                iec.MmsValue_delete(v)
+            if err in _LINK_ERRORS:
+                raise SessionError("link", f"reading {m.ref} [{m.fc}] failed: {error}")
+            values[key] = None
+            self._refusal(key, level, error, mono)
+            return False
+        values[key] = v
+        if key in self.refused:
+            self._accepted(key, mono)
+        return True
+
+    def _refusal(self, key: Key, level: str, error: str, mono: float) -> None:
+        r = self.refused.get(key)
+        if r is not None:  # a known condition: counted, not logged again
+            r.count += 1
+            r.error = error
+            r.retry_at = mono + REPROBE_S
+            return
+        r = self.refused[key] = _Refusal(level, error, time.time(), 1, mono + REPROBE_S)
+        log.warning(
+            "%s",
+            kv("read_refused", device=self.device, ref=key[0], fc=key[1], level=level, error=error,
+               fallback=_FALLBACK[level], since=_iso(r.since), count=1),
+        )  # fmt: skip
+
+    def _accepted(self, key: Key, mono: float) -> None:
+        r = self.refused.pop(key)
+        cleared = 0
+        if r.level != "attribute":  # what was read instead of this object no longer matters
+            inner = [k for k in self.refused if k[1] == key[1] and k[0].startswith(key[0] + ".")]
+            for k in inner:
+                del self.refused[k]
+            cleared = len(inner)
+        log.info(
+            "%s",
+            kv("read_accepted", device=self.device, ref=key[0], fc=key[1], level=r.level, since=_iso(r.since),
+               count=r.count, duration_s=round(time.time() - r.since), cleared=cleared or None),
+        )  # fmt: skip
