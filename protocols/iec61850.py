@@ -2,7 +2,13 @@
 
 * Points are object references + functional constraint (``IED1LD0/MMXU1.TotW.mag.f``, ``MX``). Polled
   points cost one ``readObject`` per (logical node, FC), not one request per attribute; ``q`` and ``t``
-  are taken from the same read.
+  are taken from the same read. A server that refuses that read gets one read per data object of the
+  polled points, and where that is refused too, reads of the point's own value/q/t attributes; what the
+  server refuses is remembered (re-probed every 10 min and after a reconnect) and logged once
+  (``read_refused`` … ``read_accepted``). A point whose own read is refused, or whose reference the
+  device lacks, is INVALID (NaN) in every batch; the other points are good.
+* The worker's log records are re-emitted through this process's logging (logger
+  ``gridedge.protocols.iec61850``), so they carry the daemon's format.
 * Reports: the configured URCB/BRCB are enabled (integrity period, general interrogation on every
   (re)connect); the points their dataset carries are pushed through :meth:`set_push_callback`. For
   buffered reports the last EntryID is persisted (``resume_store.set_meta``) after each report was
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import socket
 import subprocess
@@ -31,6 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gridedge.gateway.logs import kv
 from gridedge.gateway.model import ReadingBatch
 from gridedge.protocols.base import BatchCallback, ConfigurationError, ConnectionLost, DriverError
 from gridedge.protocols.iec61850_discover import (
@@ -81,6 +89,12 @@ class Iec61850Driver:
             {"index": int(point_index[p.name]), "name": p.name, "ref": p.ref, "fc": p.fc} for p in cfg.points
         ]
         self._reports = list(cfg.reports)
+        # Worst case of one poll: every (LN, FC) read refused, then every data object, then each point's
+        # value, q and t; each request is bounded by libiec61850's own request timeout.
+        lns = {(p["ref"].replace("$", ".").split(".", 1)[0], p["fc"]) for p in self._points}
+        dos = {(".".join(p["ref"].replace("$", ".").split(".", 2)[:2]), p["fc"]) for p in self._points}
+        n_reads = len(lns) + len(dos) + 3 * len(self._points)
+        self._poll_budget = float(cfg.timeout) * max(1, n_reads) + 2.0
         self._callback: BatchCallback | None = None
         self._entry_ids: dict[str, str] = {}
         self._proc: subprocess.Popen[bytes] | None = None
@@ -92,6 +106,9 @@ class Iec61850Driver:
         self._send_lock = threading.Lock()
         self._dead = threading.Event()
         self.info: dict[str, Any] = {}
+        self._unresolved_logged: frozenset[tuple[str, str]] | None = None
+        # (ref|fc) -> [level, error, since, count] of reads the server refuses (kept across reconnects)
+        self._refused: dict[str, list[Any]] = {}
         self.pushed = 0  # readings pushed by reports since construction (metrics, bench)
 
     # ------------------------------------------------------------------ API
@@ -129,6 +146,8 @@ class Iec61850Driver:
                 for r in self._reports
             },
             "entry_ids": entry_ids,
+            # what the server refused before: the new association re-probes it once, silently
+            "refused": dict(self._refused),
         }
         # connect timeout + one request per RCB / dataset / LN type, plus the worker's own start-up
         budget = _STARTUP_S + float(self.cfg.timeout) * (3 + 3 * len(self._reports) + len(self._points))
@@ -147,22 +166,50 @@ class Iec61850Driver:
             except BaseException:
                 await self.close()
                 raise
+        unresolved = self.info.get("unresolved", [])
         log.info(
-            "event=connected device=%s host=%s port=%s polled=%d reported=%d",
+            "event=connected device=%s host=%s port=%s polled=%d reported=%d unresolved=%d",
             self.name,
             self.cfg.host,
             self.cfg.port,
             self.info["polled"],
             self.info["reported"],
+            len(unresolved),
         )
+        refs = frozenset((u["ref"], u["fc"]) for u in unresolved)
+        if refs and refs != self._unresolved_logged:
+            # once (per change across reconnects): which references the device lacks; those points are
+            # INVALID in every poll, the others are read as usual
+            log.warning(
+                "%s",
+                kv(
+                    "points_unresolved",
+                    device=self.name,
+                    count=len(unresolved),
+                    refs="; ".join(f"{u['ref']} [{u['fc']}]: {u['reason']}" for u in unresolved),
+                ),
+            )
+        elif not refs and self._unresolved_logged:
+            log.info("%s", kv("points_resolved", device=self.name))
+        self._unresolved_logged = refs
 
     async def poll(self) -> ReadingBatch:
-        """Read every polled point (one request per logical node and FC); checks the link for reports."""
+        """Read every polled point (one request per logical node and FC while the server accepts that,
+        else per data object, else per attribute); checks the link for reports.
+
+        Points the server refuses to read, and points whose reference the device lacks, are in the
+        batch as INVALID with a NaN value: the batch's quality says how many points the device let down.
+        """
         if self._conn is None or self._dead.is_set():
             raise ConnectionLost(self.name, "not connected")
-        n_reads = max(1, len({(p["ref"].split(".", 1)[0], p["fc"]) for p in self._points}))
-        idx, ts, val, q, gw = await self._request(("poll",), float(self.cfg.timeout) * n_reads + 2.0)
+        idx, ts, val, q, gw, state = await self._request(("poll",), self._poll_budget)
+        self._refused = state["refused"]
         return ReadingBatch(idx, ts, val, q, np.full(len(idx), gw), device=self.name)
+
+    @property
+    def refused_reads(self) -> dict[str, list[Any]]:
+        """Reads the server currently refuses: ``"ref|fc" -> [level, error, since, count]``."""
+        return dict(self._refused)
 
     async def close(self) -> None:
         """Stop the worker (politely, then SIGKILL); never raises."""
@@ -193,7 +240,13 @@ class Iec61850Driver:
         ours, theirs = socket.socketpair()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "gridedge.protocols.iec61850_worker", str(theirs.fileno())],
+                [
+                    sys.executable,
+                    "-m",
+                    "gridedge.protocols.iec61850_worker",
+                    str(theirs.fileno()),
+                    str(log.getEffectiveLevel()),
+                ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -259,9 +312,22 @@ class Iec61850Driver:
                         )
                 elif msg[0] == "push":
                     self._on_push(*msg[1:])
+                elif msg[0] == "log":
+                    self._on_log(*msg[1:])
         finally:
             dead.set()
             self._fail_pending(ConnectionLost(self.name, "worker ended (peer lost or crashed)"))
+
+    def _on_log(self, level: int, name: str, message: str, tb: str | None) -> None:
+        """A worker's log record, re-emitted here: the daemon's handlers, format and level apply."""
+        if not name.startswith("gridedge.protocols.iec61850"):  # the C binding's or Python's own
+            name, message = (
+                f"{log.name}.worker",
+                kv("worker_log", device=self.name, logger=name, message=message),
+            )
+        if tb is not None:
+            message += " traceback=" + json.dumps(tb)  # one line, newlines escaped
+        logging.getLogger(name).log(level, "%s", message)
 
     def _on_push(self, rcb: str, arrays: tuple[np.ndarray, ...], gw: float, entry_id: str | None) -> None:
         idx, ts, val, q = arrays

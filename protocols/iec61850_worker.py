@@ -6,7 +6,11 @@ Started by :class:`gridedge.protocols.iec61850.Iec61850Driver` as
 
 driver → worker: ``("connect", seq, spec)``, ``("poll", seq)``, ``("close", seq)``
 worker → driver: ``("reply", seq, ok, payload)`` with payload the result or ``(kind, message)``;
-``("push", rcb, (idx, ts, value, quality), gateway_ts, entry_id)`` for every report.
+``("push", rcb, (idx, ts, value, quality), gateway_ts, entry_id)`` for every report;
+``("log", levelno, logger_name, message, traceback_or_None)`` for every log record at or above the level
+the driver passed (``argv[2]``): the driver re-emits it through the daemon's own logging, so worker lines
+have the daemon's format and destination. Only what the C library prints itself goes to the inherited
+stderr.
 
 The worker ends with ``os._exit``: libiec61850's receive thread may sit in a report callback waiting for
 the GIL, and tearing the connection down from Python could deadlock or crash; the OS closes the socket.
@@ -26,15 +30,34 @@ from gridedge.protocols.iec61850_session import Session, SessionError
 log = logging.getLogger("gridedge.protocols.iec61850")
 
 
-def main(fd: int) -> None:
-    logging.basicConfig(level=os.environ.get("GRIDEDGE_IEC61850_LOG", "WARNING"), stream=sys.stderr,
-                        format="%(name)s %(levelname)s %(message)s")  # fmt: skip
+class _ToDriver(logging.Handler):
+    """Every record goes to the driver as a message (the driver logs it in the daemon)."""
+
+    def __init__(self, send: Any):
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tb = self.formatter.formatException(record.exc_info) if record.exc_info else None  # type: ignore[union-attr]
+            self._send(("log", record.levelno, record.name, record.getMessage(), tb))
+        except Exception:
+            self.handleError(record)
+
+
+def main(fd: int, level: int = logging.INFO) -> None:
     conn = Connection(fd)
     lock = threading.Lock()
 
     def send(msg: tuple[Any, ...]) -> None:
         with lock:
             conn.send(msg)
+
+    handler = _ToDriver(send)
+    handler.setFormatter(logging.Formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("GRIDEDGE_IEC61850_LOG", level))
 
     session: Session | None = None
     try:
@@ -71,4 +94,4 @@ def main(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else logging.INFO)
