@@ -24,6 +24,15 @@ logical device has a dataset ``LLN0$ds`` over all its data objects (FCD members,
 travel together) and report control blocks ``LLN0.RP.urcb01``/``urcb02`` (unbuffered) and
 ``LLN0.BR.brcb01``/``brcb02`` (buffered) over it.
 
+**A stricter server** (:meth:`Iec61850SimServer.set_read_policy`): many IEDs refuse a read of a whole
+logical node, or of some data objects, and answer with a data-access error (object-access-denied,
+object-access-unsupported). libiec61850's read access handler (``IedServer_setReadAccessHandler``) does
+that here; pyiec61850 exposes the setter but has no callback wrapper for it, so the handler is a ctypes
+callback passed to the same libiec61850 the SWIG layer loaded. The handler sees the logical node and the
+top-level data object of every variable read (``None`` for a whole-LN read); it cannot tell a DO read from
+a read of one of its attributes, so a refused DO is refused at every granularity.
+:class:`AttributeOnlyProxy` is a server front that refuses DO-level reads while attribute reads pass.
+
 Run it stand-alone (used by tests that stop or kill the peer)::
 
     python -m gridedge.protocols.simulators.iec61850_server --points points.json --port 10102 [--period 0.2]
@@ -32,9 +41,12 @@ Run it stand-alone (used by tests that stop or kill the peer)::
 from __future__ import annotations
 
 import argparse
+import ctypes
+import glob
 import json
 import logging
 import math
+import os
 import re
 import signal
 import socket
@@ -48,7 +60,7 @@ from typing import Any
 import numpy as np
 import pyiec61850.pyiec61850 as iec
 
-__all__ = ["Iec61850SimServer", "point_config", "report_config"]
+__all__ = ["AttributeOnlyProxy", "Iec61850SimServer", "point_config", "report_config"]
 
 log = logging.getLogger("gridedge.protocols.iec61850.sim")
 
@@ -65,6 +77,35 @@ _MAPPING: dict[str, tuple[str, str, str, str, str]] = {
     "counter": ("MMTR", "TotWh", "BCR", "ST", "actVal"),
 }
 _RCB_NAMES = (("urcb01", False), ("urcb02", False), ("brcb01", True), ("brcb02", True))
+
+
+_HANDLER_T = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+    ctypes.c_void_p,
+)  # MmsDataAccessError (*ReadAccessHandler)(ld, ln, dataObject, fc, connection, parameter)  # fmt: skip
+_LIB: Any = None
+
+
+def _libiec61850() -> Any:
+    """The libiec61850 shared library pyiec61850 loaded (same handle: dlopen of the same file)."""
+    global _LIB
+    if _LIB is None:
+        path = None
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            for line in fh:
+                if "libiec61850" in line and "/" in line:
+                    path = line[line.index("/") :].strip()
+                    break
+        if path is None:
+            libs = os.path.join(os.path.dirname(iec.__file__), "..", "pyiec61850_ng.libs", "libiec61850*")
+            path = sorted(glob.glob(libs))[0]
+        lib = ctypes.CDLL(path)
+        lib.ModelNode_getName.restype = ctypes.c_char_p
+        lib.ModelNode_getName.argtypes = [ctypes.c_void_p]
+        lib.IedServer_setReadAccessHandler.argtypes = [ctypes.c_void_p, _HANDLER_T, ctypes.c_void_p]
+        lib.IedServer_setReadAccessHandler.restype = None
+        _LIB = lib
+    return _LIB
 
 
 def _free_port() -> int:
@@ -131,6 +172,11 @@ class Iec61850SimServer:
         self._model: Any = None
         self._served: list[_Served] = []
         self.logical_devices: list[str] = []
+        self._refuse_ln = False
+        self._refuse_dos: frozenset[str] = frozenset()
+        self._refuse_error = int(iec.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED)
+        self._access_cb: Any = None  # the ctypes callback, kept alive while the server runs
+        self.refused_reads = 0  # reads the policy refused (tests check the fallback is not re-probed)
         self._build(integrity_period_ms, buf_time_ms)
 
     # ------------------------------------------------------------------ model
@@ -233,6 +279,8 @@ class Iec61850SimServer:
             iec.IedServer_start(srv, port)
             if iec.IedServer_isRunning(srv):
                 self._server, self.port = srv, port
+                if self._access_cb is not None:
+                    _libiec61850().IedServer_setReadAccessHandler(int(srv), self._access_cb, None)
                 self._initial_values()
                 log.info(
                     "event=sim_started host=%s port=%d lds=%d", self.host, port, len(self.logical_devices)
@@ -242,6 +290,42 @@ class Iec61850SimServer:
             if self.port:
                 break
         raise OSError(f"IEC 61850 simulator could not listen on {self.host}:{self.port}")
+
+    def set_read_policy(
+        self,
+        *,
+        refuse_ln: bool = False,
+        refuse_dos: Sequence[str] = (),
+        error: int = iec.DATA_ACCESS_ERROR_OBJECT_ACCESS_DENIED,
+    ) -> None:
+        """Behave like a stricter server: refuse every read of a whole logical node (``refuse_ln``), and
+        every read of the data objects ``refuse_dos`` (``"MMXU1.TotVAr"``, any LD) and of their
+        attributes, with the data-access error ``error``. Callable while running; no arguments = accept all.
+        """
+        self._refuse_ln = refuse_ln
+        self._refuse_dos = frozenset(refuse_dos)
+        self._refuse_error = int(error)
+        if self._access_cb is None:
+            lib = _libiec61850()
+
+            def handler(ld: int, ln: int, do: int | None, fc: int, conn: int, par: int) -> int:
+                # libiec61850's server thread; must not raise into C
+                try:
+                    if do is None:
+                        refuse = self._refuse_ln
+                    else:
+                        name = f"{lib.ModelNode_getName(ln).decode()}.{lib.ModelNode_getName(do).decode()}"
+                        refuse = name in self._refuse_dos
+                    if refuse:
+                        self.refused_reads += 1
+                        return self._refuse_error
+                except Exception:
+                    log.exception("event=sim_access_handler_error")
+                return int(iec.DATA_ACCESS_ERROR_SUCCESS)
+
+            self._access_cb = _HANDLER_T(handler)
+            if self._server is not None:
+                lib.IedServer_setReadAccessHandler(int(self._server), self._access_cb, None)
 
     def _initial_values(self) -> None:
         now = time.time()
@@ -330,6 +414,125 @@ class Iec61850SimServer:
                     continue
                 out.append(f"{ld}/LLN0.{'BR' if is_buf else 'RP'}.{name}")
         return out
+
+
+_DO_ITEM = re.compile(rb"[A-Za-z0-9_]+\$(MX|ST)\$[A-Za-z0-9_]+")
+
+
+class AttributeOnlyProxy:
+    """A TCP front for a simulator that accepts reads of attributes (``TotW.mag.f``) and of whole logical
+    nodes, but not of data objects (``TotW``): the server then answers such a read with a data-access
+    error (object-non-existent), as servers do that refuse structured reads below the LN.
+
+    Every client→server TPKT frame is scanned for MMS item identifiers ``LN$FC$DO`` (exactly a data
+    object, FC MX or ST); their last character is replaced so the server does not find them. Combine with
+    ``set_read_policy(refuse_ln=True)`` for a server that only allows attribute reads.
+    """
+
+    def __init__(self, target_port: int, *, host: str = "127.0.0.1"):
+        self.target = (host, target_port)
+        self.host = host
+        self.port = 0
+        self.rewritten = 0
+        self._lsock: socket.socket | None = None
+        self._socks: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    def start(self) -> int:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((self.host, 0))
+        ls.listen(8)
+        ls.settimeout(0.2)
+        self._lsock, self.port = ls, int(ls.getsockname()[1])
+        self._spawn(self._accept_loop)
+        return self.port
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        t = threading.Thread(target=fn, args=args, daemon=True, name="iec61850-proxy")
+        self._threads.append(t)
+        t.start()
+
+    def _accept_loop(self) -> None:
+        assert self._lsock is not None
+        while not self._stop.is_set():
+            try:
+                client, _ = self._lsock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=2.0)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            client.settimeout(None)
+            self._socks += [client, server]
+            self._spawn(self._pump, client, server, True)
+            self._spawn(self._pump, server, client, False)
+
+    def _rewrite(self, frame: bytearray) -> None:
+        i = 0
+        while True:
+            i = frame.find(0x1A, i)  # VisibleString tag (an MMS Identifier)
+            if i < 0 or i + 2 > len(frame):
+                return
+            n = frame[i + 1]
+            item = bytes(frame[i + 2 : i + 2 + n])
+            if n < 128 and len(item) == n and _DO_ITEM.fullmatch(item):
+                frame[i + 1 + n] = ord("~")
+                self.rewritten += 1
+            i += 1
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        buf = bytearray()
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not upstream:
+                    dst.sendall(data)
+                    continue
+                buf += data
+                while len(buf) >= 4:  # TPKT: 03 00 len(2)
+                    size = int.from_bytes(buf[2:4], "big")
+                    if len(buf) < size:
+                        break
+                    frame, buf = bytearray(buf[:size]), buf[size:]
+                    self._rewrite(frame)
+                    dst.sendall(frame)
+        except OSError:
+            pass
+        finally:
+            for sk in (src, dst):
+                try:
+                    sk.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._lsock is not None:
+            self._lsock.close()
+        for sk in self._socks:
+            try:
+                sk.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sk.close()
+        for t in self._threads:
+            t.join(2.0)
+
+    def __enter__(self) -> AttributeOnlyProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def point_config(points: Sequence[Mapping[str, Any]], server: Iec61850SimServer) -> list[dict[str, Any]]:
