@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import logging
 import math
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 from fixtures_iec61850 import INDEX, POINTS, device_cfg, sim  # noqa: F401
 
 from gridedge.gateway.config import Iec61850Device
-from gridedge.gateway.model import Quality
+from gridedge.gateway.model import QUALITY_DTYPE, Quality
 from gridedge.protocols.base import ConfigurationError, Driver, PushDriver
 from gridedge.protocols.iec61850 import Iec61850Driver, discover, discovery_yaml
 from gridedge.protocols.iec61850_quality import dbpos_to_value, map_quality
@@ -29,7 +30,7 @@ def test_quality_mapping_table() -> None:
     Q = Quality
     want = [0, Q.INVALID, Q.INVALID, Q.QUESTIONABLE, Q.OVERFLOW, Q.QUESTIONABLE, Q.STALE | Q.QUESTIONABLE,
             Q.SUBSTITUTED, Q.TEST, Q.BLOCKED, 0, Q.INVALID | Q.TEST]  # fmt: skip
-    assert got.dtype == np.uint8
+    assert got.dtype == QUALITY_DTYPE
     assert got.tolist() == [int(w) for w in want]
     val, q = dbpos_to_value(np.array([0, 1, 2, 3]))
     assert math.isnan(val[0]) and val[1] == 0.0 and val[2] == 1.0 and math.isnan(val[3])
@@ -104,8 +105,12 @@ def test_double_point_positions(sim) -> None:  # noqa: F811
     assert math.isnan(res[3][0]) and res[3][1] == bad
 
 
-def test_missing_object_is_a_clear_configuration_error(sim) -> None:  # noqa: F811
+def test_missing_reference_is_invalid_and_the_rest_good(sim, caplog) -> None:  # noqa: F811
+    """A reference the device lacks makes that point INVALID in every poll (not the device unusable), and
+    is named in one log line, once: not again on every poll or reconnect."""
+    caplog.set_level(logging.INFO, logger="gridedge.protocols.iec61850")
     ld = sim.logical_devices[0]
+    sim.update({"T1_P": 12.5})
     pts = [
         {"name": "OK", "quantity": "active_power", "ref": f"{ld}/MMXU1.TotW.mag.f", "fc": "MX"},
         {"name": "BAD_ATTR", "quantity": "active_power", "ref": f"{ld}/MMXU1.TotW.mag.x", "fc": "MX"},
@@ -114,11 +119,45 @@ def test_missing_object_is_a_clear_configuration_error(sim) -> None:  # noqa: F8
 
     async def run() -> None:
         drv = Iec61850Driver(device_cfg(sim, points=pts), {"OK": 0, "BAD_ATTR": 1, "BAD_LN": 2})
+        try:
+            for _ in range(2):  # and again after a reconnect
+                await drv.connect()
+                assert drv.info["polled"] == 1 and len(drv.info["unresolved"]) == 2
+                for _ in range(3):
+                    b = await drv.poll()
+                    got = {
+                        int(i): (float(v), int(q))
+                        for i, v, q in zip(b.point_idx, b.value, b.quality, strict=True)
+                    }
+                    assert set(got) == {0, 1, 2}
+                    assert got[0] == (12.5, 0)
+                    for k in (1, 2):
+                        assert math.isnan(got[k][0]) and got[k][1] == Quality.INVALID
+                await drv.close()
+        finally:
+            await drv.close()
+
+    asyncio.run(run())
+    lines = [r.getMessage() for r in caplog.records if "event=points_unresolved" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"{ld}/MMXU1.TotW.mag.x [MX]" in lines[0] and f"{ld}/MMXU9" in lines[0]
+    assert f"{ld}/MMXU1.TotW.mag.f [MX]" not in lines[0]
+    assert "count=2" in lines[0]
+
+
+def test_nothing_resolves_is_a_clear_configuration_error(sim) -> None:  # noqa: F811
+    ld = sim.logical_devices[0]
+    pts = [
+        {"name": "BAD_ATTR", "quantity": "active_power", "ref": f"{ld}/MMXU1.TotW.mag.x", "fc": "MX"},
+        {"name": "BAD_LN", "quantity": "active_power", "ref": f"{ld}/MMXU9.TotW.mag.f", "fc": "MX"},
+    ]
+
+    async def run() -> None:
+        drv = Iec61850Driver(device_cfg(sim, points=pts), {"BAD_ATTR": 0, "BAD_LN": 1})
         with pytest.raises(ConfigurationError) as ei:
             await drv.connect()
         msg = str(ei.value)
         assert f"{ld}/MMXU1.TotW.mag.x" in msg and f"{ld}/MMXU9" in msg
-        assert f"{ld}/MMXU1.TotW.mag.f" not in msg
         assert drv._proc is None  # the worker is gone after the failed connect
 
     asyncio.run(run())
