@@ -271,6 +271,11 @@ class DeviceBase(_Strict):
     timeout: Duration = Field(1.0, description="per-request timeout")
     backoff_initial: Duration = Field(1.0, description="first reconnect delay")
     backoff_max: Duration = Field(60.0, description="reconnect delay cap (exponential backoff with jitter)")
+    clock_tolerance: Duration = Field(
+        300.0,
+        description="a source timestamp further than this from the gateway's clock is flagged clock_skew "
+        "(kept as data; scoring uses the receive time; retention always counts from arrival)",
+    )
 
     @field_validator("poll")
     @classmethod

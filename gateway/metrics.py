@@ -77,6 +77,30 @@ class Metrics:
         self.device_up = Gauge(
             "gridedge_device_up", "1 while the device link is up, 0 while down", ["device"], registry=r
         )
+        self.device_degraded = Gauge(
+            "gridedge_device_degraded",
+            "1 while the device answers but some of its points are bad (refused, invalid)",
+            ["device"],
+            registry=r,
+        )
+        self.clock_skew = Counter(
+            "gridedge_clock_skew_readings",
+            "readings whose source timestamp was beyond the device's clock_tolerance (flagged clock_skew)",
+            ["device"],
+            registry=r,
+        )
+        self.clock_offset_s = Gauge(
+            "gridedge_clock_offset_seconds",
+            "median source minus gateway time of the device's newest time-tagged readings",
+            ["device"],
+            registry=r,
+        )
+        self.link_failures = Counter(
+            "gridedge_device_link_failures",
+            "failed connects or polls that took the device down (each starts a backoff)",
+            ["device"],
+            registry=r,
+        )
         self.device_backoff = Gauge(
             "gridedge_device_backoff_seconds",
             "current reconnect delay (0 while up)",
@@ -158,6 +182,23 @@ class Metrics:
         self.device_up.labels(name).set(1.0 if up else 0.0)
         self.device_backoff.labels(name).set(0.0 if up else backoff)
 
+    def device_degraded_state(self, name: str, degraded: bool) -> None:
+        """1 while the device answers with some points bad."""
+        self.device_degraded.labels(name).set(1.0 if degraded else 0.0)
+
+    def clock_state(self, device: str, skewed_total: int, offset: float | None) -> None:
+        """A device's clock: readings flagged clock_skew so far (running total) and its current offset."""
+        with self._lock:
+            d = self._totals.delta(f"clock\0{device}", float(skewed_total))
+        if d > 0:
+            self.clock_skew.labels(device).inc(d)
+        if offset is not None:
+            self.clock_offset_s.labels(device).set(offset)
+
+    def link_failure(self, device: str) -> None:
+        """One failed connect or poll of a device."""
+        self.link_failures.labels(device).inc()
+
     def points_quality(self, device: str, good: int, bad: int) -> None:
         """Good / bad points of a device now (gauges)."""
         self.device_points.labels(device, "good").set(good)
@@ -222,6 +263,10 @@ class Metrics:
         for metric, labels in (
             (self.device_up, (name,)),
             (self.device_backoff, (name,)),
+            (self.device_degraded, (name,)),
+            (self.clock_skew, (name,)),
+            (self.clock_offset_s, (name,)),
+            (self.link_failures, (name,)),
             (self.device_points, (name, "good")),
             (self.device_points, (name, "bad")),
             (self.readings, (name, "good")),

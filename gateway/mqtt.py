@@ -51,6 +51,7 @@ from gridedge.gateway.outbox import Outbox
 from gridedge.gateway.value_deadband import select_changed
 
 __all__ = [
+    "DEVICE_STATES",
     "GROUP_STATES",
     "SEVERITIES",
     "ConnState",
@@ -62,10 +63,14 @@ __all__ = [
 
 log = logging.getLogger("gridedge.mqtt")
 
-GROUP_STATES = ("normal", "elevated", "anomaly", "observing")
+#: what Detector.group_status() reports; "open" is a feeder whose breaker is open (no load to score)
+GROUP_STATES = ("normal", "elevated", "anomaly", "observing", "open")
 SEVERITIES = ("info", "warning", "critical")
-_QUALITY_NAMES = [Quality.describe(b) for b in range(256)]
-_QUALITY_FLAGS = [[] if b == 0 else _QUALITY_NAMES[b].split("|") for b in range(256)]
+#: a device's link as published: degraded = it answers, but some of its points are bad
+DEVICE_STATES = ("up", "degraded", "down")
+_QUALITY_VALUES = 2 * int(max(Quality))  # every combination of the flags (0..511)
+_QUALITY_NAMES = [Quality.describe(b) for b in range(_QUALITY_VALUES)]
+_QUALITY_FLAGS = [[] if b == 0 else _QUALITY_NAMES[b].split("|") for b in range(_QUALITY_VALUES)]
 _QUALITY_FLAGS_JSON = [json.dumps(f, separators=(",", ":")) for f in _QUALITY_FLAGS]
 
 
@@ -237,6 +242,7 @@ class MqttBridge:
         self._ref = np.abs(self.points.nominal) if n else np.empty(0)
         self._last_val = np.full(n, np.nan)
         self._last_q = np.full(n, -1, np.int16)
+        self._bad_group_states: set[tuple[str, str]] = set()  # logged once each
         self._last_pub = np.full(n, -np.inf)
         self._point_topic = [f"{self.root}/point/{topic_safe(p.name)}" for p in self.points]
         self._point_unit_json = [json.dumps(p.unit) for p in self.points]
@@ -620,7 +626,9 @@ class MqttBridge:
         mono = time.monotonic()
         for group, st in status.items():
             state = str(st.get("state", "normal"))
-            if state not in GROUP_STATES:
+            if state not in GROUP_STATES and (group, state) not in self._bad_group_states:
+                # once per (group, state), not every 5 s: a detector/bridge mismatch is a bug to report once
+                self._bad_group_states.add((group, state))
                 log.warning("event=mqtt_bad_group_state group=%s state=%s", group, state)
             score = st.get("score")
             score = None if score is None or not math.isfinite(score) else float(score)  # NaN: no score yet
@@ -697,8 +705,8 @@ class MqttBridge:
         self, name: str, *, state: str, last_error: str | None, backoff: float | None
     ) -> None:
         """Queue ``device/<name>/status`` (retained, QoS 1, via the outbox)."""
-        if state not in ("up", "down"):
-            raise ValueError("device state must be 'up' or 'down'")
+        if state not in DEVICE_STATES:
+            raise ValueError(f"device state must be one of {', '.join(DEVICE_STATES)}")
         body = {
             "device": name,
             "state": state,

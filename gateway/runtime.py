@@ -24,16 +24,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gridedge.gateway.alert_policy import AlertPolicy
+from gridedge.gateway.clock_check import ClockCheck
 from gridedge.gateway.config import ConfigError, SiteConfig, build_point_table, load_config
 from gridedge.gateway.logs import kv
-from gridedge.gateway.model import BAD_QUALITY_MASK, Event, EventKind, PointTable, Quality, ReadingBatch
+from gridedge.gateway.model import (
+    BAD_QUALITY_MASK,
+    QUALITY_DTYPE,
+    Event,
+    EventKind,
+    PointTable,
+    Quality,
+    ReadingBatch,
+)
 from gridedge.gateway.store import Store
-from gridedge.protocols.base import ConfigurationError, Driver, DriverError, PushDriver
+from gridedge.protocols.base import ConfigurationError, ConnectionLost, Driver, DriverError, PushDriver
 
 if TYPE_CHECKING:
     from gridedge.scoring.detector import Detector
 
-__all__ = ["DeviceState", "DeviceStats", "Runtime", "make_driver"]
+__all__ = ["Backoff", "DeviceState", "DeviceStats", "Runtime", "make_driver"]
 
 log = logging.getLogger("gridedge.runtime")
 
@@ -43,9 +52,44 @@ OVERRUN_LOG_INTERVAL = 10.0
 
 
 class DeviceState(enum.StrEnum):
-    CONNECTING = "connecting"
-    UP = "up"
-    DOWN = "down"
+    CONNECTING = "connecting"  # not answered yet since start (published as "down")
+    UP = "up"  # the last poll answered and every point is good
+    DEGRADED = "degraded"  # the last poll answered, but some points are bad (refused, invalid)
+    DOWN = "down"  # a connect or poll failed; retrying with backoff
+
+    @property
+    def published(self) -> str:
+        """What status, MQTT and the store say: up | degraded | down."""
+        return "down" if self is DeviceState.CONNECTING else str(self)
+
+    @property
+    def answering(self) -> bool:
+        return self in (DeviceState.UP, DeviceState.DEGRADED)
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, shared by failed connects and failed polls.
+
+    It grows with every failure and is reset only by a poll that returned a good reading: a device that
+    accepts TCP and then never answers, or answers junk, backs off exactly like one that refuses the
+    connection (it used to be reset by every TCP connect: ~6 reconnects a second).
+    """
+
+    def __init__(self, initial: float, cap: float):
+        self.initial, self.cap = initial, cap
+        self.failures = 0  # consecutive failures since the last good read
+        self._next = initial
+
+    def failed(self, *, at_cap: bool = False) -> float:
+        """One more failure: the (jittered) delay before the next attempt."""
+        self.failures += 1
+        base = self.cap if at_cap else self._next
+        self._next = min(self._next * 2, self.cap)
+        return random.uniform(base / 2, base)  # full jitter: gateways restarting together spread out
+
+    def reset(self) -> None:
+        self.failures = 0
+        self._next = self.initial
 
 
 @dataclass
@@ -62,6 +106,8 @@ class DeviceStats:
     good: int = 0
     last_error: str | None = None
     backoff: float | None = None
+    link_failures: int = 0  # failed connects and polls since start
+    down_since: float | None = None  # wall time the current outage began
     last_poll_duration: float = 0.0
     last_progress: float = field(default_factory=time.monotonic)
 
@@ -136,7 +182,8 @@ class Runtime:
         self.events_total: dict[str, int] = {}
         self.alerts_published = 0
         self._last_value = np.full(len(self.points), np.nan)
-        self._last_quality = np.full(len(self.points), Quality.COMM_LOST, np.uint8)
+        self._last_quality = np.full(len(self.points), Quality.COMM_LOST, QUALITY_DTYPE)
+        self.clock = ClockCheck({d.name: d.clock_tolerance for d in cfg.devices})
         self._dev_idx: dict[str, np.ndarray] = {}
         self._prior_version: str | None = None
         self._classifier: tuple[dict[str, np.ndarray], str] | None = None
@@ -245,7 +292,10 @@ class Runtime:
         if len(batch) == 0:
             return
         t0 = time.perf_counter()
-        assert self.store is not None
+        if self.store is None:
+            raise RuntimeError("handle_batch before prepare()")
+        # time-tagged readings far from the gateway's clock get CLOCK_SKEW; scoring orders them by arrival
+        batch, scored = self.clock.check(batch)
         self.store.submit(batch)
         self._last_value[batch.point_idx] = batch.value
         self._last_quality[batch.point_idx] = batch.quality
@@ -254,7 +304,7 @@ class Runtime:
             self.metrics.readings_received(batch.device or "", len(batch) - bad, bad)
         if self.detector is not None:
             try:
-                events = self.detector.process(batch)
+                events = self.detector.process(scored)
             except Exception:
                 log.exception(kv("scoring_failed", device=batch.device, readings=len(batch)))
                 events = []
@@ -381,57 +431,84 @@ class Runtime:
     async def _device_loop(self, dev: Any) -> None:
         stats = self.devices[dev.name]
         point_index = {p.name: p.index for p in self.points if p.device == dev.name}
-        backoff = dev.backoff_initial
-        marked_lost = False
+        backoff = Backoff(dev.backoff_initial, dev.backoff_max)
+        connect_timeout = max(dev.timeout * 5, 5.0)
         while not self._stop.is_set():
             driver = self._driver_factory(dev, point_index, self.store)
             self.drivers[dev.name] = driver
             try:
                 if isinstance(driver, PushDriver):
                     driver.set_push_callback(self._push_from_thread)
-                await asyncio.wait_for(driver.connect(), timeout=max(dev.timeout * 5, 5.0))
-                if stats.state != DeviceState.UP:
-                    log.info(kv("device_up", device=dev.name, points=stats.points))
-                stats.state, stats.last_error, stats.backoff = DeviceState.UP, None, None
-                backoff = dev.backoff_initial
-                marked_lost = False
-                self._device_status_changed(dev.name)
-                await self._poll_schedule(dev, driver, stats)
+                try:
+                    await asyncio.wait_for(driver.connect(), timeout=connect_timeout)
+                except TimeoutError as exc:
+                    raise ConnectionLost(dev.name, f"connect did not complete within {connect_timeout:g} s") from exc
+                # Connected is not up: the device is up only once a poll answered (see _after_poll).
+                await self._poll_schedule(dev, driver, stats, backoff)
             except asyncio.CancelledError:
                 raise
             except (DriverError, OSError, TimeoutError, ConnectionError) as exc:
-                msg = str(exc) or type(exc).__name__
-                stats.poll_errors += 1
-                stats.reconnects += 1
-                if stats.state != DeviceState.DOWN or stats.last_error != msg:
-                    log.error(kv("device_down", device=dev.name, error=msg, retry_in=round(backoff, 2)))
-                stats.state, stats.last_error = DeviceState.DOWN, msg
-                if not marked_lost:
-                    self.handle_batch(self._comm_lost_batch(dev.name))
-                    marked_lost = True
+                msg = (exc.message if isinstance(exc, DriverError) else str(exc)) or type(exc).__name__
                 # A configuration mismatch will not fix itself quickly: retry at the cap.
-                delay = dev.backoff_max if isinstance(exc, ConfigurationError) else backoff
-                delay = random.uniform(delay / 2, delay)  # jitter: gateways restarting together spread out
-                stats.backoff = delay
-                self._device_status_changed(dev.name)
-                backoff = min(backoff * 2, dev.backoff_max)
+                delay = backoff.failed(at_cap=isinstance(exc, ConfigurationError))
+                self._link_failed(dev.name, stats, msg, delay, backoff.failures)
                 with contextlib.suppress(Exception):
                     await driver.close()
                 if self.watchdog is not None:
                     self.watchdog.beat(f"poll:{dev.name}")  # a device legitimately down is progress
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                await self._pause(delay)
             except Exception as exc:  # a driver bug: report with traceback, keep the daemon alive
                 log.exception(kv("driver_crashed", device=dev.name, error=exc))
-                stats.state, stats.last_error = DeviceState.DOWN, f"internal error: {exc}"
+                self._link_failed(dev.name, stats, f"internal error: {exc}", dev.backoff_max, backoff.failures)
                 with contextlib.suppress(Exception):
                     await driver.close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=dev.backoff_max)
+                await self._pause(dev.backoff_max)
         with contextlib.suppress(Exception):
             await self.drivers[dev.name].close()
 
-    async def _poll_schedule(self, dev: Any, driver: Driver, stats: DeviceStats) -> None:
+    def _link_failed(self, name: str, stats: DeviceStats, msg: str, delay: float, failures: int) -> None:
+        """A connect or poll failed: down (logged once per change of reason), points comm_lost once per outage."""
+        stats.poll_errors += 1
+        stats.reconnects += 1
+        stats.link_failures += 1
+        if self.metrics is not None:
+            self.metrics.link_failure(name)
+        was_down = stats.state == DeviceState.DOWN
+        if not was_down or stats.last_error != msg:
+            log.error(kv("device_down", device=name, error=msg, retry_in=round(delay, 2), failures=failures))
+        if not was_down:
+            stats.down_since = time.time()
+            self.handle_batch(self._comm_lost_batch(name))
+        stats.state, stats.last_error, stats.backoff = DeviceState.DOWN, msg, delay
+        self._device_status_changed(name)
+
+    def _after_poll(self, name: str, stats: DeviceStats, backoff: Backoff, good_in_poll: int) -> None:
+        """A poll answered: up when every point of the device is good, degraded when some are bad.
+
+        Only a poll with a good reading resets the backoff, so a device that answers nothing but refusals
+        or junk keeps backing off instead of reconnecting at the initial delay.
+        """
+        good = self._good_points(name)
+        new = DeviceState.UP if good == stats.points else DeviceState.DEGRADED
+        old = stats.state
+        failures = backoff.failures
+        if good_in_poll:
+            backoff.reset()
+        if new == old:
+            return
+        stats.state, stats.last_error, stats.backoff, stats.good = new, None, None, good
+        if not old.answering:
+            down_for = None if stats.down_since is None else round(time.time() - stats.down_since, 1)
+            log.info(kv("device_up", device=name, state=str(new), points=stats.points, good=good,
+                        after_failures=failures or None, down_for_s=down_for))  # fmt: skip
+            stats.down_since = None
+        elif new == DeviceState.DEGRADED:
+            log.warning(kv("device_degraded", device=name, good=good, bad=stats.points - good))
+        else:
+            log.info(kv("device_recovered", device=name, points=stats.points))
+        self._device_status_changed(name)
+
+    async def _poll_schedule(self, dev: Any, driver: Driver, stats: DeviceStats, backoff: Backoff) -> None:
         period = dev.poll
         next_t = time.monotonic()
         poll_timeout = max(dev.timeout * 3, period, 1.0)
@@ -439,15 +516,19 @@ class Runtime:
         overruns = skipped = 0  # since that line
         while not self._stop.is_set():
             t0 = time.monotonic()
-            async with asyncio.timeout(poll_timeout):  # a timer, not a task per poll as wait_for made
-                batch = await driver.poll()
+            try:
+                async with asyncio.timeout(poll_timeout):  # a timer, not a task per poll as wait_for made
+                    batch = await driver.poll()
+            except TimeoutError as exc:
+                raise ConnectionLost(dev.name, f"poll did not complete within {poll_timeout:g} s") from exc
             stats.last_poll_duration = time.monotonic() - t0
             stats.polls += 1
-            stats.good = (
-                int(np.count_nonzero((batch.quality & BAD_QUALITY_MASK) == 0)) if len(batch) else stats.good
-            )
+            good_in_poll = int(np.count_nonzero((batch.quality & BAD_QUALITY_MASK) == 0))
             stats.last_progress = time.monotonic()
             self.handle_batch(batch)
+            if len(batch):
+                self._after_poll(dev.name, stats, backoff, good_in_poll)
+                stats.good = self._good_points(dev.name)
             if self.metrics is not None:
                 self.metrics.poll_duration(dev.name, stats.last_poll_duration)
             if self.watchdog is not None:
@@ -508,24 +589,20 @@ class Runtime:
     def _device_status_changed(self, name: str) -> None:
         st = self.devices[name]
         st.good = self._good_points(name)
+        state = st.state.published
         if self.store is not None:
             self.store.update_device_status(
-                name, state="up" if st.state == DeviceState.UP else "down", points=st.points, good=st.good,
-                last_error=st.last_error, backoff=st.backoff,
+                name, state=state, points=st.points, good=st.good, last_error=st.last_error, backoff=st.backoff,
             )  # fmt: skip
         if self.mqtt is not None:
-            self.mqtt.publish_device_status(
-                name,
-                state="up" if st.state == DeviceState.UP else "down",
-                last_error=st.last_error,
-                backoff=st.backoff,
-            )
+            self.mqtt.publish_device_status(name, state=state, last_error=st.last_error, backoff=st.backoff)
         if self.metrics is not None:
-            self.metrics.device_state(name, st.state == DeviceState.UP, st.backoff or 0.0)
+            self.metrics.device_state(name, st.state.answering, st.backoff or 0.0)
+            self.metrics.device_degraded_state(name, st.state == DeviceState.DEGRADED)
 
     # ------------------------------------------------------------------ housekeeping
     def health_line(self) -> str:
-        up = sum(1 for d in self.devices.values() if d.state == DeviceState.UP)
+        up = sum(1 for d in self.devices.values() if d.state.answering)
         s = self.store.stats() if self.store else {}
         return (
             f"devices {up}/{len(self.devices)} up; readings {s.get('readings_committed', 0)}; "
@@ -536,9 +613,11 @@ class Runtime:
     def snapshot(self) -> dict[str, Any]:
         """Everything `status` and metrics show, from the running daemon's view."""
         return {
-            "devices": {n: {"state": str(d.state), "points": d.points, "good": d.good, "polls": d.polls,
+            "devices": {n: {"state": d.state.published, "points": d.points, "good": d.good, "polls": d.polls,
                             "skipped_cycles": d.skipped_cycles, "reconnects": d.reconnects,
-                            "last_error": d.last_error} for n, d in self.devices.items()},
+                            "link_failures": d.link_failures, "last_error": d.last_error,
+                            "clock_skewed_readings": self.clock.devices[n].skewed_readings,
+                            "clock_offset_s": self.clock.devices[n].offset} for n, d in self.devices.items()},
             "events": dict(self.events_total),
             "alerts_published": self.alerts_published,
             "store": self.store.stats() if self.store else {},
@@ -599,6 +678,9 @@ class Runtime:
         for name, d in self.devices.items():
             d.good = self._good_points(name)
             m.points_quality(name, d.good, d.points - d.good)
+            clock = self.clock.devices.get(name)
+            if clock is not None:
+                m.clock_state(name, clock.skewed_readings, clock.offset)
         m.scoring_lag(self._scoring_lag)
         if self.store is not None:
             m.store_stats(self.store.stats())
