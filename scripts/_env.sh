@@ -9,7 +9,7 @@ apt_install() {
   local missing=()
   for spec in "$@"; do
     local pkg="${spec%%:*}" probe="${spec#*:}"
-    command -v "$probe" >/dev/null 2>&1 || [ -x "$probe" ] || missing+=("$pkg")
+    command -v "$probe" >/dev/null 2>&1 || [ -e "$probe" ] || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   local SUDO=""

@@ -7,9 +7,8 @@ apt_install mosquitto:/usr/sbin/mosquitto socat:socat systemd:systemd-analyze dp
   debhelper:dh fakeroot:fakeroot e2fsprogs:mkfs.ext4 util-linux:fsfreeze python3.11:/usr/bin/python3.11
 # The independent Modbus peers (tests/test_modbus_interop.py): a libmodbus C server built with gcc, and
 # npm modbus-serial (pinned in tests/peers/node/package-lock.json, installed into its git-ignored
-# node_modules). apt_install's probe is a command or an executable path, so the header is checked here.
-apt_install gcc:gcc nodejs:node npm:npm
-[ -e /usr/include/modbus/modbus.h ] || apt_install libmodbus-dev:/usr/include/modbus/modbus.h
+# node_modules).
+apt_install gcc:gcc nodejs:node npm:npm libmodbus-dev:/usr/include/modbus/modbus.h
 if [ ! -d tests/peers/node/node_modules/modbus-serial ] \
   || [ tests/peers/node/package-lock.json -nt tests/peers/node/node_modules/.package-lock.json ]; then
   npm ci --prefix tests/peers/node --omit=optional --no-audit --no-fund --loglevel=error
