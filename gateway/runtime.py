@@ -433,12 +433,16 @@ class Runtime:
         point_index = {p.name: p.index for p in self.points if p.device == dev.name}
         backoff = Backoff(dev.backoff_initial, dev.backoff_max)
         connect_timeout = max(dev.timeout * 5, 5.0)
+        driver: Driver | None = None
         while not self._stop.is_set():
-            driver = self._driver_factory(dev, point_index, self.store)
-            self.drivers[dev.name] = driver
-            try:
+            if driver is None:
+                # One driver across reconnects: what it learnt of the device (refused ranges, unresolved
+                # references, conditions already logged) survives a link failure.
+                driver = self._driver_factory(dev, point_index, self.store)
+                self.drivers[dev.name] = driver
                 if isinstance(driver, PushDriver):
                     driver.set_push_callback(self._push_from_thread)
+            try:
                 try:
                     await asyncio.wait_for(driver.connect(), timeout=connect_timeout)
                 except TimeoutError as exc:
@@ -462,9 +466,11 @@ class Runtime:
                 self._link_failed(dev.name, stats, f"internal error: {exc}", dev.backoff_max, backoff.failures)
                 with contextlib.suppress(Exception):
                     await driver.close()
+                driver = None  # its state is suspect after a bug: start from a new one
                 await self._pause(dev.backoff_max)
-        with contextlib.suppress(Exception):
-            await self.drivers[dev.name].close()
+        if driver is not None:
+            with contextlib.suppress(Exception):
+                await driver.close()
 
     def _link_failed(self, name: str, stats: DeviceStats, msg: str, delay: float, failures: int) -> None:
         """A connect or poll failed: down (logged once per change of reason), points comm_lost once per outage."""

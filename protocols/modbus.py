@@ -322,6 +322,7 @@ class ModbusDriver:
         self._split = np.zeros(len(self.plan), dtype=bool)
         self._split_at = np.zeros(len(self.plan), dtype=np.int64)  # cycle in which a range was split
         self._last_status = np.full(len(self.plan), _OK, dtype=np.int8)
+        self._connects = 0  # connects of this driver (the runtime reuses it across reconnects)
         # ModbusTcpReadClient, or pymodbus' AsyncModbusTcpClient / AsyncModbusSerialClient
         self._client: Any = None
         self.requests_sent = 0  # counters for metrics and tests
@@ -393,8 +394,11 @@ class ModbusDriver:
             client.close()
             raise ConnectionLost(self.name, f"cannot connect to {self._where()}")
         self._client = client
-        log.info(
-            "modbus connected device=%s at=%s unit=%d requests=%d",
+        self._connects += 1
+        # the first connect is news; a reconnect is the runtime's to report (device_up / device_down)
+        log.log(
+            logging.INFO if self._connects == 1 else logging.DEBUG,
+            "event=modbus_connected device=%s at=%s unit=%d requests=%d",
             self.name,
             self._where(),
             self.cfg.unit_id,
@@ -410,7 +414,7 @@ class ModbusDriver:
             try:
                 client.close()
             except Exception as exc:  # closing must not fail the caller
-                log.debug("modbus close device=%s error=%r", self.name, exc)
+                log.debug("event=modbus_close device=%s error=%r", self.name, exc)
 
     # ------------------------------------------------------------------------------------------ poll
     def _not_connected(self) -> ConnectionLost:
@@ -575,7 +579,7 @@ class ModbusDriver:
         if status == _REFUSED:
             name = _exc_name(detail)
             log.warning(
-                "modbus exception %s exception=%s code=%s points=%d quality=invalid",
+                "event=modbus_exception %s exception=%s code=%s points=%d quality=invalid",
                 where,
                 name,
                 detail,
@@ -583,7 +587,7 @@ class ModbusDriver:
             )
         elif status == _PROTOCOL:
             log.warning(
-                "modbus protocol error %s error=%s detail=%r points=%d quality=invalid errors_total=%d",
+                "event=modbus_protocol_error %s error=%s detail=%r points=%d quality=invalid errors_total=%d",
                 where,
                 detail.kind,
                 detail.detail,
@@ -592,14 +596,14 @@ class ModbusDriver:
             )
         elif status == _TIMEOUT:
             log.warning(
-                "modbus timeout %s timeout=%.3gs reason=%r points=%d quality=invalid",
+                "event=modbus_timeout %s timeout=%.3gs reason=%r points=%d quality=invalid",
                 where,
                 self.cfg.timeout,
                 detail,
                 len(req.members),
             )
         else:
-            log.info("modbus recovered %s", where)
+            log.info("event=modbus_recovered %s", where)
 
     def _account(self, cyc: _Cycle, status: int, data: Any, fc: int, address: int, count: int) -> None:
         """Note one request's outcome in the cycle; raise ConnectionLost once the device stopped answering."""
@@ -646,7 +650,7 @@ class ModbusDriver:
                 if status in (_REFUSED, _PROTOCOL):
                     p = self.cfg.points[m]
                     log.debug(
-                        "modbus refused device=%s point=%s address=%d detail=%s",
+                        "event=modbus_point_refused device=%s point=%s address=%d detail=%s",
                         self.name,
                         p.name,
                         p.register,
@@ -691,7 +695,7 @@ class ModbusDriver:
             if status == _OK:
                 if self._split[r]:
                     self._split[r] = False
-                    log.info("modbus range readable again device=%s range=%s", self.name, req.describe())
+                    log.info("event=modbus_range_readable device=%s range=%s", self.name, req.describe())
                 if req.table in ("coil", "discrete"):
                     bits[base : base + req.count] = data[: req.count]
                 else:
@@ -706,7 +710,7 @@ class ModbusDriver:
                 fn_name, fc = READ_FUNCTIONS[req.table]
                 log.log(
                     logging.DEBUG if again else logging.WARNING,
-                    "modbus range refused, reading points singly device=%s unit=%d function=%s(%d) address=%d count=%d exception=%s points=%d",
+                    "event=modbus_range_refused action=read_points_singly device=%s unit=%d function=%s(%d) address=%d count=%d exception=%s points=%d",
                     self.name, self.cfg.unit_id, fn_name, fc, req.address, req.count, _exc_name(data), len(req.members),
                 )  # fmt: skip
                 await self._read_split(req, base, regs, bits, point_q, cyc)
@@ -732,11 +736,11 @@ class ModbusDriver:
         self._unmatched_at_last_poll = n
         if seen and not self._unmatched_noted:
             log.warning(
-                "modbus answers dropped device=%s error=unmatched_tid total=%d "
+                "event=modbus_answers_dropped device=%s error=unmatched_tid total=%d "
                 "(a transaction id not in flight: late answers to timed-out requests, or made up)",
                 self.name,
                 n,
             )
         elif not seen and self._unmatched_noted:
-            log.info("modbus answers match again device=%s unmatched_tid_total=%d", self.name, n)
+            log.info("event=modbus_answers_match device=%s unmatched_tid_total=%d", self.name, n)
         self._unmatched_noted = seen

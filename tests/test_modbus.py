@@ -163,7 +163,7 @@ def test_exception_response_marks_only_affected_points(caplog: pytest.LogCapture
                 assert b1.quality.tolist() == [0] * 6 + [Quality.INVALID]
                 assert np.isnan(b1.value[6]) and b1.value[:6].tolist() == [0, 1, 2, 3, 4, 5]
                 assert b2.quality[6] == Quality.INVALID
-                lines = [r.getMessage() for r in caplog.records if "modbus exception" in r.getMessage()]
+                lines = [r.getMessage() for r in caplog.records if "event=modbus_exception" in r.getMessage()]
                 assert len(lines) == 1
                 for part in (
                     "device=rtu1",
@@ -179,7 +179,7 @@ def test_exception_response_marks_only_affected_points(caplog: pytest.LogCapture
                 with caplog.at_level(logging.INFO, logger="gridedge.protocols.modbus"):
                     b3 = await drv.poll()
                 assert (b3.quality == 0).all() and b3.value[6] == 1.0  # a coil reads 0 or 1
-                assert any("modbus recovered" in r.getMessage() for r in caplog.records)
+                assert any("event=modbus_recovered" in r.getMessage() for r in caplog.records)
             finally:
                 await drv.close()
 
@@ -205,7 +205,7 @@ def test_refused_range_is_split_so_one_bad_register_blanks_only_its_point(caplog
                     b = await drv.poll()
                 assert b.quality.tolist() == [0, 0, Quality.INVALID, 0, 0]
                 assert b.value[[0, 1, 3, 4]].tolist() == [1.0, 2.0, 4.0, 5.0]
-                assert any("range refused" in r.getMessage() for r in caplog.records)
+                assert any("event=modbus_range_refused" in r.getMessage() for r in caplog.records)
                 srv.requests.clear()
                 await drv.poll()  # from now on the points are read singly, no wasted range request
                 assert srv.requests[3] == 5

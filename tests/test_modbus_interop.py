@@ -183,9 +183,9 @@ def test_exceptions_and_holes(peer: PeerServer, client: str, caplog: pytest.LogC
             assert np.isnan(b1.value[[2, 5, 6, 7]]).all()
             assert b2.quality.tolist() == b1.quality.tolist()
             msgs = [r.getMessage() for r in caplog.records]
-            assert sum("range refused" in m for m in msgs) == 1
+            assert sum("event=modbus_range_refused" in m for m in msgs) == 1
             # once per change: FAR's ILLEGAL_ADDRESS and the coils' DEVICE_FAILURE, not again in cycle 2
-            exc_lines = [m for m in msgs if m.startswith("modbus exception")]
+            exc_lines = [m for m in msgs if m.startswith("event=modbus_exception")]
             assert len(exc_lines) == 2, exc_lines
             assert any("exception=DEVICE_FAILURE" in m and "read_coils(1)" in m for m in exc_lines)
             assert any(
