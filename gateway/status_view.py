@@ -37,11 +37,11 @@ def render_status(status: dict[str, Any], db: str, console: Console | None = Non
     for col in ("device", "state", "points", "good", "retry in", "last error"):
         devices.add_column(col, overflow="fold")
     for name, d in sorted(status.get("devices", {}).items()):
-        colour = "green" if d.get("state") == "up" else "red"
+        colour = {"up": "green", "degraded": "yellow"}.get(str(d.get("state")), "red")
         backoff = d.get("backoff")
         devices.add_row(
             name, f"[{colour}]{d.get('state')}[/]", str(d.get("points")), str(d.get("good")),
-            f"{backoff:.1f} s" if isinstance(backoff, int | float) and d.get("state") != "up" else "",
+            f"{backoff:.1f} s" if isinstance(backoff, int | float) and d.get("state") == "down" else "",
             str(d.get("last_error") or ""),
         )  # fmt: skip
     con.print(devices)
