@@ -1,55 +1,66 @@
-"""IEC 60870-5-104 client driver (read-only monitoring) on top of c104.
+"""IEC 60870-5-104 client driver (read-only monitoring); c104 runs in a supervised child process.
 
-Session logic
--------------
-* ``connect()`` builds a fresh ``c104.Client`` (own threads), waits for STARTDT confirmation (state
-  ``OPEN``, not just ``OPEN_MUTED``), optionally sends clock synchronisation, then runs a general
-  interrogation (GI) for every configured station and waits for its ACT_TERM. A station that never
-  confirms the STARTDT (silent or garbage-sending peer) makes ``connect()`` raise :class:`ConnectionLost`.
-* c104 calls ``on_receive`` from its own thread: each reading is written into per-point numpy arrays
-  (value, quality, source time, receive time, cause of transmission) under a lock. Readings that are not
-  answers to a GI started by ``poll()`` (spontaneous, periodic, background scan, the GI after
-  (re)connect) are also appended to a pending buffer that a flusher thread pushes as one
-  :class:`ReadingBatch` every ``push_interval`` (50 ms): bursts become one batch, intermediate values
-  are kept in order.
-* ``poll()`` (the runtime calls it at ``cfg.poll``, the GI period) triggers a GI (and a counter
-  interrogation when enabled), waits for ACT_TERM (``gi_timeout``) and returns the image of all
-  configured points. A station that does not even confirm the GI within ``timeout`` is stalled:
-  ``poll()`` raises :class:`ConnectionLost`, the runtime reconnects with backoff and ``connect()``
-  interrogates again.
+Isolation
+---------
+c104 is a C extension, and c104 2.2.1 segfaults when a station sends junk and closes while STARTDT
+goes out (issue #16: 14 daemon deaths a minute from one hostile station). So the daemon never loads it:
+:class:`Iec104Driver` (what the runtime sees) spawns one worker process per link
+(``python -m gridedge.protocols.iec104_worker``, :mod:`.iec104_session` inside) on every ``connect()``
+and talks to it over a socketpair with pickled tuples. Readings cross the pipe as numpy arrays, one
+message per batch. A worker that dies (SIGSEGV, exit) makes the request in flight — and every later
+``poll()`` — raise :class:`ConnectionLost` ``"iec104 worker died: signal SIGSEGV during connect"``;
+the runtime reconnects with backoff and the next ``connect()`` starts a fresh worker. Other devices
+never notice. The worker dies with the daemon (``PR_SET_PDEATHSIG``, and EOF on its socket), is
+reaped by the driver (no zombies), and its log records and stderr come out of the daemon's logging
+in its ``key=value`` format.
 
-Read-only: the driver registers only monitoring types (``M_*``), and the only ASDUs it ever sends are the
-system commands C_IC_NA_1 (interrogation), C_CI_NA_1 (counter interrogation, opt-in) and C_CS_NA_1
-(clock sync, opt-in). ``tests/test_iec104_readonly.py`` proves it against a real server.
+Session (in the worker)
+-----------------------
+* ``connect()`` checks on a throw-away TCP connection (here, in the daemon) that the peer answers
+  STARTDT (a peer that does not speak IEC 104 costs no worker), then the worker opens c104's link,
+  waits for STARTDT confirmation, optionally sends clock sync, and runs a general interrogation (GI).
+* Every received ASDU is decoded from its bytes (:mod:`.iec104_asdu`): a configured IOA is accepted
+  in every monitoring type of its kind (``M_ME_NC_1`` in the GI answer and ``M_ME_TF_1``
+  spontaneously, ...). A type of another kind is counted (``type_mismatch``) and logged once per IOA
+  and type. For time-tagged types ``ts`` is the CP56Time2a source time; ``gateway_ts`` is always the
+  receive time.
+* Readings that are not answers to a GI started by ``poll()`` are pushed as one batch every
+  ``push_interval`` (50 ms). ``poll()`` (at ``cfg.poll``) interrogates and returns the image of all
+  configured points; a station that does not confirm the GI within ``timeout`` makes it raise.
 
-This module must not use ``from __future__ import annotations``: c104 checks callback signatures
-against the real annotation objects and rejects string annotations.
+Read-only: the only ASDUs ever sent are C_IC_NA_1 (interrogation), C_CI_NA_1 (counter interrogation,
+opt-in) and C_CS_NA_1 (clock sync, opt-in). ``tests/test_iec104_readonly.py`` proves it.
+
+Repeating conditions (worker deaths, objects missing after a GI, refused interrogations, type
+mismatches) are logged once per change, with a count; :attr:`Iec104Driver.counters` has the totals.
 """
 
 import asyncio
-import datetime as _dt
+import collections
+import contextlib
+import itertools
 import logging
-import math
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
-import c104
 import numpy as np
 
 from gridedge.gateway.config import Iec104Device, Iec104Point
-from gridedge.gateway.model import Quality, ReadingBatch
-from gridedge.protocols.base import BatchCallback, ConfigurationError, ConnectionLost
+from gridedge.gateway.logs import kv
+from gridedge.gateway.model import ReadingBatch
+from gridedge.protocols.base import BatchCallback, ConfigurationError, ConnectionLost, DriverError
+from gridedge.protocols.iec104_asdu import COT_NAMES, TYPE_NAMES
 
-__all__ = [
-    "ALLOWED_SENT_TYPE_IDS",
-    "Iec104Driver",
-    "c104_quality_to_flags",
-    "flags_to_c104_quality",
-]
+__all__ = ["ALLOWED_SENT_TYPE_IDS", "COUNTER_NAMES", "Iec104Driver"]
 
 log = logging.getLogger("gridedge.protocols.iec104")
 
@@ -59,96 +70,43 @@ TYPE_C_CI_NA_1 = 101
 TYPE_C_CS_NA_1 = 103
 ALLOWED_SENT_TYPE_IDS = frozenset({TYPE_C_IC_NA_1, TYPE_C_CI_NA_1, TYPE_C_CS_NA_1})
 
-COT_ACT_CON = 7
-COT_ACT_TERM = 10
-COT_INTERROGATED_BY_STATION = 20
-COT_REQUESTED_BY_GENERAL_COUNTER = 37
-
 _STARTDT_ACT = bytes.fromhex("680407000000")
 _STARTDT_CON = bytes.fromhex("68040b000000")
 _STOPDT_ACT = bytes.fromhex("680413000000")
-_EPOCH = _dt.datetime(1970, 1, 1)  # naive: c104 gives recorded_at as naive UTC
-_NEVER = np.uint8(Quality.INVALID | Quality.STALE)
 
-# --------------------------------------------------------------------------------------------------
-# Quality mapping (IEC 104 QDS / BCR bits → gridedge flags), as 256-entry lookup tables
-# --------------------------------------------------------------------------------------------------
-_QDS_MAP = (
-    (int(c104.Quality.Invalid.value), Quality.INVALID),  # IV
-    (int(c104.Quality.NonTopical.value), Quality.STALE),  # NT: not refreshed at the source
-    (int(c104.Quality.Substituted.value), Quality.SUBSTITUTED),  # SB
-    (int(c104.Quality.Blocked.value), Quality.BLOCKED),  # BL
-    (int(c104.Quality.Overflow.value), Quality.OVERFLOW),  # OV
-    (int(c104.Quality.ElapsedTimeInvalid.value), Quality.QUESTIONABLE),  # EI (protection events)
+_STARTUP_S = 10.0  # worker start (python + numpy + c104 import) on a slow, busy box
+_SUMMARY_EVERY_S = 300.0  # while a link keeps crashing its worker: one summary line per 5 minutes
+_STDERR_KEYS_MAX = 200
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+
+#: Keys of :attr:`Iec104Driver.counters` (cumulative since the driver was built).
+COUNTER_NAMES = (
+    "worker_starts",  # worker processes started (one per connect that passed the pre-check)
+    "worker_deaths",  # workers that ended without being asked to (signal or exit status)
+    "asdus",  # monitoring ASDUs decoded
+    "objects",  # information objects stored (configured IOA, fitting type)
+    "type_alternate",  # ... of those, in another type of the same kind than configured
+    "type_mismatch",  # objects for a configured IOA in a type of another kind: dropped
+    "unknown_objects",  # objects for an IOA or station not configured: dropped
+    "unsupported_asdus",  # monitoring ASDUs of a type the decoder does not handle
+    "decode_errors",  # ASDUs whose length does not fit their type and object count
+    "pushed_batches",
+    "pushed_readings",
 )
-_BCR_MAP = (
-    (int(c104.BinaryCounterQuality.Invalid.value), Quality.INVALID),  # IV
-    (int(c104.BinaryCounterQuality.Carry.value), Quality.OVERFLOW),  # CY: counter wrapped
-    (int(c104.BinaryCounterQuality.Adjusted.value), Quality.QUESTIONABLE),  # CA: counter adjusted
-)
-
-
-def _lut(mapping: tuple[tuple[int, Quality], ...]) -> np.ndarray:
-    lut = np.zeros(256, np.uint8)
-    for bits in range(256):
-        q = 0
-        for src, dst in mapping:
-            if bits & src:
-                q |= int(dst)
-        lut[bits] = q
-    return lut
-
-
-_QDS_LUT = _lut(_QDS_MAP)
-_BCR_LUT = _lut(_BCR_MAP)
-
-
-def c104_quality_to_flags(bits: int, *, counter: bool = False) -> int:
-    """Map IEC 104 quality bits (c104 ``Quality.value`` / ``BinaryCounterQuality.value``) to gridedge flags."""
-    return int((_BCR_LUT if counter else _QDS_LUT)[bits & 0xFF])
-
-
-def flags_to_c104_quality(flags: int) -> "c104.Quality":
-    """Inverse mapping (used by the simulator): gridedge flags → a ``c104.Quality``."""
-    q = c104.Quality()
-    for src, dst in _QDS_MAP:
-        if flags & int(dst):
-            q = q | c104.Quality(src)
-    return q
-
-
-# --------------------------------------------------------------------------------------------------
-# Value conversion per ASDU type family
-# --------------------------------------------------------------------------------------------------
-_DOUBLE_ON = c104.Double.ON
-_DOUBLE_OFF = c104.Double.OFF
-_DP_BAD = np.uint8(Quality.INVALID | Quality.QUESTIONABLE)
-
-
-def _family(type_name: str) -> str:
-    return type_name[2:4]  # ME, SP, DP, ST, IT
+_SESSION_COUNTERS = COUNTER_NAMES[2:9]
 
 
 @dataclass(slots=True)
-class _Wait:
-    """State of one interrogation (GI or counter) towards one station, filled by the raw-frame callback."""
-
-    confirmed: bool = False
-    negative: bool = False
-    terminated: bool = False
-    expected: int = 0  # information objects the station sent with the interrogation cause
-    handled: int = 0  # of those, processed by the point callbacks (or by on_new_point)
-    expected_at_term: int = -1
-
-
-@dataclass(slots=True)
-class _Station:
-    ca: int
-    local_idx: np.ndarray  # local indices of the points of this station
-    gi_local_idx: np.ndarray  # those a GI answers (not integrated totals)
-    it_local_idx: np.ndarray  # integrated totals (answered by counter interrogation)
-    waits: dict[int, _Wait] = field(default_factory=dict)  # type id (100 GI, 101 CI) → wait state
-    refused: bool = False
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    conn: Connection
+    dead: threading.Event
+    reader: threading.Thread
+    stderr_reader: threading.Thread
+    stderr_tail: collections.deque[str]
+    counters: dict[str, int]
+    closing: bool = False
+    death: str | None = None
 
 
 class Iec104Driver:
@@ -159,17 +117,12 @@ class Iec104Driver:
     """
 
     def __init__(
-        self,
-        cfg: Iec104Device,
-        point_index: dict[str, int],
-        *,
-        push_interval: float = 0.05,
+        self, cfg: Iec104Device, point_index: dict[str, int], *, push_interval: float = 0.05
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.push_interval = push_interval
         self._points: list[Iec104Point] = list(cfg.points)
-        n = len(self._points)
         missing = [p.name for p in self._points if p.name not in point_index]
         if missing:
             raise ConfigurationError(self.name, f"points not in the point index: {', '.join(missing)}")
@@ -190,49 +143,34 @@ class Iec104Driver:
             raise ConfigurationError(self.name, "tls.ca_file is required (c104 validates against a CA file)")
         self._name_to_local = {p.name: i for i, p in enumerate(self._points)}
         self._gidx = np.array([point_index[p.name] for p in self._points], np.int32)
-        self._scale = np.array([p.scale for p in self._points], np.float64)
-        self._offset = np.array([p.offset for p in self._points], np.float64)
-        self._family = [_family(p.type) for p in self._points]
-        # Per-point image, written by c104's callback thread under the lock.
-        self._lock = threading.Lock()
-        self._value = np.full(n, np.nan)
-        self._quality = np.full(n, _NEVER, np.uint8)
-        self._ts = np.zeros(n)
-        self._rx = np.zeros(n)
-        self._cot = np.full(n, -1, np.int16)
-        self._seen = np.zeros(n, bool)  # received since connect
-        self._gi_seen = np.zeros(n, bool)  # received in the last interrogation of its station
-        self._missing_logged = np.zeros(n, bool)
-        # Pending pushed readings (appended in arrival order, flushed as one batch).
-        self._pcap = 1024
-        self._pn = 0
-        self._p_idx = np.empty(self._pcap, np.int32)
-        self._p_ts = np.empty(self._pcap)
-        self._p_val = np.empty(self._pcap)
-        self._p_q = np.empty(self._pcap, np.uint8)
-        self._p_rx = np.empty(self._pcap)
+        self._spec_points = [
+            {"ca": self._ca_of(p), "ioa": int(p.ioa), "type": p.type, "scale": float(p.scale),
+             "offset": float(p.offset)}
+            for p in self._points
+        ]  # fmt: skip
         self._push_cb: BatchCallback | None = None
-        self._pushed_batches = 0
-        self._pushed_readings = 0
-        # Stations.
-        by_ca: dict[int, list[int]] = {}
-        for i, p in enumerate(self._points):
-            by_ca.setdefault(self._ca_of(p), []).append(i)
-        self._stations: dict[int, _Station] = {}
-        for ca, idx in by_ca.items():
-            arr = np.array(idx, np.intp)
-            it = np.array([i for i in idx if self._family[i] == "IT"], np.intp)
-            gi = np.array([i for i in idx if self._family[i] != "IT"], np.intp)
-            self._stations[ca] = _Station(ca, arr, gi, it)
-        # Session.
-        self._client: c104.Client | None = None
-        self._conn: c104.Connection | None = None
-        self._open = False  # STARTDT confirmed on the current connection
-        self._lost = False  # the current connection dropped after it was open
-        self._poll_cas: set[int] = set()  # stations whose interrogation answers go to poll(), not to push
-        self._flusher: threading.Thread | None = None
-        self._stop_flush = threading.Event()
-        self._state_name = "CLOSED"
+        self._cot_lock = threading.Lock()
+        self._last_cot = np.full(len(self._points), -1, np.int16)
+        self._worker: _Worker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._seq = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._op = "idle"
+        self._open = False
+        self._lost = False
+        # Counters: finished workers' session counters are added to _base.
+        self._base = dict.fromkeys(COUNTER_NAMES, 0)
+        # Log-once state.
+        self._crashing = False
+        self._deaths_since_summary = 0
+        self._summary_at = 0.0
+        self._stderr_seen: set[str] = set()
+        self._missing: set[tuple[str, int]] = set()
+        self._refused: set[tuple[str, int]] = set()
+        self._incomplete: set[tuple[str, int]] = set()
+        self._type_keys: set[tuple[str, int, int, int]] = set()
+        self._unknown_logged = False
 
     # ----------------------------------------------------------------------------------------------
     # Public API
@@ -243,146 +181,355 @@ class Iec104Driver:
 
     def last_cot(self, name: str) -> str | None:
         """Cause of transmission of the last reading of point ``name`` (e.g. ``"SPONTANEOUS"``), or None."""
-        i = self._name_to_local[name]
-        with self._lock:
-            cot = int(self._cot[i])
-        return None if cot < 0 else c104.Cot(cot).name
+        with self._cot_lock:
+            cot = int(self._last_cot[self._name_to_local[name]])
+        return None if cot < 0 else COT_NAMES.get(cot, str(cot))
 
     @property
     def connected(self) -> bool:
-        """True while the link is open (STARTDT confirmed) and has not dropped."""
-        return self._open and not self._lost
+        """True while the link is open (STARTDT confirmed), its worker alive, and no poll failed."""
+        w = self._worker
+        return self._open and not self._lost and w is not None and not w.dead.is_set()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Cumulative counters (:data:`COUNTER_NAMES`) since the driver was built."""
+        out = dict(self._base)
+        w = self._worker
+        if w is not None:
+            for k in _SESSION_COUNTERS:
+                out[k] += w.counters.get(k, 0)
+        return out
+
+    @property
+    def worker_pid(self) -> int | None:
+        """PID of the current worker process (tests, diagnostics)."""
+        w = self._worker
+        return None if w is None else w.proc.pid
 
     async def connect(self) -> None:
-        """Open the link, wait for STARTDT confirmation, then interrogate every station (GI after every
-        (re)connect). Raises :class:`ConnectionLost` or :class:`ConfigurationError`."""
+        """Pre-check the peer, start a worker, open the link, interrogate every station.
+        Raises :class:`ConnectionLost` or :class:`ConfigurationError`."""
         await self.close()
+        self._loop = asyncio.get_running_loop()
         cfg = self.cfg
         try:
             ip = await asyncio.to_thread(socket.gethostbyname, cfg.host)
         except OSError as exc:
             raise ConnectionLost(self.name, f"cannot resolve host {cfg.host!r}: {exc}") from exc
-        tls = self._transport_security()
+        tls = self._tls_spec()
         if tls is None:
             await self._preflight(ip)
-        self._reset_session_state()
-        kwargs: dict = {"tick_rate_ms": 50, "command_timeout_ms": max(100, int(cfg.timeout * 1000))}
-        if tls is not None:
-            kwargs["transport_security"] = tls
-        client = c104.Client(**kwargs)
-        # MUTED: c104 must not send STARTDT from its own thread (see _preflight); we unmute below.
-        conn = client.add_connection(ip=ip, port=cfg.port, init=c104.Init.MUTED)
-        if conn is None:
-            raise ConfigurationError(self.name, f"c104 refused connection to {ip}:{cfg.port}")
-        self._client, self._conn = client, conn
-        for ca, st in self._stations.items():
-            station = conn.add_station(common_address=ca)
-            for i in st.local_idx:
-                p = self._points[int(i)]
-                cp = station.add_point(io_address=p.ioa, type=getattr(c104.Type, p.type))
-                if cp is None:
-                    raise ConfigurationError(self.name, f"point {p.name}: c104 rejected ca={ca} ioa={p.ioa}")
-                cp.on_receive(callable=self._make_receiver(int(i)))
-        conn.on_state_change(callable=self._make_state_cb())
-        conn.on_receive_raw(callable=self._make_raw_cb())
-        client.on_new_point(callable=self._make_new_point_cb())
-        self._stop_flush.clear()
-        self._flusher = threading.Thread(
-            target=self._flush_loop, name=f"iec104-push-{self.name}", daemon=True
-        )
-        self._flusher.start()
-        client.start()
-        start = time.monotonic()
-        deadline = start + max(cfg.timeout, 0.2)
-        nudge_at = start
-        while conn.state != c104.ConnectionState.OPEN:
-            now = time.monotonic()
-            if now >= nudge_at and conn.state == c104.ConnectionState.OPEN_MUTED:
-                # STARTDT_ACT from our side (c104's own Init sometimes never sends it, 1 connect in 7 here);
-                # repeated until confirmed.
-                conn.unmute()
-                nudge_at = now + 0.25
-            if time.monotonic() >= deadline:
-                state = conn.state.name
-                await self.close()
-                raise ConnectionLost(
-                    self.name,
-                    f"no STARTDT confirmation from {cfg.host}:{cfg.port} within {cfg.timeout:g}s (state={state})",
-                )
-            await asyncio.sleep(0.005)
-        self._open = True
-        log.info("iec104 connected device=%s host=%s port=%s stations=%s tls=%s", self.name, cfg.host, cfg.port,
-                 ",".join(map(str, self._stations)), cfg.tls is not None)  # fmt: skip
+        spec = {
+            "name": self.name, "host": cfg.host, "ip": ip, "port": int(cfg.port), "timeout": float(cfg.timeout),
+            "gi_timeout": float(cfg.gi_timeout), "clock_sync": bool(cfg.clock_sync),
+            "counter_interrogation": bool(cfg.counter_interrogation), "push_interval": self.push_interval,
+            "tls": tls, "points": self._spec_points,
+        }  # fmt: skip
+        gi = max(float(cfg.timeout), float(cfg.gi_timeout)) * (2 if cfg.counter_interrogation else 1)
+        budget = _STARTUP_S + 2 * float(cfg.timeout) + gi + 2.0
+        self._spawn()
         try:
-            if cfg.clock_sync:
-                for ca in self._stations:
-                    conn.clock_sync(common_address=ca, wait_for_response=False)
-            await self._interrogate(TYPE_C_IC_NA_1, for_poll=False)
-            if cfg.counter_interrogation:
-                await self._interrogate(TYPE_C_CI_NA_1, for_poll=False)
+            status, counters = await self._request(("connect", spec), budget)
         except BaseException:
             await self.close()
             raise
+        self._set_live_counters(counters)
+        self._open, self._lost = True, False
+        if self._crashing:
+            log.info(kv("iec104_worker_stable", device=self.name, deaths=self._deaths_since_summary))
+            self._crashing, self._deaths_since_summary = False, 0
+        stations = ",".join(map(str, sorted({p["ca"] for p in self._spec_points})))
+        log.info(kv("iec104_connected", device=self.name, host=cfg.host, port=cfg.port, stations=stations,
+                    tls=tls is not None, worker=self.worker_pid))  # fmt: skip
+        self._log_status(status)
 
     async def poll(self) -> ReadingBatch:
         """Run a GI (+ counter interrogation when enabled), wait for its end, return the image of all points.
 
         Points never received since connect are NaN with INVALID|STALE; points the last interrogation of
-        their station did not answer carry STALE. Raises :class:`ConnectionLost` when the link is down or
-        the station does not confirm the interrogation within ``timeout``.
+        their station did not answer carry STALE. Raises :class:`ConnectionLost` when the link is down,
+        the worker died, or the station does not confirm the interrogation within ``timeout``.
         """
-        self._check_link()
-        await self._interrogate(TYPE_C_IC_NA_1, for_poll=True)
-        if self.cfg.counter_interrogation:
-            await self._interrogate(TYPE_C_CI_NA_1, for_poll=True)
-        self._check_link()
-        return self.image()
-
-    def image(self) -> ReadingBatch:
-        """The current image of all configured points (no I/O)."""
-        now = time.time()
-        with self._lock:
-            value = self._value.copy()
-            quality = self._quality.copy()
-            ts = self._ts.copy()
-            rx = self._rx.copy()
-            seen = self._seen.copy()
-            gi_seen = self._gi_seen.copy()
-        for st in self._stations.values():
-            idx = st.gi_local_idx if not self.cfg.counter_interrogation else st.local_idx
-            stale = idx[~gi_seen[idx]]
-            quality[stale] |= np.uint8(Quality.STALE)
-            if st.refused:
-                quality[st.local_idx] |= np.uint8(Quality.INVALID)
-        never = ~seen
-        value[never] = np.nan
-        quality[never] |= _NEVER
-        ts[never] = now
-        rx[never] = now
+        w = self._worker
+        if w is None or not self._open:
+            raise ConnectionLost(self.name, "not connected")
+        if w.dead.is_set():
+            self._lost = True
+            raise ConnectionLost(self.name, w.death or "iec104 worker ended")
+        cfg = self.cfg
+        gi = max(float(cfg.timeout), float(cfg.gi_timeout)) * (2 if cfg.counter_interrogation else 1)
+        try:
+            image, status, counters = await self._request(("poll",), float(cfg.timeout) + gi + 2.0)
+        except ConnectionLost:
+            self._lost = True
+            raise
+        self._set_live_counters(counters)
+        ts, value, quality, rx, cot = image
+        with self._cot_lock:
+            self._last_cot[:] = cot
+        self._log_status(status)
         return ReadingBatch(self._gidx.copy(), ts, value, quality, rx, device=self.name)
 
     async def close(self) -> None:
-        """Stop the c104 client and the push flusher; never raises."""
-        client, self._client, self._conn = self._client, None, None
+        """Stop the worker (politely, then SIGKILL) and reap it; never raises."""
+        w, self._worker = self._worker, None
         self._open = False
-        self._stop_flush.set()
-        if client is not None:
-            try:
-                await asyncio.to_thread(client.stop)
-            except Exception as exc:  # closing must not raise
-                log.warning("iec104 close failed device=%s error=%r", self.name, exc)
-        flusher, self._flusher = self._flusher, None
-        if flusher is not None:
-            await asyncio.to_thread(flusher.join, 2.0)
-            self._flush()  # deliver what arrived before the close
+        if w is None:
+            return
+        w.closing = True
+        if not w.dead.is_set():
+            with contextlib.suppress(Exception), self._send_lock:
+                w.conn.send(("close", 0))
+        try:
+            await asyncio.to_thread(w.proc.wait, 4.0)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(Exception):
+                w.proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(w.proc.wait, 5.0)
+        except Exception:
+            with contextlib.suppress(Exception):
+                w.proc.kill()
+        with contextlib.suppress(Exception):
+            w.conn.close()
+        await asyncio.to_thread(w.reader.join, 2.0)
+        await asyncio.to_thread(w.stderr_reader.join, 2.0)
+        with contextlib.suppress(Exception):
+            if w.proc.stderr is not None:
+                w.proc.stderr.close()
+        for k in _SESSION_COUNTERS:
+            self._base[k] += w.counters.get(k, 0)
+        w.counters = {}
+        self._fail_pending(ConnectionLost(self.name, "connection closed"))
 
     # ----------------------------------------------------------------------------------------------
-    # Session internals
+    # Worker process
+    # ----------------------------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        # From the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked ends.
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gridedge.protocols.iec104_worker",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        dead = threading.Event()
+        tail: collections.deque[str] = collections.deque(maxlen=20)
+        w = _Worker(proc, conn, dead, threading.Thread(), threading.Thread(), tail, {})
+        w.reader = threading.Thread(
+            target=self._read_loop, args=(w,), name=f"iec104-{self.name}", daemon=True
+        )
+        w.stderr_reader = threading.Thread(
+            target=self._stderr_loop, args=(w,), name=f"iec104-err-{self.name}", daemon=True
+        )
+        self._worker = w
+        self._base["worker_starts"] += 1
+        w.reader.start()
+        w.stderr_reader.start()
+
+    async def _request(self, msg: tuple[Any, ...], timeout: float) -> Any:
+        w, loop = self._worker, self._loop
+        if w is None or loop is None:
+            raise ConnectionLost(self.name, "not connected")
+        if w.dead.is_set():
+            raise ConnectionLost(self.name, w.death or "iec104 worker ended")
+        seq = next(self._seq)
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending[seq] = fut
+        self._op = str(msg[0])
+        try:
+            with self._send_lock:
+                w.conn.send((msg[0], seq, *msg[1:]))
+        except OSError as exc:
+            self._pending.pop(seq, None)
+            self._op = "idle"
+            await asyncio.to_thread(w.dead.wait, 5.0)
+            raise ConnectionLost(self.name, w.death or f"iec104 worker gone: {exc}") from exc
+        try:
+            ok, payload = await asyncio.wait_for(fut, timeout)
+        except TimeoutError as exc:
+            raise ConnectionLost(self.name, f"no answer from the iec104 worker to {msg[0]} within {timeout:.1f}s"
+                                 " (worker stalled)") from exc  # fmt: skip
+        finally:
+            self._pending.pop(seq, None)
+            self._op = "idle"
+        if ok:
+            return payload
+        kind, text = payload
+        if kind == "config":
+            raise ConfigurationError(self.name, text)
+        raise ConnectionLost(self.name, text)
+
+    def _fail_pending(self, exc: DriverError) -> None:
+        loop = self._loop
+        for fut in list(self._pending.values()):
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_exception(exc))
+
+    def _read_loop(self, w: _Worker) -> None:
+        """Reader thread: replies resolve futures; pushes go to the callback; logs are re-emitted."""
+        loop = self._loop
+        op = "idle"
+        try:
+            while True:
+                try:
+                    msg = w.conn.recv()
+                except (EOFError, OSError):
+                    op = self._op
+                    break
+                kind = msg[0]
+                if kind == "push":
+                    self._on_push(*msg[1:])
+                elif kind == "reply":
+                    fut = self._pending.get(msg[1])
+                    if fut is not None and loop is not None and not loop.is_closed():
+                        loop.call_soon_threadsafe(
+                            lambda f=fut, r=(msg[2], msg[3]): f.done() or f.set_result(r)
+                        )
+                elif kind == "stats":
+                    self._set_live_counters(msg[1], w)
+                    self._log_keys(msg[2])
+                elif kind == "log":
+                    logging.getLogger(msg[2]).log(msg[1], msg[3])
+        finally:
+            if not w.closing:
+                w.death = self._reap(w, op)
+            w.dead.set()
+            self._fail_pending(ConnectionLost(self.name, w.death or "iec104 worker ended"))
+
+    def _reap(self, w: _Worker, op: str) -> str:
+        """The worker closed its socket without being asked to: wait for it, say how it ended, log once."""
+        try:
+            rc = w.proc.wait(5.0)
+        except subprocess.TimeoutExpired:  # socket gone but process hanging: finish it
+            w.proc.kill()
+            rc = w.proc.wait()
+        w.stderr_reader.join(1.0)
+        if rc < 0:
+            try:
+                how = f"signal {signal.Signals(-rc).name}"
+            except ValueError:
+                how = f"signal {-rc}"
+        else:
+            how = f"exit status {rc}"
+        during = f"during {op}" if op != "idle" else "while idle"
+        msg = f"iec104 worker died: {how} {during}"
+        self._base["worker_deaths"] += 1
+        self._deaths_since_summary += 1
+        now = time.monotonic()
+        if not self._crashing:
+            self._crashing, self._summary_at = True, now
+            log.error(kv("iec104_worker_died", device=self.name, cause=how, during=op, pid=w.proc.pid,
+                         deaths=self._base["worker_deaths"], last_output=w.stderr_tail[-1] if w.stderr_tail else None))  # fmt: skip
+        elif now - self._summary_at >= _SUMMARY_EVERY_S:
+            log.error(kv("iec104_worker_deaths", device=self.name, cause=how, during=op,
+                         count=self._deaths_since_summary, seconds=round(now - self._summary_at),
+                         deaths=self._base["worker_deaths"]))  # fmt: skip
+            self._summary_at, self._deaths_since_summary = now, 0
+        return msg
+
+    def _stderr_loop(self, w: _Worker) -> None:
+        """The worker's stdout/stderr (C-level messages, a crash's Python stack): each distinct line once."""
+        stream = w.proc.stdout
+        if stream is None:
+            return
+        with contextlib.suppress(Exception):
+            for raw in stream:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if not line:
+                    continue
+                w.stderr_tail.append(line)
+                key = _HEX.sub("0x?", line)
+                if key in self._stderr_seen or len(self._stderr_seen) >= _STDERR_KEYS_MAX:
+                    continue
+                self._stderr_seen.add(key)
+                log.warning(kv("iec104_worker_output", device=self.name, pid=w.proc.pid, line=line))
+
+    def _on_push(self, local: np.ndarray, ts: np.ndarray, value: np.ndarray, quality: np.ndarray,
+                 rx: np.ndarray, cot: np.ndarray) -> None:  # fmt: skip
+        with self._cot_lock:
+            self._last_cot[local] = cot
+        batch = ReadingBatch(self._gidx[local], ts, value, quality, rx, device=self.name)
+        self._base["pushed_batches"] += 1
+        self._base["pushed_readings"] += len(local)
+        cb = self._push_cb
+        if cb is not None:
+            try:
+                cb(batch)
+            except Exception:  # a failing consumer must not kill the reader
+                log.exception(kv("iec104_push_callback_failed", device=self.name))
+
+    def _set_live_counters(self, counters: dict[str, int], w: _Worker | None = None) -> None:
+        w = w or self._worker
+        if w is not None:
+            w.counters = dict(counters)
+
+    # ----------------------------------------------------------------------------------------------
+    # Log once per change
+    # ----------------------------------------------------------------------------------------------
+    def _log_status(self, status: dict[str, Any]) -> None:
+        for key, what in (("gi", "general interrogation"), ("ci", "counter interrogation")):
+            if f"{key}_missing" not in status:
+                continue
+            missing = {(key, int(i)) for i in status[f"{key}_missing"]}
+            for _, i in sorted(missing - self._missing):
+                p = self._points[i]
+                log.warning(kv("iec104_object_missing", device=self.name, point=p.name, ca=self._ca_of(p),
+                               ioa=p.ioa, type=p.type, after=what))  # fmt: skip
+            self._missing = {m for m in self._missing if m[0] != key} | missing
+            for attr, event, level in (("refused", "iec104_interrogation_refused", logging.WARNING),
+                                       ("incomplete", "iec104_interrogation_incomplete", logging.WARNING)):  # fmt: skip
+                now = {(key, int(ca)) for ca in status[f"{key}_{attr}"]}
+                old: set[tuple[str, int]] = getattr(self, f"_{attr}")
+                for _, ca in sorted(now - old):
+                    log.log(level, kv(event, device=self.name, ca=ca, what=what))
+                for _, ca in sorted({o for o in old if o[0] == key} - now):
+                    log.info(kv(f"{event}_cleared", device=self.name, ca=ca, what=what))
+                setattr(self, f"_{attr}", {o for o in old if o[0] != key} | now)
+
+    def _log_keys(self, keys: list[tuple[str, int, int, int, int]]) -> None:
+        for what, ca, ioa, type_id, local in keys:
+            key = (what, ca, ioa, type_id)
+            if key in self._type_keys:
+                continue
+            self._type_keys.add(key)
+            received = TYPE_NAMES.get(type_id, str(type_id))
+            if what in ("mismatch", "alternate"):
+                p = self._points[local]
+                fields = dict(
+                    device=self.name, point=p.name, ca=ca, ioa=ioa, received=received, configured=p.type
+                )
+                if what == "mismatch":
+                    log.warning(kv("iec104_type_mismatch", **fields, action="dropped"))
+                else:
+                    log.info(kv("iec104_type_alternate", **fields, action="accepted"))
+            elif what == "unsupported":
+                log.warning(kv("iec104_type_unsupported", device=self.name, ca=ca, received=received))
+            elif not self._unknown_logged:  # unconfigured objects are normal: one line per device
+                self._unknown_logged = True
+                log.info(kv("iec104_unconfigured_objects", device=self.name, first_ca=ca, first_ioa=ioa,
+                            type=received, counter="unknown_objects"))  # fmt: skip
+
+    # ----------------------------------------------------------------------------------------------
+    # Session internals (daemon side)
     # ----------------------------------------------------------------------------------------------
     def _ca_of(self, p: Iec104Point) -> int:
         return p.common_address or self.cfg.common_address
 
-    def _transport_security(self) -> "c104.TransportSecurity | None":
+    def _tls_spec(self) -> dict[str, Any] | None:
         tls = self.cfg.tls
         if tls is None:
             return None
@@ -394,19 +541,13 @@ class Iec104Driver:
         if bool(tls.cert_file) != bool(tls.key_file):
             raise ConfigurationError(self.name, "tls.cert_file and tls.key_file must be given together")
         if tls.server_name:
-            log.warning(
-                "iec104 tls server_name is not checked by c104 device=%s (use tls_pinned_cert)", self.name
-            )
-        sec = c104.TransportSecurity(validate=True, only_known=bool(pinned))
-        try:
-            sec.set_ca_certificate(cert=tls.ca_file)
-            if tls.cert_file and tls.key_file:
-                sec.set_certificate(cert=tls.cert_file, key=tls.key_file)
-            if pinned:
-                sec.add_allowed_remote_certificate(cert=pinned)
-        except ValueError as exc:
-            raise ConfigurationError(self.name, f"tls: {exc}") from exc
-        return sec
+            log.warning(kv("iec104_tls_server_name_unchecked", device=self.name, hint="use tls_pinned_cert"))
+        return {
+            "ca_file": tls.ca_file,
+            "cert_file": tls.cert_file,
+            "key_file": tls.key_file,
+            "pinned": pinned,
+        }
 
     async def _preflight(self, ip: str) -> None:
         """Check on a throw-away TCP connection that the peer answers STARTDT_ACT with STARTDT_CON.
@@ -445,276 +586,3 @@ class Iec104Driver:
                     await writer.wait_closed()
                 except OSError:
                     pass
-
-    def _reset_session_state(self) -> None:
-        with self._lock:
-            self._value[:] = np.nan
-            self._quality[:] = _NEVER
-            self._ts[:] = 0.0
-            self._rx[:] = 0.0
-            self._cot[:] = -1
-            self._seen[:] = False
-            self._gi_seen[:] = False
-            self._missing_logged[:] = False
-            self._poll_cas.clear()
-            for st in self._stations.values():
-                st.waits.clear()
-                st.refused = False
-        self._lost = False
-        self._open = False
-
-    def _check_link(self) -> None:
-        conn = self._conn
-        if conn is None or not self._open:
-            raise ConnectionLost(self.name, "not connected")
-        if self._lost or conn.state != c104.ConnectionState.OPEN:
-            # c104's state callback may not have run yet: once we report the link lost, it is lost
-            self._lost = True
-            raise ConnectionLost(
-                self.name, f"link to {self.cfg.host}:{self.cfg.port} lost (state={conn.state.name})"
-            )
-
-    async def _interrogate(self, type_id: int, *, for_poll: bool) -> None:
-        """Send a GI (100) or counter interrogation (101) to every station and wait for their ends."""
-        conn = self._conn
-        if conn is None:
-            raise ConnectionLost(self.name, "not connected")
-        what = "general interrogation" if type_id == TYPE_C_IC_NA_1 else "counter interrogation"
-        with self._lock:
-            for st in self._stations.values():
-                st.waits[type_id] = _Wait()
-                idx = st.it_local_idx if type_id == TYPE_C_CI_NA_1 else st.gi_local_idx
-                self._gi_seen[idx] = False
-                if for_poll:
-                    self._poll_cas.add(st.ca)
-        try:
-            for ca in self._stations:
-                if type_id == TYPE_C_IC_NA_1:
-                    ok = conn.interrogation(common_address=ca, wait_for_response=False)
-                else:
-                    ok = conn.counter_interrogation(common_address=ca, wait_for_response=False)
-                if not ok:
-                    self._lost = True
-                    raise ConnectionLost(self.name, f"cannot send {what} to ca={ca}: link not open")
-            t0 = time.monotonic()
-            gi_timeout = max(self.cfg.timeout, getattr(self.cfg, "gi_timeout", 10.0))
-            pending = set(self._stations)
-            while pending:
-                await asyncio.sleep(0.002)
-                if self._lost:
-                    raise ConnectionLost(self.name, f"link lost during {what}")
-                elapsed = time.monotonic() - t0
-                with self._lock:
-                    for ca in list(pending):
-                        st = self._stations[ca]
-                        w = st.waits[type_id]
-                        if w.negative:
-                            if not st.refused:
-                                log.warning("iec104 %s refused device=%s ca=%s", what, self.name, ca)
-                            st.refused = True
-                            pending.discard(ca)
-                        elif w.terminated and w.handled >= w.expected_at_term:
-                            st.refused = False
-                            pending.discard(ca)
-                        elif not w.confirmed and elapsed > self.cfg.timeout:
-                            self._lost = True
-                            raise ConnectionLost(
-                                self.name,
-                                f"station ca={ca} did not confirm {what} within {self.cfg.timeout:g}s",
-                            )
-                if pending and elapsed > gi_timeout:
-                    log.warning("iec104 %s incomplete device=%s stations=%s after=%.1fs", what, self.name,
-                                ",".join(map(str, sorted(pending))), elapsed)  # fmt: skip
-                    break
-        finally:
-            with self._lock:
-                if for_poll:
-                    self._poll_cas.clear()
-        self._log_missing(type_id)
-
-    def _log_missing(self, type_id: int) -> None:
-        """One log line per configured object the station did not send in answer to an interrogation."""
-        with self._lock:
-            for st in self._stations.values():
-                if st.refused:
-                    continue
-                idx = st.it_local_idx if type_id == TYPE_C_CI_NA_1 else st.gi_local_idx
-                miss = idx[~self._gi_seen[idx] & ~self._missing_logged[idx]]
-                for i in miss:
-                    p = self._points[int(i)]
-                    self._missing_logged[i] = True
-                    log.warning(
-                        "iec104 object missing after interrogation device=%s point=%s ca=%s ioa=%s type=%s",
-                        self.name, p.name, st.ca, p.ioa, p.type,
-                    )  # fmt: skip
-
-    # ----------------------------------------------------------------------------------------------
-    # c104 callbacks (run on c104's threads; keep them short)
-    # ----------------------------------------------------------------------------------------------
-    def _make_receiver(self, i: int) -> Callable:
-        fam = self._family[i]
-        gidx = int(self._gidx[i])
-        scale = float(self._scale[i])
-        offset = float(self._offset[i])
-        ca = self._ca_of(self._points[i])
-        lut = _BCR_LUT if fam == "IT" else _QDS_LUT
-        answer_cot = COT_REQUESTED_BY_GENERAL_COUNTER if fam == "IT" else COT_INTERROGATED_BY_STATION
-        drv = self
-
-        def on_receive(
-            point: c104.Point, previous_info: c104.Information, message: c104.IncomingMessage
-        ) -> c104.ResponseState:
-            rx = time.time()
-            info = point.info
-            raw = info.value
-            qobj = info.quality
-            q = int(lut[qobj.value]) if qobj is not None else 0
-            if fam == "DP":
-                if raw == _DOUBLE_ON:
-                    v = 1.0
-                elif raw == _DOUBLE_OFF:
-                    v = 0.0
-                else:  # intermediate / indeterminate position: no usable state
-                    v = math.nan
-                    q |= int(_DP_BAD)
-            elif fam == "SP":
-                v = 1.0 if raw else 0.0
-            else:
-                v = float(raw) * scale + offset
-            if message.is_test:
-                q |= int(Quality.TEST)
-            rec = info.recorded_at
-            ts = (rec - _EPOCH).total_seconds() if rec is not None else rx
-            cot = int(message.cot.value)
-            drv._store(i, gidx, ca, v, q, ts, rx, cot, cot == answer_cot)
-            return c104.ResponseState.NONE
-
-        return on_receive
-
-    def _store(self, i: int, gidx: int, ca: int, v: float, q: int, ts: float, rx: float, cot: int,
-               answer: bool) -> None:  # fmt: skip
-        with self._lock:
-            self._value[i] = v
-            self._quality[i] = q
-            self._ts[i] = ts
-            self._rx[i] = rx
-            self._cot[i] = cot
-            self._seen[i] = True
-            if answer:
-                self._gi_seen[i] = True
-                self._count_handled(ca, COT_REQUESTED_BY_GENERAL_COUNTER if self._family[i] == "IT" else cot)
-            if not (answer and ca in self._poll_cas):
-                k = self._pn
-                if k == self._pcap:
-                    self._grow_pending()
-                self._p_idx[k] = gidx
-                self._p_ts[k] = ts
-                self._p_val[k] = v
-                self._p_q[k] = q
-                self._p_rx[k] = rx
-                self._pn = k + 1
-
-    def _count_handled(self, ca: int, cot: int) -> None:
-        st = self._stations.get(ca)
-        if st is None:
-            return
-        w = st.waits.get(TYPE_C_CI_NA_1 if cot == COT_REQUESTED_BY_GENERAL_COUNTER else TYPE_C_IC_NA_1)
-        if w is not None:
-            w.handled += 1
-
-    def _grow_pending(self) -> None:
-        self._pcap *= 2
-        for name in ("_p_idx", "_p_ts", "_p_val", "_p_q", "_p_rx"):
-            old = getattr(self, name)
-            new = np.empty(self._pcap, old.dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)
-
-    def _make_state_cb(self) -> Callable:
-        drv = self
-
-        def on_state_change(connection: c104.Connection, state: c104.ConnectionState) -> None:
-            drv._state_name = state.name
-            if drv._open and state != c104.ConnectionState.OPEN and not drv._lost:
-                drv._lost = True
-                log.warning("iec104 link lost device=%s state=%s", drv.name, state.name)
-
-        return on_state_change
-
-    def _make_raw_cb(self) -> Callable:
-        drv = self
-
-        def on_receive_raw(connection: c104.Connection, data: bytes) -> None:
-            # I-format APDU: 0x68 len ctl*4 | type vsq cot oa ca_lo ca_hi ...; S/U frames are shorter.
-            if len(data) < 12 or data[2] & 1:
-                return
-            type_id = data[6]
-            cot = data[8] & 0x3F
-            ca = data[10] | (data[11] << 8)
-            st = drv._stations.get(ca)
-            if st is None:
-                return
-            with drv._lock:
-                if type_id in (TYPE_C_IC_NA_1, TYPE_C_CI_NA_1):
-                    w = st.waits.get(type_id)
-                    if w is None:
-                        return
-                    if data[8] & 0x40:
-                        w.negative = True
-                    elif cot == COT_ACT_CON:
-                        w.confirmed = True
-                    elif cot == COT_ACT_TERM:
-                        w.confirmed = True
-                        w.terminated = True
-                        w.expected_at_term = w.expected
-                elif cot in (COT_INTERROGATED_BY_STATION, COT_REQUESTED_BY_GENERAL_COUNTER):
-                    w = st.waits.get(TYPE_C_IC_NA_1 if cot == COT_INTERROGATED_BY_STATION else TYPE_C_CI_NA_1)
-                    if w is not None:
-                        w.expected += data[7] & 0x7F
-
-        return on_receive_raw
-
-    def _make_new_point_cb(self) -> Callable:
-        drv = self
-
-        def on_new_point(
-            client: c104.Client, station: c104.Station, io_address: int, point_type: c104.Type
-        ) -> None:
-            # An object we did not configure: not stored, but counted so the GI wait completes.
-            ca = station.common_address
-            with drv._lock:
-                st = drv._stations.get(ca)
-                if st is None:
-                    return
-                for w in st.waits.values():
-                    if not w.terminated or w.handled < w.expected_at_term:
-                        w.handled += 1
-                        break
-
-        return on_new_point
-
-    # ----------------------------------------------------------------------------------------------
-    # Push flusher
-    # ----------------------------------------------------------------------------------------------
-    def _flush_loop(self) -> None:
-        while not self._stop_flush.wait(self.push_interval):
-            try:
-                self._flush()
-            except Exception:  # a failing consumer must not kill the flusher
-                log.exception("iec104 push callback failed device=%s", self.name)
-
-    def _flush(self) -> None:
-        with self._lock:
-            n = self._pn
-            if n == 0:
-                return
-            batch = ReadingBatch(
-                self._p_idx[:n].copy(), self._p_ts[:n].copy(), self._p_val[:n].copy(), self._p_q[:n].copy(),
-                self._p_rx[:n].copy(), device=self.name,
-            )  # fmt: skip
-            self._pn = 0
-        cb = self._push_cb
-        if cb is not None:
-            self._pushed_batches += 1
-            self._pushed_readings += n
-            cb(batch)

@@ -12,7 +12,7 @@ from fixtures_iec104 import SIM_POINTS, Collector, make_device, make_driver
 
 from gridedge.gateway.model import Quality
 from gridedge.protocols.base import Driver, PushDriver
-from gridedge.protocols.iec104 import c104_quality_to_flags
+from gridedge.protocols.iec104_asdu import bcr_to_flags, qds_to_flags
 from gridedge.protocols.simulators.iec104_server import Iec104SimServer, point_config
 
 anyio_backend = fx.anyio_backend  # fixtures shared with the other IEC 104 test files
@@ -97,12 +97,14 @@ async def test_quality_bits_map_to_gridedge_flags(sim, flags):
 
 
 def test_quality_lookup_is_exhaustive():
-    import c104
-
-    assert c104_quality_to_flags(int(c104.Quality.Invalid.value)) == Quality.INVALID
-    assert c104_quality_to_flags(int(c104.Quality.NonTopical.value)) == Quality.STALE
-    assert c104_quality_to_flags(0) == 0
-    assert c104_quality_to_flags(int(c104.BinaryCounterQuality.Carry.value), counter=True) == Quality.OVERFLOW
+    """Wire bits (QDS: IV NT SB BL EI OV; BCR: IV CA CY) → gridedge flags."""
+    assert qds_to_flags(0x80) == Quality.INVALID
+    assert qds_to_flags(0x40) == Quality.STALE
+    assert qds_to_flags(0x20 | 0x10 | 0x01) == Quality.SUBSTITUTED | Quality.BLOCKED | Quality.OVERFLOW
+    assert qds_to_flags(0) == 0
+    assert bcr_to_flags(0x20) == Quality.OVERFLOW  # CY: counter wrapped
+    assert bcr_to_flags(0x40) == Quality.QUESTIONABLE  # CA: counter adjusted
+    assert bcr_to_flags(0x80 | 0x1F) == Quality.INVALID  # sequence number bits ignored
 
 
 async def test_source_timestamp_is_cp56time2a_and_gateway_ts_is_receive_time(sim):

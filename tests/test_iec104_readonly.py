@@ -8,7 +8,7 @@ import pytest
 from fixtures_iec104 import make_device, make_driver
 
 from gridedge.gateway.config import ConfigError, Iec104Device, validate_text
-from gridedge.protocols import iec104
+from gridedge.protocols import iec104, iec104_asdu, iec104_session, iec104_worker
 from gridedge.protocols.base import ConfigurationError
 from gridedge.protocols.iec104 import ALLOWED_SENT_TYPE_IDS, Iec104Driver
 
@@ -39,9 +39,11 @@ async def test_a_full_session_sends_only_interrogations_and_clock_sync(sim):
     )
 
 
-def test_source_has_no_command_or_write_call():
-    """Static check of protocols/iec104.py: no transmit/read, no command types, no *Cmd objects."""
-    tree = ast.parse(inspect.getsource(iec104))
+@pytest.mark.parametrize("module", [iec104, iec104_session, iec104_worker, iec104_asdu])
+def test_source_has_no_command_or_write_call(module):
+    """Static check of every IEC 104 driver module (the daemon side and the c104 worker): no
+    transmit/read/test call, no command types, no *Cmd objects."""
+    tree = ast.parse(inspect.getsource(module))
     attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
@@ -50,8 +52,17 @@ def test_source_has_no_command_or_write_call():
     cmd = {a for a in attrs | names if a.endswith("Cmd") or a.startswith("C_")}
     assert not cmd, cmd
     assert not {s for s in strings if s.startswith(("C_SC", "C_DC", "C_RC", "C_SE", "C_BO"))}
-    # The only c104.Type lookups go through getattr on a configured type name, guarded to M_* below.
+    # The only c104 calls that send ASDUs are interrogation, counter_interrogation and clock_sync.
     assert frozenset({100, 101, 103}) == ALLOWED_SENT_TYPE_IDS
+
+
+def test_worker_sends_only_system_commands():
+    """The c104 connection methods the worker calls: link control and the three allowed commands."""
+    tree = ast.parse(inspect.getsource(iec104_session))
+    called = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+              and isinstance(n.func.value, ast.Name) and n.func.value.id == "conn"}  # fmt: skip
+    assert called <= {"interrogation", "counter_interrogation", "clock_sync", "unmute", "add_station",
+                      "on_state_change", "on_receive_raw"}, called  # fmt: skip
 
 
 @pytest.mark.parametrize("ctype", ["C_SC_NA_1", "C_DC_NA_1", "C_SE_NC_1", "C_RC_NA_1", "C_BO_NA_1"])

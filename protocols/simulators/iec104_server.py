@@ -22,11 +22,31 @@ from typing import Any
 import c104
 import numpy as np
 
-from gridedge.protocols.iec104 import flags_to_c104_quality
+from gridedge.gateway.model import Quality
 
-__all__ = ["Iec104SimServer", "default_type", "free_port", "point_config"]
+__all__ = ["Iec104SimServer", "default_type", "flags_to_c104_quality", "free_port", "point_config"]
 
 log = logging.getLogger("gridedge.protocols.simulators.iec104")
+
+# gridedge flags → c104 quality (the station side of the driver's wire mapping in protocols/iec104_asdu.py)
+_QDS_MAP = (
+    (Quality.INVALID, c104.Quality.Invalid),
+    (Quality.STALE, c104.Quality.NonTopical),
+    (Quality.SUBSTITUTED, c104.Quality.Substituted),
+    (Quality.BLOCKED, c104.Quality.Blocked),
+    (Quality.OVERFLOW, c104.Quality.Overflow),
+    (Quality.QUESTIONABLE, c104.Quality.ElapsedTimeInvalid),
+)
+
+
+def flags_to_c104_quality(flags: int) -> "c104.Quality":
+    """gridedge flags → a ``c104.Quality`` for the simulated station."""
+    q = c104.Quality()
+    for src, dst in _QDS_MAP:
+        if flags & int(src):
+            q = q | dst
+    return q
+
 
 _POINT_KEYS = ("name", "quantity", "unit", "group", "parent", "nominal", "rating", "weight")
 
