@@ -338,7 +338,9 @@ class Iec61850Device(DeviceBase):
 Iec104Type = Literal[
     "M_ME_NC_1", "M_ME_TF_1", "M_ME_NA_1", "M_ME_TD_1", "M_ME_NB_1", "M_ME_TE_1",
     "M_SP_NA_1", "M_SP_TB_1", "M_DP_NA_1", "M_DP_TB_1", "M_ST_NA_1", "M_ST_TB_1", "M_IT_NA_1", "M_IT_TB_1",
+    "M_BO_NA_1", "M_BO_TB_1",  # bitstring of 32 bits, stored as its unsigned integer value
 ]  # fmt: skip
+# A point receives every type of its kind (with or without time tag), see protocols/iec104_asdu.py.
 
 
 class Iec104Point(PointBase):
