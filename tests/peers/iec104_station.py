@@ -20,6 +20,7 @@ serves until SIGTERM. Every object of the CLI station is a short float (M_ME_NC_
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import struct
 import sys
@@ -327,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        print(f"ACCEPTED {station.accepted} {station.connections_by_behaviour}", flush=True)
+        print(f"ACCEPTED {station.accepted} {json.dumps(station.connections_by_behaviour)}", flush=True)
         await station.stop()
 
     asyncio.run(run())
