@@ -202,6 +202,10 @@ class Iec104Driver:
         return out
 
     @property
+    def _pushed_batches(self) -> int:  # bench/protocols_bench_iec104.py reads this name
+        return self._base["pushed_batches"]
+
+    @property
     def worker_pid(self) -> int | None:
         """PID of the current worker process (tests, diagnostics)."""
         w = self._worker
