@@ -19,5 +19,7 @@ def test_a_minute_of_hostile_peers_costs_the_healthy_device_nothing(tmp_path) ->
     for peer in MODBUS_BEHAVIOURS:
         # backoff from 1 s doubling (60 s cap): ≈ 6 attempts in the first minute; it was 360–395
         assert res.connects_per_min[peer] <= 10, (peer, res)
-    # one device_down per bad device and reason, not one per attempt (it was hundreds a minute)
-    assert res.log_lines_per_min <= 30, res
+    assert res.connects_per_min["iec104"] <= 20, res  # pre-check + c104's own connection per attempt
+    # one device_down per bad device and reason, not one per attempt (it was hundreds a minute), plus the
+    # first 104 worker crash's report once (≈ 26 distinct lines of faulthandler output; later crashes add none)
+    assert res.log_lines_per_min <= 60, res
