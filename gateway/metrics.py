@@ -101,6 +101,12 @@ class Metrics:
             ["device"],
             registry=r,
         )
+        self.driver_counter = Gauge(
+            "gridedge_driver_counter",
+            "a driver's cumulative counters (protocol errors, worker deaths, dropped types …), by name",
+            ["device", "name"],
+            registry=r,
+        )
         self.device_backoff = Gauge(
             "gridedge_device_backoff_seconds",
             "current reconnect delay (0 while up)",
@@ -194,6 +200,11 @@ class Metrics:
             self.clock_skew.labels(device).inc(d)
         if offset is not None:
             self.clock_offset_s.labels(device).set(offset)
+
+    def driver_counters(self, device: str, counters: Mapping[str, int]) -> None:
+        """A driver's running totals (gauges: a new driver after a driver bug starts again from zero)."""
+        for name, value in counters.items():
+            self.driver_counter.labels(device, name).set(value)
 
     def link_failure(self, device: str) -> None:
         """One failed connect or poll of a device."""

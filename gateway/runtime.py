@@ -37,7 +37,14 @@ from gridedge.gateway.model import (
     ReadingBatch,
 )
 from gridedge.gateway.store import Store
-from gridedge.protocols.base import ConfigurationError, ConnectionLost, Driver, DriverError, PushDriver
+from gridedge.protocols.base import (
+    ConfigurationError,
+    ConnectionLost,
+    CountingDriver,
+    Driver,
+    DriverError,
+    PushDriver,
+)
 
 if TYPE_CHECKING:
     from gridedge.scoring.detector import Detector
@@ -623,12 +630,17 @@ class Runtime:
                             "skipped_cycles": d.skipped_cycles, "reconnects": d.reconnects,
                             "link_failures": d.link_failures, "last_error": d.last_error,
                             "clock_skewed_readings": self.clock.devices[n].skewed_readings,
-                            "clock_offset_s": self.clock.devices[n].offset} for n, d in self.devices.items()},
+                            "clock_offset_s": self.clock.devices[n].offset,
+                            "counters": self._driver_counters(n)} for n, d in self.devices.items()},
             "events": dict(self.events_total),
             "alerts_published": self.alerts_published,
             "store": self.store.stats() if self.store else {},
             "mqtt": self.mqtt.stats() if self.mqtt else None,
         }  # fmt: skip
+
+    def _driver_counters(self, name: str) -> dict[str, int]:
+        driver = self.drivers.get(name)
+        return dict(driver.counters) if isinstance(driver, CountingDriver) else {}
 
     async def _housekeeping(self) -> None:
         # the first state save comes at once: after it, each save rewrites only the slots that changed
@@ -687,6 +699,7 @@ class Runtime:
             clock = self.clock.devices.get(name)
             if clock is not None:
                 m.clock_state(name, clock.skewed_readings, clock.offset)
+            m.driver_counters(name, self._driver_counters(name))
         m.scoring_lag(self._scoring_lag)
         if self.store is not None:
             m.store_stats(self.store.stats())

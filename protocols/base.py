@@ -7,7 +7,7 @@ affected readings carry quality flags. Only a broken link raises :class:`Connect
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 from gridedge.gateway.model import ReadingBatch
@@ -16,6 +16,7 @@ __all__ = [
     "BatchCallback",
     "ConfigurationError",
     "ConnectionLost",
+    "CountingDriver",
     "Driver",
     "DriverError",
     "PushDriver",
@@ -76,3 +77,13 @@ class PushDriver(Protocol):
     """
 
     def set_push_callback(self, callback: BatchCallback) -> None: ...
+
+
+@runtime_checkable
+class CountingDriver(Protocol):
+    """Optional ability: cumulative counters of what the device did wrong (protocol errors, worker deaths,
+    dropped types…), by name, since the driver was built. The runtime shows them in its snapshot and
+    exports them as ``gridedge_driver_counter{device,name}``."""
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...

@@ -374,6 +374,11 @@ class ModbusDriver:
         cfg = self.cfg
         return f"{cfg.host}:{cfg.port}" if isinstance(cfg, ModbusTcpDevice) else str(cfg.port)
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """Protocol errors by kind (:data:`PROTOCOL_ERROR_KINDS`) since the driver was built."""
+        return dict(self.protocol_errors)
+
     async def connect(self) -> None:
         """Open the TCP connection / serial port. Raises :class:`ConnectionLost` when it fails."""
         await self.close()

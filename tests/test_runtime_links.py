@@ -151,6 +151,8 @@ def test_a_device_with_refused_points_is_degraded(tmp_path: Path, caplog: pytest
     assert status["state"] == "degraded" and status["good"] == 2
     ups = [r.getMessage() for r in caplog.records if "device_up" in r.getMessage()]
     assert len(ups) == 1 and "state=degraded" in ups[0]
+    counters = rt.snapshot()["devices"]["rtu"]["counters"]
+    assert counters["wrong_unit"] == 0 and set(counters) >= {"wrong_unit", "trailing_bytes", "junk"}
 
 
 def test_an_ied_a_month_behind_loses_nothing_and_is_flagged(
