@@ -539,9 +539,9 @@ class Runtime:
             good_in_poll = int(np.count_nonzero((batch.quality & BAD_QUALITY_MASK) == 0))
             stats.last_progress = time.monotonic()
             self.handle_batch(batch)
-            if len(batch):
-                self._after_poll(dev.name, stats, backoff, good_in_poll)
-                stats.good = self._good_points(dev.name)
+            # An empty batch is a report-only device's liveness check that answered: a good read too.
+            self._after_poll(dev.name, stats, backoff, good_in_poll if len(batch) else 1)
+            stats.good = self._good_points(dev.name)
             if self.metrics is not None:
                 self.metrics.poll_duration(dev.name, stats.last_poll_duration)
             if self.watchdog is not None:
