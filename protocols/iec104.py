@@ -59,6 +59,7 @@ from gridedge.gateway.logs import kv
 from gridedge.gateway.model import ReadingBatch
 from gridedge.protocols.base import BatchCallback, ConfigurationError, ConnectionLost, DriverError
 from gridedge.protocols.iec104_asdu import COT_NAMES, TYPE_NAMES
+from gridedge.protocols.worker_reply import fail_pending, reply_value
 
 __all__ = ["ALLOWED_SENT_TYPE_IDS", "COUNTER_NAMES", "Iec104Driver"]
 
@@ -370,18 +371,10 @@ class Iec104Driver:
         finally:
             self._pending.pop(seq, None)
             self._op = "idle"
-        if ok:
-            return payload
-        kind, text = payload
-        if kind == "config":
-            raise ConfigurationError(self.name, text)
-        raise ConnectionLost(self.name, text)
+        return reply_value(self.name, ok, payload)
 
     def _fail_pending(self, exc: DriverError) -> None:
-        loop = self._loop
-        for fut in list(self._pending.values()):
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_exception(exc))
+        fail_pending(self._loop, self._pending.values(), exc)
 
     def _read_loop(self, w: _Worker) -> None:
         """Reader thread: replies resolve futures; pushes go to the callback; logs are re-emitted."""

@@ -40,13 +40,14 @@ import numpy as np
 
 from gridedge.gateway.logs import kv
 from gridedge.gateway.model import ReadingBatch
-from gridedge.protocols.base import BatchCallback, ConfigurationError, ConnectionLost, DriverError
+from gridedge.protocols.base import BatchCallback, ConnectionLost, DriverError
 from gridedge.protocols.iec61850_discover import (
     add_discover_arguments,
     discover,
     discover_command,
     discovery_yaml,
 )
+from gridedge.protocols.worker_reply import fail_pending, reply_value
 
 __all__ = [
     "Iec61850Driver",
@@ -282,18 +283,10 @@ class Iec61850Driver:
             ) from exc
         finally:
             self._pending.pop(seq, None)
-        if ok:
-            return payload
-        kind, text = payload
-        if kind == "config":
-            raise ConfigurationError(self.name, text)
-        raise ConnectionLost(self.name, text)
+        return reply_value(self.name, ok, payload)
 
     def _fail_pending(self, exc: DriverError) -> None:
-        loop = self._loop
-        for fut in list(self._pending.values()):
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_exception(exc))
+        fail_pending(self._loop, self._pending.values(), exc)
 
     def _read_loop(self, conn: Connection, dead: threading.Event) -> None:
         """Reader thread: replies resolve futures on the loop; reports go straight to the callback."""
