@@ -220,7 +220,7 @@ def test_wrong_unit_id_is_invalid_counted_and_logged_once(
                         assert out.value[2] == 1.0  # the coil answer is fine: still GOOD
                         assert took < BUDGET
                         assert drv.protocol_errors["wrong_unit"] == cycle + 1
-                lines = [r.getMessage() for r in caplog.records if "protocol error" in r.getMessage()]
+                lines = [r.getMessage() for r in caplog.records if "event=modbus_protocol_error" in r.getMessage()]
                 assert len(lines) == 1, lines  # once per change of condition, not every cycle
                 assert "error=wrong_unit" in lines[0] and "answer from unit 9" in lines[0]
                 assert "function=read_holding_registers(3) address=0 count=2" in lines[0]
