@@ -1,7 +1,7 @@
 """Detection quality of gridedge vs. baselines on labelled scenarios (bench/scenarios.py).
 
 gridedge runs through the same path as ``gridedge replay``: the readings of a scenario (long format,
-time-sorted) are fed by :func:`gridedge.gateway.replay.feed` into the live ``Detector`` and the
+time-sorted) are fed by :func:`gridedge.gateway.cli.replay.feed` into the live ``Detector`` and the
 ``AlertPolicy``; only published alerts count. The baselines (bench/baselines.py) see the same readings.
 
 Scoring rules (verbatim from the brief):
@@ -69,8 +69,8 @@ TARGETS = {
 # --------------------------------------------------------------------------------------------------
 def run_gridedge(sc: Scenario) -> tuple[list[Event], dict[str, int]]:
     """Published alerts of the live Detector + AlertPolicy (the replay path)."""
-    from gridedge.gateway.alert_policy import PUBLISHED, AlertPolicy
-    from gridedge.gateway.replay import ParsedReadings, feed, make_detector
+    from gridedge.gateway.cli.replay import ParsedReadings, feed, make_detector
+    from gridedge.gateway.runtime.alert_policy import PUBLISHED, AlertPolicy
 
     table = PointTable.from_specs(sc.points)
     pj, ts, val, q = readings(sc)

@@ -15,9 +15,9 @@ import tempfile
 import time
 import urllib.request
 
-from gridedge.gateway.metrics import Metrics
-from gridedge.gateway.sdnotify import SdNotifier
-from gridedge.gateway.watchdog import ProgressWatchdog
+from gridedge.gateway.runtime.metrics import Metrics
+from gridedge.gateway.runtime.sdnotify import SdNotifier
+from gridedge.gateway.runtime.watchdog import ProgressWatchdog
 
 
 def per_call(fn, n: int) -> float:

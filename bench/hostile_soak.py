@@ -44,9 +44,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fixtures_durability import Daemon  # noqa: E402
 
-from gridedge.gateway.config import build_point_table, validate_text  # noqa: E402
+from gridedge.config.models import build_point_table, validate_text  # noqa: E402
 from gridedge.gateway.model import BAD_QUALITY_MASK  # noqa: E402
-from gridedge.gateway.store import Store  # noqa: E402
+from gridedge.gateway.store.writer import Store  # noqa: E402
 from gridedge.protocols.simulators.modbus_server import ModbusSimServer, register_map  # noqa: E402
 
 MODBUS_BEHAVIOURS = ("junk", "close", "silent", "gateway11", "slowloris", "wrong_unit")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gridedge.gateway.config import ModbusTcpDevice
+from gridedge.config.models import ModbusTcpDevice
 from gridedge.protocols.modbus import ModbusDriver, point_formats
 from gridedge.protocols.modbus_codec import RegisterDecoder
 from gridedge.protocols.simulators.modbus_server import ModbusSimServer, register_map

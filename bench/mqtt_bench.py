@@ -23,9 +23,9 @@ import paho.mqtt.client as mqtt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fixtures_mqtt import Broker, wait_until
 
-from gridedge.gateway.config import MqttSection
+from gridedge.config.models import MqttSection
 from gridedge.gateway.model import Event, EventKind, PointTable, ReadingBatch
-from gridedge.gateway.mqtt import MqttBridge
+from gridedge.gateway.mqtt.client import MqttBridge
 
 
 class Counter:

@@ -81,8 +81,8 @@ class ChunkWatcher(threading.Thread):
         self.last_error = ""
 
     def run(self) -> None:
-        from gridedge.gateway.store import open_readonly
-        from gridedge.gateway.store_codec import decode_chunk
+        from gridedge.gateway.store.codec import decode_chunk
+        from gridedge.gateway.store.writer import open_readonly
 
         conn = None
         last = 0
@@ -266,8 +266,8 @@ def run_size(
 
 def _alert_latency(db: Path, sub: Any, injections: list[tuple[str, float]]) -> tuple[float, float, int]:
     """Alert arrival (subscriber clock) − poll ts of the first out-of-range reading of that point."""
-    from gridedge.gateway.store import open_readonly
-    from gridedge.gateway.store_query import history, point_ids
+    from gridedge.gateway.store.queries import history, point_ids
+    from gridedge.gateway.store.writer import open_readonly
 
     arrivals: dict[str, float] = {}
     for topic, payload, arrived in _timed(sub):

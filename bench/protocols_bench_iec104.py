@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from gridedge.gateway.config import Iec104Device
+from gridedge.config.models import Iec104Device
 from gridedge.protocols.iec104 import Iec104Driver
 from gridedge.protocols.simulators.iec104_server import Iec104SimServer, point_config
 

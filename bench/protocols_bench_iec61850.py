@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from gridedge.gateway.config import Iec61850Device
+from gridedge.config.models import Iec61850Device
 from gridedge.protocols.iec61850 import Iec61850Driver
 from gridedge.protocols.simulators.iec61850_server import Iec61850SimServer, point_config, report_config
 

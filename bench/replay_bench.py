@@ -1,7 +1,7 @@
 """Replay throughput: CSV parse vs batching vs scoring vs writing, in one run, side by side.
 
 Generates a scenario (bench/scenarios.py), writes it as READINGS.csv (ISO and epoch timestamps) and
-replays it through ``gridedge.gateway.replay`` — the same code as ``gridedge replay`` — timing each stage.
+replays it through ``gridedge.gateway.cli.replay`` — the same code as ``gridedge replay`` — timing each stage.
 
     .venv/bin/python bench/replay_bench.py               # 60 days × 26 points × 1 min ≈ 2.2 M readings
     .venv/bin/python bench/replay_bench.py --days 14
@@ -18,8 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.scenarios import generate, to_csv
-from gridedge.gateway.alert_policy import PUBLISHED, AlertPolicy
-from gridedge.gateway.replay import (
+from gridedge.gateway.cli.replay import (
     feed,
     iter_batches,
     load_points,
@@ -28,6 +27,7 @@ from gridedge.gateway.replay import (
     run_replay,
     write_alerts,
 )
+from gridedge.gateway.runtime.alert_policy import PUBLISHED, AlertPolicy
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ class StoreSample:
 
 def store_sample(db: Path) -> StoreSample | None:
     """Counters, retained window and file sizes of the daemon's store; None while it is not there."""
-    from gridedge.gateway.store import open_readonly
+    from gridedge.gateway.store.writer import open_readonly
 
     if not db.exists():
         return None

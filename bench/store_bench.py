@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gridedge.gateway.model import PointTable, ReadingBatch
-from gridedge.gateway.store import Store
+from gridedge.gateway.store.writer import Store
 
 T0 = 1_767_225_600.0
 

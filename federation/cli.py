@@ -31,7 +31,7 @@ def _from_config(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """(database path, model dir) from ``-c SITE.yaml`` (None when no config was given)."""
     if not getattr(args, "config", None):
         return None, None
-    from gridedge.gateway.config import load_config
+    from gridedge.config.models import load_config
 
     cfg = load_config(args.config)
     return cfg.storage.path, cfg.federation.model_dir
@@ -99,7 +99,7 @@ def _export_preview(args: argparse.Namespace) -> int:
     g = latest_global(model_dir) if model_dir else None
     site_dp = args.site_dp
     if args.config and not site_dp:
-        from gridedge.gateway.config import load_config
+        from gridedge.config.models import load_config
 
         site_dp = load_config(args.config).federation.dp
     if args.dp_round:
@@ -223,7 +223,7 @@ def supernode_command(
 
 
 def _supernode(args: argparse.Namespace) -> int:
-    from gridedge.gateway.config import load_config
+    from gridedge.config.models import load_config
 
     try:
         cfg = load_config(args.config)

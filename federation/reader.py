@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gridedge.gateway.scorer_state import read_state
+from gridedge.gateway.store.scorer_state import read_state
 
 __all__ = ["open_site", "read_detector_state", "read_labelled_events", "read_points"]
 

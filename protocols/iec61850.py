@@ -38,8 +38,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gridedge.gateway.logs import kv
 from gridedge.gateway.model import ReadingBatch
+from gridedge.gateway.runtime.logs import kv
 from gridedge.protocols.base import BatchCallback, ConnectionLost, DriverError
 from gridedge.protocols.iec61850_discover import (
     add_discover_arguments,
@@ -78,7 +78,7 @@ def _attr(obj: Any, key: str, default: Any = None) -> Any:
 class Iec61850Driver:
     """One IEC 61850 server (IED). Implements ``Driver`` and ``PushDriver`` of :mod:`protocols.base`.
 
-    ``cfg`` is an :class:`~gridedge.gateway.config.Iec61850Device`; ``point_index`` maps point names to
+    ``cfg`` is an :class:`~gridedge.config.models.Iec61850Device`; ``point_index`` maps point names to
     their dense gridedge index.
     """
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pyiec61850.pyiec61850 as iec
 
-from gridedge.gateway.logs import kv
 from gridedge.gateway.model import QUALITY_DTYPE
+from gridedge.gateway.runtime.logs import kv
 from gridedge.protocols.iec61850_quality import dbpos_to_value, map_quality
 
 log = logging.getLogger("gridedge.protocols.iec61850")

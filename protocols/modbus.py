@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from gridedge.gateway.config import ModbusRtuDevice, ModbusTcpDevice
+from gridedge.config.models import ModbusRtuDevice, ModbusTcpDevice
 from gridedge.gateway.model import Quality, ReadingBatch
 from gridedge.protocols.base import ConfigurationError, ConnectionLost
 from gridedge.protocols.coalesce import ReadRequest, Span, plan_requests

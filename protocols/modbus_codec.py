@@ -155,7 +155,7 @@ class RegisterDecoder:
         self._bit_idx = point_buf[self._bit_pos]
         # The compiled decode and its per-point tables. Imported here, not at module level: the simulator
         # imports this module for encode_registers, and a process that loads numba maps LLVM's library,
-        # whose shared pages the daemon then cannot release (gateway/malloc_tuning.py).
+        # whose shared pages the daemon then cannot release (gateway/runtime/malloc_tuning.py).
         from gridedge.protocols.modbus_decode import BYTE_LITTLE, KIND, WORD_LITTLE, decode_points
 
         self._decode_points = decode_points

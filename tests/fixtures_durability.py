@@ -106,7 +106,7 @@ class Observation:
 
 
 def _connect_ro(db: Path | str) -> sqlite3.Connection:
-    from gridedge.gateway.store import open_readonly
+    from gridedge.gateway.store.writer import open_readonly
 
     return open_readonly(Path(db))
 
@@ -170,7 +170,7 @@ def _hook(event, args):
     if event == "socket.connect" and isinstance(args[1], tuple):
         _out.write(json.dumps({"t": time.monotonic(), "addr": list(args[1])[:2]}) + "\\n")
 sys.addaudithook(_hook)
-from gridedge.gateway.cli import main
+from gridedge.gateway.cli.main import main
 sys.exit(main())
 """
 
@@ -210,7 +210,7 @@ class Daemon:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait/stop
         self._log.write(f"--- start {time.time():.3f}\n".encode())
         self._log.flush()
-        code = "import sys; from gridedge.gateway.cli import main; sys.exit(main())"
+        code = "import sys; from gridedge.gateway.cli.main import main; sys.exit(main())"
         if self.audit_connects is not None:
             env["GRIDEDGE_CONNECT_AUDIT"] = str(self.audit_connects)
             code = _AUDIT_WRAPPER

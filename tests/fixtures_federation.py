@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gridedge.gateway.model import Event, EventKind, PointTable
-from gridedge.gateway.store import Store
+from gridedge.gateway.store.writer import Store
 from gridedge.protocols.simulators.substation import SubstationModel
 from gridedge.scoring.detector import Detector
 

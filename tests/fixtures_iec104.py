@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gridedge.gateway.config import Iec104Device
+from gridedge.config.models import Iec104Device
 from gridedge.gateway.model import ReadingBatch
 from gridedge.protocols.iec104 import Iec104Driver
 from gridedge.protocols.simulators.iec104_server import Iec104SimServer, point_config

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gridedge.gateway.config import Iec61850Device
+from gridedge.config.models import Iec61850Device
 from gridedge.gateway.model import ReadingBatch
 from gridedge.protocols.simulators.iec61850_server import Iec61850SimServer, point_config, report_config
 

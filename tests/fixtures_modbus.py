@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequenc
 from pathlib import Path
 from typing import Any
 
-from gridedge.gateway.config import ModbusRtuDevice, ModbusTcpDevice
+from gridedge.config.models import ModbusRtuDevice, ModbusTcpDevice
 from gridedge.protocols.modbus import ModbusDriver
 from gridedge.protocols.simulators.modbus_server import ModbusSimServer
 

@@ -413,9 +413,9 @@ class BridgeProcess:
 def _bridge_main(cfg_path: str) -> None:
     import logging
 
-    from gridedge.gateway.config import MqttSection
+    from gridedge.config.models import MqttSection
     from gridedge.gateway.model import Event, EventKind, PointTable
-    from gridedge.gateway.mqtt import MqttBridge
+    from gridedge.gateway.mqtt.client import MqttBridge
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
     cfg = json.loads(Path(cfg_path).read_text())

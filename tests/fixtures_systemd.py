@@ -256,7 +256,7 @@ class SystemdNamespace:
         bindir.mkdir(parents=True, exist_ok=True)
         exe = bindir / "gridedge"
         exe.write_text(
-            "#!/opt/gridedge/venv/bin/python\nimport sys\nfrom gridedge.gateway.cli import main\n"
+            "#!/opt/gridedge/venv/bin/python\nimport sys\nfrom gridedge.gateway.cli.main import main\n"
             "sys.exit(main())\n"
         )
         exe.chmod(0o755)

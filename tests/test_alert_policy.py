@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from gridedge.gateway.alert_policy import AlertPolicy
-from gridedge.gateway.config import AlertsSection
+from gridedge.config.models import AlertsSection
 from gridedge.gateway.model import Event, EventKind
+from gridedge.gateway.runtime.alert_policy import AlertPolicy
 
 T0 = 1_780_000_000.0
 

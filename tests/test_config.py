@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gridedge.gateway.config import (
+from gridedge.config.models import (
     ConfigError,
     SiteConfig,
     build_point_table,
@@ -121,7 +121,7 @@ def test_coil_with_float_type_is_rejected(tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gridedge.gateway.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "gridedge.gateway.cli.main", *args], capture_output=True, text=True, timeout=60
     )
 
 
@@ -152,7 +152,7 @@ def test_every_config_key_is_documented() -> None:
     missing = []
     stack: list[type] = [SiteConfig]
     seen: set[type] = set()
-    from gridedge.gateway.config import _model_types
+    from gridedge.config.models import _model_types
 
     while stack:
         model = stack.pop()
@@ -167,8 +167,8 @@ def test_every_config_key_is_documented() -> None:
 
 
 def test_configuration_doc_is_current() -> None:
-    from gridedge.gateway.config_docs import render
+    from gridedge.config.docs import render
 
     assert (ROOT / "docs" / "configuration.md").read_text() == render(), (
-        "docs/configuration.md is stale: run python -m gridedge.gateway.config_docs > docs/configuration.md"
+        "docs/configuration.md is stale: run python -m gridedge.config.docs > docs/configuration.md"
     )

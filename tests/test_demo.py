@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "gridedge.gateway.cli"]
+CLI = [sys.executable, "-m", "gridedge.gateway.cli.main"]
 
 
 def test_cli_help_lists_the_contract_commands() -> None:
@@ -42,7 +42,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
 def test_status_human_view_renders_a_store(tmp_path: Path) -> None:
     from gridedge.gateway.model import PointTable
-    from gridedge.gateway.store import Store
+    from gridedge.gateway.store.writer import Store
 
     db = tmp_path / "s.db"
     st = Store(db, points=PointTable.from_specs([{"name": "X", "quantity": "current", "group": "G"}]))

@@ -118,7 +118,7 @@ def test_dp_round_reply_is_clipped_and_a_dp_site_withholds_its_classifier(
     assert float(got["clf.weight"][0]) == 0.0 and not got["clf.coef_w"].any()
     assert float(got["prior.weight"].sum()) > 0
     # the auditor's view of both (export-preview runs the same function)
-    from gridedge.gateway.cli import main as gridedge_main
+    from gridedge.gateway.cli.main import main as gridedge_main
 
     capsys.readouterr()
     assert (
@@ -275,9 +275,9 @@ def _site_file(tmp_path: Path, **fed: object) -> Path:
 
 
 def test_supernode_command_from_the_site_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gridedge.config.models import ConfigError, load_config
     from gridedge.federation.cli import OFFLINE_ENV, SupernodeConfigError, supernode_command
-    from gridedge.gateway.cli import main as gridedge_main
-    from gridedge.gateway.config import ConfigError, load_config
+    from gridedge.gateway.cli.main import main as gridedge_main
 
     ca, key = tmp_path / "ca.pem", tmp_path / "node.key"
     f = _site_file(tmp_path, superlink="fleet.example:9092", root_certificates=str(ca),

@@ -19,13 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fixtures_federation import FlowerFleet, Site, _free_port, build_sites
 
+from gridedge.config.models import load_config
 from gridedge.federation.allowlist import ALLOWED_ARRAYS
 from gridedge.federation.cli import OFFLINE_ENV, supernode_command
 from gridedge.federation.contribution import DP_KEYS, site_contribution
 from gridedge.federation.models import list_models
 from gridedge.federation.privacy import gaussian_epsilon
-from gridedge.gateway.cli import main as gridedge_main
-from gridedge.gateway.config import load_config
+from gridedge.gateway.cli.main import main as gridedge_main
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import fixtures_iec104 as fx
 import pytest
 from fixtures_iec104 import SIM_POINTS, Collector, RawPeer, StallProxy, make_device, make_driver
 
-from gridedge.gateway.config import Iec104Device
+from gridedge.config.models import Iec104Device
 from gridedge.protocols.base import ConnectionLost
 from gridedge.protocols.iec104 import Iec104Driver
 from gridedge.protocols.simulators.iec104_server import Iec104SimServer

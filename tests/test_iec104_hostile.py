@@ -29,7 +29,7 @@ from fixtures_iec104 import SIM_POINTS, Collector, make_device, make_driver
 from fixtures_runtime import modbus_server_thread
 from peers.iec104_station import RawStation, StationObject
 
-from gridedge.gateway.config import Iec104Device
+from gridedge.config.models import Iec104Device
 from gridedge.protocols.base import ConnectionLost
 from gridedge.protocols.iec104 import Iec104Driver
 from gridedge.protocols.simulators.iec104_server import Iec104SimServer, point_config
@@ -120,7 +120,7 @@ def test_worker_dies_with_the_daemon(tmp_path):
     cfg = make_device(server, name="orphan")
     code = f"""
 import asyncio, sys, time
-from gridedge.gateway.config import Iec104Device
+from gridedge.config.models import Iec104Device
 from gridedge.protocols.iec104 import Iec104Driver
 cfg = Iec104Device.model_validate_json({cfg.model_dump_json()!r})
 async def main():
@@ -277,7 +277,7 @@ def test_hostile_station_60s_against_the_daemon(tmp_path):
         stop_feed.set()
         feeder.join(5)
         good104.stop()
-    from gridedge.gateway.store_query import history, point_ids
+    from gridedge.gateway.store.queries import history, point_ids
 
     conn = _connect_ro(db)
     ids = point_ids(conn)

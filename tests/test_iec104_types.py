@@ -14,7 +14,7 @@ import pytest
 from fixtures_iec104 import Collector
 from peers.iec104_station import RawStation, StationObject
 
-from gridedge.gateway.config import Iec104Device
+from gridedge.config.models import Iec104Device
 from gridedge.gateway.model import Quality
 from gridedge.protocols.iec104 import Iec104Driver
 

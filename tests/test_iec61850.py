@@ -15,7 +15,7 @@ import pytest
 import yaml
 from fixtures_iec61850 import INDEX, POINTS, device_cfg, sim  # noqa: F401
 
-from gridedge.gateway.config import Iec61850Device
+from gridedge.config.models import Iec61850Device
 from gridedge.gateway.model import QUALITY_DTYPE, Quality
 from gridedge.protocols.base import ConfigurationError, Driver, PushDriver
 from gridedge.protocols.iec61850 import Iec61850Driver, discover, discovery_yaml

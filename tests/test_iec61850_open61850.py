@@ -16,7 +16,7 @@ import pytest
 
 open61850_server = pytest.importorskip("open61850.server")
 
-from gridedge.gateway.config import Iec61850Device  # noqa: E402
+from gridedge.config.models import Iec61850Device  # noqa: E402
 from gridedge.gateway.model import Quality  # noqa: E402
 from gridedge.protocols.iec61850 import Iec61850Driver  # noqa: E402
 

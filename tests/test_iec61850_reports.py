@@ -12,7 +12,7 @@ import pytest
 from fixtures_iec61850 import INDEX, POINTS, Collector, DictStore, device_cfg, report_config, sim  # noqa: F401
 
 from gridedge.gateway.model import PointTable, Quality
-from gridedge.gateway.store import Store
+from gridedge.gateway.store.writer import Store
 from gridedge.protocols.iec61850 import Iec61850Driver
 
 pytestmark = pytest.mark.timeout(90)

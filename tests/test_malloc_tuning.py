@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from gridedge.gateway.malloc_tuning import pin_mmap_threshold
+from gridedge.gateway.runtime.malloc_tuning import pin_mmap_threshold
 
 PROBE = """
 import sys, numpy as np
-from gridedge.gateway.malloc_tuning import pin_mmap_threshold
+from gridedge.gateway.runtime.malloc_tuning import pin_mmap_threshold
 if sys.argv[1] == "pinned":
     assert pin_mmap_threshold()
 def rss():
@@ -42,7 +42,7 @@ def test_pinned_threshold_returns_freed_arrays_to_the_kernel() -> None:
 PAGEOUT_PROBE = """
 import mmap, os, sys, tempfile
 import numba, numpy as np
-from gridedge.gateway.malloc_tuning import page_out_library
+from gridedge.gateway.runtime.malloc_tuning import page_out_library
 
 def rss_kib(fragment):
     total, inside = 0, False

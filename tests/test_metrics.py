@@ -9,7 +9,7 @@ from importlib import metadata
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gridedge.gateway.metrics import Metrics
+from gridedge.gateway.runtime.metrics import Metrics
 
 
 @pytest.fixture

@@ -413,7 +413,7 @@ def test_gateway_without_path_counts_as_dead_device_and_pause_after_connect() ->
 
 
 def test_configuration_errors() -> None:
-    from gridedge.gateway.config import ModbusTcpDevice
+    from gridedge.config.models import ModbusTcpDevice
     from gridedge.protocols.base import ConfigurationError
 
     cfg = ModbusTcpDevice.model_validate(

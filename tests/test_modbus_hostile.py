@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from fixtures_modbus import run
 
-from gridedge.gateway.config import ModbusTcpDevice
+from gridedge.config.models import ModbusTcpDevice
 from gridedge.gateway.model import Quality
 from gridedge.protocols.base import ConnectionLost
 from gridedge.protocols.modbus import PROTOCOL_ERROR_KINDS, ModbusDriver

@@ -23,7 +23,7 @@ import pytest
 from fixtures_modbus import run
 from fixtures_modbus_peers import PeerServer, build_libmodbus_server, encode_words, node_server_command
 
-from gridedge.gateway.config import ModbusTcpDevice
+from gridedge.config.models import ModbusTcpDevice
 from gridedge.gateway.model import Quality
 from gridedge.protocols.base import ConnectionLost
 from gridedge.protocols.modbus import ModbusDriver

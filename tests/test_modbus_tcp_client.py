@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from fixtures_modbus import run
 
-from gridedge.gateway.config import ModbusTcpDevice
+from gridedge.config.models import ModbusTcpDevice
 from gridedge.protocols.base import ConnectionLost
 from gridedge.protocols.modbus import ModbusDriver
 from gridedge.protocols.modbus_tcp_client import (

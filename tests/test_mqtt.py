@@ -24,9 +24,9 @@ from fixtures_mqtt import (
     wait_until,
 )
 
-from gridedge.gateway.config import MqttSection
+from gridedge.config.models import MqttSection
 from gridedge.gateway.model import Event, EventKind, PointTable, Quality, ReadingBatch
-from gridedge.gateway.mqtt import MqttBridge
+from gridedge.gateway.mqtt.client import MqttBridge
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/mosquitto").exists(), reason="mosquitto not installed")
 

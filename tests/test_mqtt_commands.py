@@ -7,8 +7,8 @@ import json
 import pytest
 from fixtures_mqtt import validator
 
-from gridedge.gateway.commands import CommandError, parse_command
 from gridedge.gateway.model import PointTable
+from gridedge.gateway.mqtt.commands import CommandError, parse_command
 
 ROOT = "gridedge/demo"
 POINTS = PointTable.from_specs(

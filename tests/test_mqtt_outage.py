@@ -105,9 +105,9 @@ def test_quota_while_offline_drops_values_first_and_replays_alerts(tmp_path):
     import numpy as np
     from fixtures_mqtt import free_port
 
-    from gridedge.gateway.config import MqttSection
+    from gridedge.config.models import MqttSection
     from gridedge.gateway.model import Event, EventKind, PointTable, ReadingBatch
-    from gridedge.gateway.mqtt import MqttBridge
+    from gridedge.gateway.mqtt.client import MqttBridge
 
     port = free_port()  # nothing listens yet: the broker is "down" from the start
     points = PointTable.from_specs(
@@ -163,9 +163,9 @@ def test_quota_while_offline_drops_values_first_and_replays_alerts(tmp_path):
 
 
 def test_same_process_reconnects_and_replays_in_order(tmp_path):
-    from gridedge.gateway.config import MqttSection
+    from gridedge.config.models import MqttSection
     from gridedge.gateway.model import Event, EventKind, PointTable
-    from gridedge.gateway.mqtt import MqttBridge
+    from gridedge.gateway.mqtt.client import MqttBridge
 
     broker = Broker(tmp_path / "broker", persistence=True).start()
     col = Collector(

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from gridedge.gateway.outbox import Outbox
+from gridedge.gateway.mqtt.outbox import Outbox
 
 
 def test_put_peek_ack_in_order(tmp_path):

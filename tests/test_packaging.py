@@ -165,7 +165,7 @@ def test_postinst_fresh_install_creates_user_and_starts_nothing(extracted, tmp_p
     pre = [c for c in calls if c.startswith("runuser ")]
     assert len(pre) == 1 and calls.index(pre[0]) > calls.index("install-venv"), calls
     assert pre[0].startswith("runuser -u gridedge -- env NUMBA_CACHE_DIR=/var/cache/gridedge/numba ")
-    assert pre[0].endswith("/bin/python -m gridedge.gateway.precompile")
+    assert pre[0].endswith("/bin/python -m gridedge.gateway.runtime.precompile")
     unit = (Path(__file__).parents[1] / "systemd/gridedge.service").read_text()
     assert "Environment=NUMBA_CACHE_DIR=/var/cache/gridedge/numba" in unit  # the same cache the service reads
     assert not [c for c in calls if re.match(r"systemctl .*\b(start|restart|try-restart|enable)\b", c)]
@@ -221,7 +221,7 @@ def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
         [
             str(prefix / "venv/bin/python"),
             "-c",
-            "import numba, pymodbus, c104, flwr, gridedge.gateway.metrics; print('ok')",
+            "import numba, pymodbus, c104, flwr, gridedge.gateway.runtime.metrics; print('ok')",
         ],
         capture_output=True,
         text=True,
@@ -236,7 +236,7 @@ def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
 def test_precompile_fills_the_cache_the_next_start_loads(tmp_path: Path) -> None:
     """What postinst runs: after it, a new process loads every kernel from the cache and compiles none."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
-    cmd = [sys.executable, "-m", "gridedge.gateway.precompile"]
+    cmd = [sys.executable, "-m", "gridedge.gateway.runtime.precompile"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
     assert first.returncode == 0, first.stderr
     assert "precompiled" in first.stderr and str(tmp_path / "numba") in first.stderr

@@ -21,9 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives at the repo root
 
 from bench.scenarios import generate, to_csv
-from gridedge.gateway.alert_policy import AlertPolicy
-from gridedge.gateway.model import PointTable, ReadingBatch
-from gridedge.gateway.replay import (
+from gridedge.gateway.cli.replay import (
     ALERT_HEADER,
     ReplayError,
     add_replay_arguments,
@@ -32,6 +30,8 @@ from gridedge.gateway.replay import (
     replay_command,
     run_replay,
 )
+from gridedge.gateway.model import PointTable, ReadingBatch
+from gridedge.gateway.runtime.alert_policy import AlertPolicy
 from gridedge.scoring.detector import Detector
 
 TZ = "Europe/Berlin"

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from fixtures_runtime import modbus_server_thread, site_yaml
 
-from gridedge.gateway.config import validate_text
+from gridedge.config.models import validate_text
 from gridedge.gateway.model import Quality
-from gridedge.gateway.runtime import DeviceState, Runtime
-from gridedge.gateway.store import read_status
+from gridedge.gateway.runtime.daemon import DeviceState, Runtime
+from gridedge.gateway.store.writer import read_status
 from gridedge.protocols.simulators.modbus_server import ModbusSimServer, register_map
 
 POINTS = [
@@ -149,10 +149,10 @@ def test_dead_device_does_not_delay_the_other_and_is_marked_comm_lost(tmp_path: 
     status = read_status(tmp_path / "gw.db")
     assert status["devices"]["dead"]["state"] == "down"
     assert status["devices"]["good"]["state"] == "up"
-    from gridedge.gateway.store import Store
+    from gridedge.gateway.store.writer import Store
 
     cfg = _cfg(tmp_path, [_device("good", 1), _device("dead", 2, prefix="D_")])
-    from gridedge.gateway.config import build_point_table
+    from gridedge.config.models import build_point_table
 
     st = Store(tmp_path / "gw.db", points=build_point_table(cfg))
     st.open()
@@ -167,7 +167,7 @@ def test_dead_device_does_not_delay_the_other_and_is_marked_comm_lost(tmp_path: 
 
 def _gridedge(*args: str, **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "gridedge.gateway.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "gridedge.gateway.cli.main", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
 
 
@@ -210,7 +210,7 @@ def test_daemon_sigterm_flushes_exits_zero_and_sighup_rejects_bad_config(tmp_pat
                 proc.wait()
         assert proc.returncode == 0, err
         assert "reload_rejected" in err and "site.yaml:" in err and "devices[0].poll" in err
-        status = json.loads(subprocess.run([sys.executable, "-m", "gridedge.gateway.cli", "status", "--db", str(db), "--json"],
+        status = json.loads(subprocess.run([sys.executable, "-m", "gridedge.gateway.cli.main", "status", "--db", str(db), "--json"],
                                            capture_output=True, text=True, timeout=60, check=True).stdout)  # fmt: skip
         for key in ("points", "readings", "events", "alerts", "outbox", "devices"):
             assert key in status

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from fixtures_runtime import site_yaml
 
+from gridedge.config.models import validate_text
 from gridedge.federation.allowlist import ALLOWED_ARRAYS
 from gridedge.federation.models import save_global
-from gridedge.gateway.config import validate_text
 from gridedge.gateway.model import Event, EventKind
-from gridedge.gateway.runtime import Runtime
+from gridedge.gateway.runtime.daemon import Runtime
 
 
 def _global_model(rng: np.random.Generator) -> dict[str, np.ndarray]:

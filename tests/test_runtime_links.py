@@ -20,10 +20,10 @@ import pytest
 from fixtures_iec61850 import POINTS as IED_POINTS
 from fixtures_runtime import site_yaml
 
-from gridedge.gateway.config import build_point_table, validate_text
+from gridedge.config.models import build_point_table, validate_text
 from gridedge.gateway.model import Quality
-from gridedge.gateway.runtime import Backoff, DeviceState, Runtime
-from gridedge.gateway.store import Store, read_status
+from gridedge.gateway.runtime.daemon import Backoff, DeviceState, Runtime
+from gridedge.gateway.store.writer import Store, read_status
 from gridedge.protocols.simulators.iec61850_server import Iec61850SimServer, point_config
 from gridedge.protocols.simulators.modbus_server import ModbusSimServer, register_map
 

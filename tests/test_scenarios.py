@@ -15,8 +15,8 @@ import itertools
 
 from bench.detection_eval import grid_episodes, score, sensor_pieces
 from bench.scenarios import generate, readings, to_csv
+from gridedge.gateway.cli.replay import parse_readings
 from gridedge.gateway.model import Event, EventKind, PointTable
-from gridedge.gateway.replay import parse_readings
 
 
 @pytest.fixture(scope="module")

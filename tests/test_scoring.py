@@ -581,7 +581,7 @@ def test_silent_device_is_one_stale_event_not_sensor_faults():
 
 
 def test_defaults_mirror_the_config_section():
-    from gridedge.gateway.config import ScoringSection
+    from gridedge.config.models import ScoringSection
     from gridedge.scoring.detector import ScoringDefaults
 
     cfg, dflt = ScoringSection(), ScoringDefaults()

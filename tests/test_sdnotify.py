@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gridedge.gateway.sdnotify import SdNotifier, watchdog_interval
+from gridedge.gateway.runtime.sdnotify import SdNotifier, watchdog_interval
 
 
 def _recv(sock: socket.socket) -> dict[str, str]:

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 
 from gridedge.gateway.model import BAD_QUALITY_MASK, Event, EventKind, PointTable, Quality, ReadingBatch
-from gridedge.gateway.schema import SCHEMA_VERSION, SHARED_DDL
-from gridedge.gateway.store import Store, StoreError, open_readonly, read_status
-from gridedge.gateway.store_codec import (
+from gridedge.gateway.store.codec import (
     CHUNK_Q16,
     CHUNK_TS_CONST,
     compact,
@@ -25,6 +23,8 @@ from gridedge.gateway.store_codec import (
     gather_range,
     point_ranges,
 )
+from gridedge.gateway.store.schema import SCHEMA_VERSION, SHARED_DDL
+from gridedge.gateway.store.writer import Store, StoreError, open_readonly, read_status
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, hour aligned
 
@@ -496,8 +496,8 @@ def test_retention_counts_from_arrival_not_from_a_field_clock(tmp_path):
 
 def test_a_file_of_schema_2_migrates_with_arrival_backfilled(tmp_path):
     """Files written before migration 3 keep their readings; arrival defaults to the data time."""
-    from gridedge.gateway.schema import MIGRATIONS
-    from gridedge.gateway.store_db import connect_writer
+    from gridedge.gateway.store.db import connect_writer
+    from gridedge.gateway.store.schema import MIGRATIONS
 
     path = tmp_path / "old.db"
     with Store(path, points=make_points(2), retention_raw=1e12, retention_hourly=1e12, compact_age=1e12) as s:

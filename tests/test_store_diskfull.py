@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from gridedge.gateway.model import PointTable, ReadingBatch
-from gridedge.gateway.store import Store, open_readonly, read_status
+from gridedge.gateway.store.writer import Store, open_readonly, read_status
 
 T0 = 1_767_225_600.0
 NPTS = 20

@@ -352,7 +352,7 @@ def test_reload_rejects_an_invalid_config_and_applies_a_valid_one(gw: Gateway) -
 
 EXTENDER = """
 import sys, time
-from gridedge.gateway.sdnotify import SdNotifier, extending_timeout
+from gridedge.gateway.runtime.sdnotify import SdNotifier, extending_timeout
 n = SdNotifier()
 if sys.argv[1] == "extend":
     with extending_timeout(n, step=3, every=1):

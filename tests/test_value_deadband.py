@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gridedge.gateway.value_deadband import select_changed
+from gridedge.gateway.mqtt.deadband import select_changed
 
 
 def numpy_reference(idx, v, q, gw, last_val, last_q, last_pub, ref, db_abs, db_pct, integrity):

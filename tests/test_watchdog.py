@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from gridedge.gateway.sdnotify import SdNotifier
-from gridedge.gateway.watchdog import ProgressWatchdog, ping_loop
+from gridedge.gateway.runtime.sdnotify import SdNotifier
+from gridedge.gateway.runtime.watchdog import ProgressWatchdog, ping_loop
 
 
 def test_beats_keep_it_healthy_and_silence_stalls() -> None:

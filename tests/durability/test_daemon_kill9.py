@@ -63,7 +63,7 @@ SAMPLE_POINTS = ("F1_I_0_0", "T1_P_1_0", "BUS_V_0_4")
 
 def _snapshot(db: Path) -> tuple[dict[str, np.ndarray], set[int], dict[int, tuple[str, bytes]]]:
     """One read transaction: sample points' timestamps and the unsent outbox rows."""
-    from gridedge.gateway.store_query import history, point_ids
+    from gridedge.gateway.store.queries import history, point_ids
 
     conn = _connect_ro(db)
     try:

@@ -62,7 +62,7 @@ STALL_S = 4.0  # 61850: how long the peer stays frozen / dead (the driver's time
 
 # ------------------------------------------------------------------------------------------ helpers
 def _history(db: Path, point: str, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from gridedge.gateway.store_query import history, point_ids
+    from gridedge.gateway.store.queries import history, point_ids
 
     conn = _connect_ro(db)
     try:

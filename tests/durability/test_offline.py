@@ -36,7 +36,7 @@ def _hook(event, args):
     elif event == "socket.getaddrinfo":
         _out.write(json.dumps({"getaddrinfo": str(args[0])}) + "\\n")
 sys.addaudithook(_hook)
-from gridedge.gateway.cli import main
+from gridedge.gateway.cli.main import main
 sys.exit(main())
 """
 

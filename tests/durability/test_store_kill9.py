@@ -39,7 +39,7 @@ def _batch(gid: int):
 
 def child(db: str, base: int, synchronous: str) -> None:
     """Write batches base, base+1, ... forever; print ``ack <gid>`` whenever the committed seq moves."""
-    from gridedge.gateway.store import Store
+    from gridedge.gateway.store.writer import Store
 
     store = Store(
         db,
@@ -70,8 +70,8 @@ def child(db: str, base: int, synchronous: str) -> None:
 
 
 def _verify(db: Path, acked: set[int]) -> int:
-    from gridedge.gateway.store import open_readonly
-    from gridedge.gateway.store_query import history, point_ids
+    from gridedge.gateway.store.queries import history, point_ids
+    from gridedge.gateway.store.writer import open_readonly
 
     conn = open_readonly(db)
     try:

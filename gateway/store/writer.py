@@ -33,9 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .model import BAD_QUALITY_MASK, Event, PointTable, ReadingBatch
-from .scorer_state import SlotDiff, pack_blob, read_state, split_slot_arrays
-from .store_codec import (
+from gridedge.gateway.model import BAD_QUALITY_MASK, Event, PointTable, ReadingBatch
+from gridedge.gateway.store.codec import (
     compact,
     decode_chunk,
     decode_chunk_received,
@@ -43,10 +42,11 @@ from .store_codec import (
     gather_range,
     point_ranges,
 )
-from .store_db import connect_writer, is_retryable, migrate, open_readonly
-from .store_query import history as _history
-from .store_query import hourly as _hourly
-from .store_query import read_status
+from gridedge.gateway.store.db import connect_writer, is_retryable, migrate, open_readonly
+from gridedge.gateway.store.queries import history as _history
+from gridedge.gateway.store.queries import hourly as _hourly
+from gridedge.gateway.store.queries import read_status
+from gridedge.gateway.store.scorer_state import SlotDiff, pack_blob, read_state, split_slot_arrays
 
 __all__ = ["Store", "StoreError", "open_readonly", "read_status"]
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from .schema import MIGRATIONS
+from gridedge.gateway.store.schema import MIGRATIONS
 
 __all__ = [
     "BUSY_TIMEOUT_MS",

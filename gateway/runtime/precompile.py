@@ -1,7 +1,7 @@
 """Compile (or load from numba's cache) every kernel the daemon runs, before the first poll.
 
 The daemon calls :func:`precompile_kernels` while it starts (READY=1 comes after it). The Debian package's
-postinst runs ``python -m gridedge.gateway.precompile`` once as the service user with the service's
+postinst runs ``python -m gridedge.gateway.runtime.precompile`` once as the service user with the service's
 ``NUMBA_CACHE_DIR``: the first start then loads the kernels in seconds instead of compiling them for a
 minute or more, and its memory peak stays that of every later start (≈ 220 MiB at 10,000 points instead
 of ≈ 410 MiB: LLVM's compile-time memory is never allocated).
@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from gridedge.gateway.logs import kv
 from gridedge.gateway.model import Point, PointTable, Quantity, ReadingBatch
+from gridedge.gateway.runtime.logs import kv
 
 __all__ = ["main", "precompile_kernels"]
 
@@ -33,7 +33,7 @@ def precompile_kernels(
 ) -> float:
     """Run every scoring kernel (on a throwaway detector), the MQTT value deadband and the Modbus decode
     once; seconds taken."""
-    from gridedge.gateway.value_deadband import warm
+    from gridedge.gateway.mqtt.deadband import warm
     from gridedge.scoring.detector import Detector
 
     t0 = time.perf_counter()
@@ -68,9 +68,9 @@ def _warm_modbus_decode() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m gridedge.gateway.precompile``: fill numba's cache (``$NUMBA_CACHE_DIR``) and exit."""
+    """``python -m gridedge.gateway.runtime.precompile``: fill numba's cache (``$NUMBA_CACHE_DIR``) and exit."""
     ap = argparse.ArgumentParser(
-        prog="python -m gridedge.gateway.precompile",
+        prog="python -m gridedge.gateway.runtime.precompile",
         description="Compile gridedge's numba kernels into numba's cache ($NUMBA_CACHE_DIR), so that the "
         "daemon's next start loads them instead of compiling. Safe to run again: cached kernels load.",
     )

@@ -23,7 +23,7 @@ import logging
 from collections import Counter, deque
 from typing import Any
 
-from gridedge.gateway.config import AlertsSection
+from gridedge.config.models import AlertsSection
 from gridedge.gateway.model import Event, EventKind
 
 __all__ = [

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gridedge.gateway.sdnotify import SdNotifier
+    from gridedge.gateway.runtime.sdnotify import SdNotifier
 
 __all__ = ["ComponentState", "ProgressWatchdog", "ping_loop"]
 

@@ -16,10 +16,10 @@ EXIT_INVALID = 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gridedge.gateway.config import ConfigError, load_config
-    from gridedge.gateway.logs import setup_logging
-    from gridedge.gateway.malloc_tuning import pin_mmap_threshold
-    from gridedge.gateway.runtime import Runtime
+    from gridedge.config.models import ConfigError, load_config
+    from gridedge.gateway.runtime.daemon import Runtime
+    from gridedge.gateway.runtime.logs import setup_logging
+    from gridedge.gateway.runtime.malloc_tuning import pin_mmap_threshold
 
     pin_mmap_threshold()  # before the big allocations: keeps numpy temporaries off the fragmenting heap
     try:
@@ -38,7 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from gridedge.gateway.config import ConfigError, build_point_table, load_config
+    from gridedge.config.models import ConfigError, build_point_table, load_config
 
     status = EXIT_OK
     for path in args.files:
@@ -57,7 +57,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from gridedge.gateway.config import SiteConfig
+    from gridedge.config.models import SiteConfig
 
     schema = SiteConfig.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -67,10 +67,10 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from gridedge.gateway.store import read_status
+    from gridedge.gateway.store.writer import read_status
 
     if args.config:
-        from gridedge.gateway.config import ConfigError, load_config
+        from gridedge.config.models import ConfigError, load_config
 
         try:
             db = load_config(args.config).storage.path
@@ -86,14 +86,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     else:
-        from gridedge.gateway.status_view import render_status
+        from gridedge.gateway.cli.status_view import render_status
 
         render_status(status, db)
     return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gridedge.gateway.demo import run_demo
+    from gridedge.gateway.cli.demo import run_demo
 
     return run_demo(
         duration=args.duration, db=args.db, seed=args.seed, warm_days=args.warm_days, mqtt=not args.no_mqtt
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=_cmd_status)
 
     try:
-        from gridedge.gateway.replay import add_replay_arguments, replay_command
+        from gridedge.gateway.cli.replay import add_replay_arguments, replay_command
 
         rp = sub.add_parser("replay", help="offline scoring of a readings CSV through the live detector",
                             description="Score READINGS.csv (timestamp,point,value[,quality]) with the same Detector "

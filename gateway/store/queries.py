@@ -1,5 +1,5 @@
 """Read side of the store: per-point history, hourly aggregates and ``gridedge status`` — any connection,
-typically a read-only one (:func:`gridedge.gateway.store_db.open_readonly`)."""
+typically a read-only one (:func:`gridedge.gateway.store.db.open_readonly`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .model import QUALITY_DTYPE
-from .store_codec import decode_block, decode_chunk
-from .store_db import open_readonly, schema_version
+from gridedge.gateway.model import QUALITY_DTYPE
+from gridedge.gateway.store.codec import decode_block, decode_chunk
+from gridedge.gateway.store.db import open_readonly, schema_version
 
 __all__ = ["history", "hourly", "point_ids", "read_status", "snapshot"]
 

@@ -12,7 +12,7 @@ Topics under ``<root>`` = ``mqtt.topic_root`` (``gridedge/<site>``); payloads ar
   number.
 - ``cmd/<user>/<verb>`` in, ``cmd/reply`` out (QoS 1, via the outbox); see :mod:`gateway.commands`.
 
-Delivery: whatever must not be lost is committed to the :class:`~gridedge.gateway.outbox.Outbox` first.
+Delivery: whatever must not be lost is committed to the :class:`~gridedge.gateway.mqtt.outbox.Outbox` first.
 One pump thread publishes outbox rows in id order, at most ``window`` without a PUBACK, and deletes a row
 when its PUBACK arrives (``on_publish``). paho keeps unacknowledged QoS 1 messages across a reconnect and
 resends them first, so order holds across outages; after a process restart the pump starts again from the
@@ -44,11 +44,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gridedge.gateway.commands import Command, CommandError, parse_command
-from gridedge.gateway.config import MqttSection
+from gridedge.config.models import MqttSection
 from gridedge.gateway.model import Event, PointTable, Quality, ReadingBatch
-from gridedge.gateway.outbox import Outbox
-from gridedge.gateway.value_deadband import select_changed
+from gridedge.gateway.mqtt.commands import Command, CommandError, parse_command
+from gridedge.gateway.mqtt.deadband import select_changed
+from gridedge.gateway.mqtt.outbox import Outbox
 
 __all__ = [
     "DEVICE_STATES",

@@ -70,7 +70,7 @@ SHARED_DDL: dict[str, str] = {
             meta TEXT NOT NULL,            -- JSON (point names in index order, format version, time zone)
             data BLOB NOT NULL             -- numpy .npz of the state arrays
         )""",
-    # Hour-of-week rows of the detector state (gateway/scorer_state.py): only changed slots are rewritten.
+    # Hour-of-week rows of the detector state (gateway/store/scorer_state.py): only changed slots are rewritten.
     "scorer_slots": """
         CREATE TABLE IF NOT EXISTS scorer_slots (
             name TEXT NOT NULL,
@@ -101,7 +101,7 @@ SHARED_DDL: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------------------------------
-# The store's own tables and the forward migrations (owned by gateway/store.py)
+# The store's own tables and the forward migrations (owned by gateway/store/writer.py)
 # --------------------------------------------------------------------------------------------------
 #: Readings live in two tables (layout chosen by measurement, docs/storage.md): ``chunks`` holds each
 #: writer commit's readings as one row of numpy blobs (fast appends); compaction moves them into

@@ -23,10 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gridedge.gateway.alert_policy import AlertPolicy
-from gridedge.gateway.clock_check import ClockCheck
-from gridedge.gateway.config import ConfigError, SiteConfig, build_point_table, load_config
-from gridedge.gateway.logs import kv
+from gridedge.config.models import ConfigError, SiteConfig, build_point_table, load_config
 from gridedge.gateway.model import (
     BAD_QUALITY_MASK,
     QUALITY_DTYPE,
@@ -36,7 +33,10 @@ from gridedge.gateway.model import (
     Quality,
     ReadingBatch,
 )
-from gridedge.gateway.store import Store
+from gridedge.gateway.runtime.alert_policy import AlertPolicy
+from gridedge.gateway.runtime.clock_check import ClockCheck
+from gridedge.gateway.runtime.logs import kv
+from gridedge.gateway.store.writer import Store
 from gridedge.protocols.base import (
     ConfigurationError,
     ConnectionLost,
@@ -142,7 +142,7 @@ def _precompile_scoring(cfg: SiteConfig) -> None:
     A fresh install compiles for tens of seconds on the first batch; doing it here, on a throwaway
     detector, keeps that out of the event loop's first cycles (READY=1 is sent only afterwards).
     """
-    from gridedge.gateway.precompile import precompile_kernels
+    from gridedge.gateway.runtime.precompile import precompile_kernels
 
     seconds = precompile_kernels(cfg.site.timezone, float(cfg.site.frequency_hz), cfg.scoring)
     log.info(kv("scoring_ready", seconds=round(seconds, 2)))
@@ -229,7 +229,7 @@ class Runtime:
                 frequency_hz=float(self.cfg.site.frequency_hz),
                 config=self.cfg.scoring,
             )
-            from gridedge.gateway.sdnotify import SdNotifier, extending_timeout
+            from gridedge.gateway.runtime.sdnotify import SdNotifier, extending_timeout
 
             # numba's first compile can outlast TimeoutStartSec on a slow CPU (seen under a real systemd)
             with extending_timeout(SdNotifier()):
@@ -259,7 +259,7 @@ class Runtime:
     def _start_optional_services(self) -> None:
         """MQTT, metrics, sd_notify: each optional, each failing soft with a clear log line."""
         if self.cfg.mqtt is not None and self.cfg.mqtt.enabled:
-            from gridedge.gateway.mqtt import MqttBridge, point_policies_from_site
+            from gridedge.gateway.mqtt.client import MqttBridge, point_policies_from_site
 
             self.mqtt = MqttBridge(
                 self.cfg.mqtt,
@@ -273,7 +273,7 @@ class Runtime:
             self.mqtt.start()
         if self.cfg.metrics.enabled:
             try:
-                from gridedge.gateway.metrics import Metrics
+                from gridedge.gateway.runtime.metrics import Metrics
 
                 self.metrics = Metrics()
                 port = self.metrics.start_server(self.cfg.metrics.host, self.cfg.metrics.port)
@@ -282,8 +282,8 @@ class Runtime:
                 log.error(kv("metrics_unavailable", error=exc))
                 self.metrics = None
         try:
-            from gridedge.gateway.sdnotify import SdNotifier
-            from gridedge.gateway.watchdog import ProgressWatchdog
+            from gridedge.gateway.runtime.sdnotify import SdNotifier
+            from gridedge.gateway.runtime.watchdog import ProgressWatchdog
 
             self.notifier = SdNotifier()
             interval = self.notifier.watchdog_interval() if self.notifier.enabled else None
@@ -792,8 +792,8 @@ class Runtime:
         self._stop = asyncio.Event()
         self.prepare()
         if self.page_out_compiler:
-            from gridedge.gateway.malloc_tuning import page_out_library
-            from gridedge.gateway.value_deadband import warm
+            from gridedge.gateway.mqtt.deadband import warm
+            from gridedge.gateway.runtime.malloc_tuning import page_out_library
 
             warm()  # the MQTT bridge's kernel (loaded already when scoring is on), before LLVM's pages go
             advised = page_out_library("libllvmlite")

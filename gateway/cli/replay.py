@@ -14,7 +14,7 @@ Contract (DESIGN.md)::
   when given a point name — showing the point against its baseline band (expected ± k·std of its slots).
 
 Offline equals live: the readings go through the same :class:`~gridedge.scoring.detector.Detector` and
-:class:`~gridedge.gateway.alert_policy.AlertPolicy` as in the daemon, in time order, in batches of whole
+:class:`~gridedge.gateway.runtime.alert_policy.AlertPolicy` as in the daemon, in time order, in batches of whole
 timestamps (the detector takes sorted multi-timestamp batches in one kernel call), with the event's
 detection time as the policy's "now".
 """
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from gridedge.gateway.alert_policy import PUBLISHED, AlertPolicy
-from gridedge.gateway.config import AlertsSection, ScoringSection
+from gridedge.config.models import AlertsSection, ScoringSection
 from gridedge.gateway.model import QUALITY_DTYPE, Event, PointTable, ReadingBatch
+from gridedge.gateway.runtime.alert_policy import PUBLISHED, AlertPolicy
 
 __all__ = [
     "ALERT_HEADER",

@@ -24,10 +24,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from gridedge.gateway.config import load_config
-from gridedge.gateway.logs import kv, setup_logging
+from gridedge.config.models import load_config
 from gridedge.gateway.model import Event
-from gridedge.gateway.runtime import Runtime
+from gridedge.gateway.runtime.daemon import Runtime
+from gridedge.gateway.runtime.logs import kv, setup_logging
 
 __all__ = ["DEMO_INCIDENTS", "run_demo"]
 
@@ -245,7 +245,7 @@ async def _demo_main(
 
 
 def _summary(result: dict[str, Any], db: str, console: Console) -> None:
-    from gridedge.gateway.store import read_status
+    from gridedge.gateway.store.writer import read_status
 
     status = read_status(db)
     t = Table(title="gridedge demo — devices")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridedge.gateway.schema import SHARED_DDL
+from gridedge.gateway.store.schema import SHARED_DDL
 
 __all__ = ["DROPPABLE_KINDS", "KINDS", "Outbox", "OutboxRow", "stream_of"]
 

@@ -1,6 +1,6 @@
 """Render docs/configuration.md from the config models, so the reference never drifts from the code.
 
-``python -m gridedge.gateway.config_docs > docs/configuration.md``; a test fails when the file is stale.
+``python -m gridedge.config.docs > docs/configuration.md``; a test fails when the file is stale.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from gridedge.gateway import config as c
+from gridedge.config import models as c
 
 __all__ = ["render"]
 
@@ -45,7 +45,7 @@ A complete example is `config/site.example.yaml`; the demo writes one for its su
 
 ## Key reference
 
-Generated from the configuration models (`python -m gridedge.gateway.config_docs`).
+Generated from the configuration models (`python -m gridedge.config.docs`).
 """
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
