@@ -107,7 +107,9 @@ class _CsvSink:
         cols = ["timestamp", "point", "value", "quality"] + (["received"] if received else [])
         fh.write(",".join(cols) + "\n")
 
-    def write(self, pos: np.ndarray, ts: np.ndarray, val: np.ndarray, q: np.ndarray, rx: np.ndarray | None) -> None:
+    def write(
+        self, pos: np.ndarray, ts: np.ndarray, val: np.ndarray, q: np.ndarray, rx: np.ndarray | None
+    ) -> None:
         pd = self.pd
         cols: dict[str, Any] = {
             "timestamp": self.fmt(ts),
@@ -158,7 +160,9 @@ class _ParquetSink:
         us = np.round(np.where(finite, t, 0.0) * 1e6).astype(np.int64)
         return pa.array(us, pa.timestamp("us", tz="UTC"), mask=~finite)
 
-    def write(self, pos: np.ndarray, ts: np.ndarray, val: np.ndarray, q: np.ndarray, rx: np.ndarray | None) -> None:
+    def write(
+        self, pos: np.ndarray, ts: np.ndarray, val: np.ndarray, q: np.ndarray, rx: np.ndarray | None
+    ) -> None:
         pa = self.pa
         arrays = [
             self._ts(ts),
@@ -318,16 +322,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_selection_arguments(parser, required=True)
     parser.add_argument("--since", metavar="T", help="first reading time (inclusive); default: the oldest")
     parser.add_argument("--until", metavar="T", help="last reading time (inclusive); default: the newest")
-    parser.add_argument("--format", choices=("csv", "parquet"), default="csv", help="output format (default csv)")
     parser.add_argument(
-        "-o", "--output", type=Path, metavar="FILE", help="output file (default: stdout; parquet needs a file)"
+        "--format", choices=("csv", "parquet"), default="csv", help="output format (default csv)"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="output file (default: stdout; parquet needs a file)",
     )
     parser.add_argument(
         "--received", action="store_true",
         help="add a received column: the gateway's arrival time (empty for readings already compacted)",
     )  # fmt: skip
     parser.add_argument(
-        "--epoch", action="store_true", help="timestamps as epoch seconds (full precision) instead of ISO 8601"
+        "--epoch",
+        action="store_true",
+        help="timestamps as epoch seconds (full precision) instead of ISO 8601",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
 

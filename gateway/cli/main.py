@@ -149,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object (the contract for scripts)")
     st.set_defaults(func=_cmd_status)
 
+    from gridedge.gateway.cli import export, plot
+
+    ex = sub.add_parser("export", help="readings out of the store as CSV (replayable) or Parquet (read-only)")
+    export.add_arguments(ex)
+    ex.set_defaults(func=export.run)
+    pl = sub.add_parser("plot", help="PNG of an alert's points around the alert, from the store (read-only)")
+    plot.add_arguments(pl)
+    pl.set_defaults(func=plot.run)
+
     try:
         from gridedge.gateway.cli.replay import add_replay_arguments, replay_command
 

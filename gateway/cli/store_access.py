@@ -55,7 +55,9 @@ def add_selection_arguments(parser: argparse.ArgumentParser, *, required: bool) 
     """``--point NAME ... | --group NAME | --device NAME`` (repeatable)."""
     g = parser.add_mutually_exclusive_group(required=required)
     g.add_argument("--point", action="extend", nargs="+", metavar="NAME", help="point name(s); repeatable")
-    g.add_argument("--group", action="extend", nargs="+", metavar="NAME", help="every point of these group(s)")
+    g.add_argument(
+        "--group", action="extend", nargs="+", metavar="NAME", help="every point of these group(s)"
+    )
     g.add_argument(
         "--device", action="extend", nargs="+", metavar="NAME", help="every point of these device(s)"
     )
@@ -130,7 +132,9 @@ def parse_time(text: str, *, now: float | None = None, what: str = "time") -> fl
 def stored_points(conn: sqlite3.Connection) -> list[StoredPoint]:
     """Every point the file has ever stored, in id order."""
     return [
-        StoredPoint(int(r[0]), str(r[1]), str(r[2] or ""), str(r[3] or ""), str(r[4] or ""), str(r[5]), bool(r[6]))
+        StoredPoint(
+            int(r[0]), str(r[1]), str(r[2] or ""), str(r[3] or ""), str(r[4] or ""), str(r[5]), bool(r[6])
+        )
         for r in conn.execute("SELECT id, name, unit, grp, device, quantity, active FROM points ORDER BY id")
     ]
 

@@ -4,7 +4,9 @@ typically a read-only one (:func:`gridedge.gateway.store.db.open_readonly`)."""
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from gridedge.gateway.model import QUALITY_DTYPE
-from gridedge.gateway.store.codec import decode_block, decode_chunk
+from gridedge.gateway.store.codec import decode_block, decode_chunk, decode_chunk_received
 from gridedge.gateway.store.db import open_readonly, schema_version
 
-__all__ = ["history", "hourly", "point_ids", "read_status", "snapshot"]
+__all__ = ["history", "hour_counts", "hourly", "point_ids", "read_status", "readings_between", "snapshot"]
 
 
 @contextmanager
@@ -77,6 +79,95 @@ def history(
         order = np.argsort(ts, kind="stable")
         ts, val, q = ts[order], val[order], q[order]
     return ts, val, q
+
+
+def _id_batches(point_ids: Sequence[int], size: int = 500) -> list[list[int]]:
+    ids = [int(i) for i in point_ids]
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def hour_counts(conn: sqlite3.Connection, point_ids: Sequence[int], t0: float, t1: float) -> dict[int, int]:
+    """How many readings of these points each UTC hour holds, for hours overlapping ``[t0, t1]``.
+
+    Compacted readings are counted from ``series`` (blocks never cross an hour), hot ones by decoding the
+    few ``chunks`` rows. Hours at the edges count their whole blocks (an upper bound); an hour missing from
+    the result holds no reading of these points. Exporters cut their time slices with it.
+    """
+    counts: dict[int, int] = {}
+    h0 = math.floor(t0 / 3600.0) * 3600
+    with snapshot(conn):
+        for ids in _id_batches(point_ids):
+            marks = ",".join("?" * len(ids))
+            for hour, n in conn.execute(
+                f"SELECT CAST(t_min / 3600 AS INTEGER) * 3600 AS h, sum(n) FROM series WHERE point IN ({marks}) "
+                "AND t_min>=? AND t_min<=? GROUP BY h",
+                (*ids, h0, t1),
+            ):
+                counts[int(hour)] = counts.get(int(hour), 0) + int(n)
+        wanted = np.asarray(sorted(set(point_ids)), np.int64)
+        for n, flags, data in conn.execute(
+            "SELECT n, flags, data FROM chunks WHERE t_min<=? AND t_max>=?", (t1, t0)
+        ):
+            pid, ts, _val, _q = decode_chunk(n, flags, data)
+            m = np.isin(pid, wanted) & (ts >= t0) & (ts <= t1)
+            if m.any():
+                hours, k = np.unique(np.floor(ts[m] / 3600.0).astype(np.int64) * 3600, return_counts=True)
+                for hour, c in zip(hours.tolist(), k.tolist(), strict=True):
+                    counts[hour] = counts.get(hour, 0) + c
+    return counts
+
+
+def readings_between(
+    conn: sqlite3.Connection, point_ids: Sequence[int], t0: float, t1: float, *, received: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The readings of several points with ``t0 <= ts < t1`` (half-open: consecutive slices never repeat a
+    reading), in one snapshot: ``(pos, ts, value, quality, received)``.
+
+    ``pos`` is each reading's position in ``point_ids``; rows are sorted by time, then by that position
+    (stable: equal readings keep their stored order). ``received`` (only with ``received=True``) is the
+    gateway's receive time of hot readings and NaN for compacted ones — a series block keeps only its
+    newest arrival, not each reading's.
+    """
+    ids = [int(i) for i in point_ids]
+    lut = np.full(max(ids, default=-1) + 1, -1, np.int64)
+    lut[ids[::-1]] = np.arange(len(ids))[::-1]  # a repeated id keeps its first position
+    parts: list[tuple[np.ndarray, ...]] = []
+    with snapshot(conn):
+        span = _counter(conn, "max_block_span")
+        for batch in _id_batches(ids):
+            marks = ",".join("?" * len(batch))
+            for point, n, data in conn.execute(
+                f"SELECT point, n, data FROM series WHERE point IN ({marks}) AND t_min>=? AND t_min<? "
+                "AND t_max>=? ORDER BY t_min",
+                (*batch, t0 - span - 1e-6, t1, t0),
+            ):
+                ts, val, q = decode_block(n, data)
+                pos = np.full(n, lut[point], np.int64)
+                rx = np.full(n, np.nan) if received else None
+                parts.append((pos, ts, val, q, rx))
+        for n, flags, data in conn.execute(
+            "SELECT n, flags, data FROM chunks WHERE t_min<? AND t_max>=? ORDER BY id", (t1, t0)
+        ):
+            pid, ts, val, q = decode_chunk(n, flags, data)
+            pid64 = pid.astype(np.int64)
+            inside = pid64 < len(lut)
+            pos = np.where(inside, lut[np.where(inside, pid64, 0)], -1)
+            m = pos >= 0
+            if m.any():
+                rx = decode_chunk_received(n, flags, data, ts)[m] if received else None
+                parts.append((pos[m], ts[m], val[m], q[m], rx))
+    if not parts:
+        e = np.empty(0)
+        return np.empty(0, np.int64), e, e, np.empty(0, QUALITY_DTYPE), (e if received else None)
+    pos = np.concatenate([p[0] for p in parts])
+    ts = np.concatenate([p[1] for p in parts])
+    val = np.concatenate([p[2] for p in parts])
+    q = np.concatenate([p[3] for p in parts]).astype(QUALITY_DTYPE, copy=False)
+    rx = np.concatenate([p[4] for p in parts]) if received else None
+    keep = (ts >= t0) & (ts < t1)
+    order = np.lexsort((pos[keep], ts[keep]))  # stable
+    sel = np.flatnonzero(keep)[order]
+    return pos[sel], ts[sel], val[sel], q[sel], (rx[sel] if rx is not None else None)
 
 
 def hourly(conn: sqlite3.Connection, point_id: int, t0: float, t1: float) -> dict[str, np.ndarray]:
