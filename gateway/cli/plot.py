@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sqlite3
 import sys
 import time
@@ -114,11 +115,13 @@ def recent_alerts(conn: sqlite3.Connection, limit: int = 10) -> list[tuple[str, 
     """The newest published alerts ``(event id, start, kind, group)``; the newest events if none was published."""
     rows = conn.execute(
         "SELECT e.id, e.start, e.kind, e.grp FROM alerts a JOIN events e ON e.id = a.event_id "
-        "GROUP BY e.id ORDER BY max(a.ts) DESC LIMIT ?",
+        "GROUP BY e.id ORDER BY max(a.ts) DESC, max(a.id) DESC LIMIT ?",
         (limit,),
     ).fetchall()
     if not rows:
-        rows = conn.execute("SELECT id, start, kind, grp FROM events ORDER BY start DESC LIMIT ?", (limit,)).fetchall()
+        rows = conn.execute(
+            "SELECT id, start, kind, grp FROM events ORDER BY start DESC LIMIT ?", (limit,)
+        ).fetchall()
     return [(str(r[0]), float(r[1]), str(r[2]), str(r[3])) for r in rows]
 
 
@@ -158,10 +161,16 @@ def plot_alert(
     by_name = {p.name: p for p in stored_points(conn)}
     names = [n for n in alert.points if n in by_name][:max_points]
     if not names:
-        raise CliError(f"alert {alert.id} names no point the store knows ({', '.join(alert.points) or 'none'})")
+        raise CliError(
+            f"alert {alert.id} names no point the store knows ({', '.join(alert.points) or 'none'})"
+        )
     detected = _f(alert.explanation.get("detected_at"))
-    last = alert.end if alert.end is not None else max(detected or alert.start, min(now, alert.start + window))
+    last = (
+        alert.end if alert.end is not None else max(detected or alert.start, min(now, alert.start + window))
+    )
     t0, t1 = alert.start - window, last + window
+    # the explanation's baseline is that of one hour-of-week slot: the hour the alert was detected in
+    ref_hour = math.floor((detected or alert.start) / 3600.0) * 3600.0
     figures = alert.explanation.get("points") if isinstance(alert.explanation.get("points"), dict) else {}
     panels = []
     drawn = 0
@@ -180,7 +189,8 @@ def plot_alert(
             Panel(
                 name=name, ts=ts, value=val, unit=p.unit, quality=q,
                 expected=expected if expected is not None else mean, band=band,
-                band_label=f"baseline ± {k:g}σ (slot {alert.explanation.get('slot', '?')})",
+                band_label=f"baseline ± {k:g}σ (slot {alert.explanation.get('slot', '?')}, at detection)",
+                ref_span=(ref_hour, ref_hour + 3600.0),
                 note=f"z = {z:+.1f}" if z is not None else "",
             )
         )  # fmt: skip
@@ -218,7 +228,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("alert", nargs="?", metavar="ALERT_ID", help="event id of the alert (or a unique prefix)")
+    parser.add_argument(
+        "alert", nargs="?", metavar="ALERT_ID", help="event id of the alert (or a unique prefix)"
+    )
     add_db_arguments(parser)
     parser.add_argument(
         "--point", action="extend", nargs="+", metavar="NAME", help="plot these points instead of an alert"
@@ -229,9 +241,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--window", type=parse_duration, default=3 * 3600.0, metavar="DURATION",
         help="with ALERT_ID: how much before the start and after the end to draw (default 3h)",
     )  # fmt: skip
-    parser.add_argument("--sigma", type=float, default=3.0, metavar="K", help="band = mean ± K·std (default 3)")
-    parser.add_argument("--max-points", type=int, default=4, metavar="N", help="with ALERT_ID: panels at most (default 4)")
-    parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="PNG to write (default alert-<id>.png)")
+    parser.add_argument(
+        "--sigma", type=float, default=3.0, metavar="K", help="band = mean ± K·std (default 3)"
+    )
+    parser.add_argument(
+        "--max-points", type=int, default=4, metavar="N", help="with ALERT_ID: panels at most (default 4)"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="PNG to write (default alert-<id>.png)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,7 +283,9 @@ def _run(args: argparse.Namespace) -> int:
                 )
                 raise CliError(f"unknown alert {args.alert!r}{listing}")
             out = args.output or Path(f"alert-{alert.id}.png")
-            _, n = plot_alert(conn, alert, out, window=args.window, k=args.sigma, max_points=args.max_points, now=now)
+            _, n = plot_alert(
+                conn, alert, out, window=args.window, k=args.sigma, max_points=args.max_points, now=now
+            )
         else:
             t0 = parse_time(args.since, now=now, what="--since")
             t1 = now if args.until is None else parse_time(args.until, now=now, what="--until")

@@ -39,6 +39,8 @@ class Panel:
     expected: np.ndarray | float | None = None
     band: tuple[np.ndarray | float, np.ndarray | float] | None = None
     band_label: str = "baseline band"
+    #: where a scalar band/expected value holds (an alert's hour-of-week slot); default the whole window
+    ref_span: tuple[float, float] | None = None
     note: str = ""  # e.g. "z = +5.2" in the legend entry of the values
 
 
@@ -103,7 +105,9 @@ def render_panels(
     import matplotlib.pyplot as plt
 
     n = max(1, len(panels))
-    fig, axes = plt.subplots(n, 1, figsize=(10, 4 if n == 1 else 1.2 + 2.4 * n), dpi=dpi, sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        n, 1, figsize=(10, 4 if n == 1 else 1.2 + 2.4 * n), dpi=dpi, sharex=True, squeeze=False
+    )
     for ax, p in zip(axes[:, 0], panels, strict=False):
         ts = np.asarray(p.ts, np.float64)
         val = np.asarray(p.value, np.float64)
@@ -114,17 +118,22 @@ def render_panels(
             xs = x[[0, -1]]
         else:
             xs = None
+        if p.ref_span is not None:
+            xs = _x(np.array(p.ref_span, np.float64))
         if p.band is not None:
-            # a scalar band spans the whole window; an array band follows the readings
-            if all(np.ndim(b) == 0 for b in p.band) and xs is not None:
-                bx, lo, hi = xs, _full(p.band[0], 2), _full(p.band[1], 2)
+            # a scalar band spans the window (or its reference span); an array band follows the readings
+            if all(np.ndim(b) == 0 for b in p.band):
+                bx = xs if xs is not None else np.empty(0, "datetime64[ms]")
+                lo, hi = _full(p.band[0], len(bx)), _full(p.band[1], len(bx))
             else:
                 bx, lo, hi = x, _full(p.band[0], len(ts)), _full(p.band[1], len(ts))
             if len(bx):
                 ax.fill_between(bx, lo, hi, color="tab:blue", alpha=0.15, label=p.band_label)
         if p.expected is not None:
             if np.ndim(p.expected) == 0 and xs is not None:
-                ax.plot(xs, _full(p.expected, 2), color="tab:blue", lw=0.8, ls="--", label="expected")
+                ax.plot(
+                    xs, _full(p.expected, 2), color="tab:blue", lw=1.2, ls="--", label="expected", zorder=3
+                )
             elif np.ndim(p.expected) != 0 and len(ts):
                 ax.plot(x, _full(p.expected, len(ts)), color="tab:blue", lw=0.8, ls="--", label="expected")
         label = p.name + (f" ({p.note})" if p.note else "")
@@ -141,15 +150,18 @@ def render_panels(
             bad = (np.asarray(p.quality).astype(np.int64) & BAD_QUALITY_MASK) != 0
             if bad.any():
                 idx = np.flatnonzero(bad)[:2000]
-                yb = np.where(np.isfinite(val[idx]), val[idx], np.nanmean(val) if np.isfinite(val).any() else 0.0)
+                yb = np.where(
+                    np.isfinite(val[idx]), val[idx], np.nanmean(val) if np.isfinite(val).any() else 0.0
+                )
                 ax.plot(x[idx], yb, ls="none", marker="x", color="tab:orange", ms=4,
                         label=f"bad quality ({int(bad.sum())})")  # fmt: skip
-        for m in marks:
+        for m in marks:  # labelled in the first panel only
             if m.until is not None:
                 ax.axvspan(_x(np.array([m.t]))[0], _x(np.array([m.until]))[0], color=m.color, alpha=0.08)
-            ax.axvline(_x(np.array([m.t]))[0], color=m.color, lw=1.2, ls=m.style, label=m.label)
+            lab = m.label if ax is axes[0, 0] else None
+            ax.axvline(_x(np.array([m.t]))[0], color=m.color, lw=1.2, ls=m.style, label=lab)
         ax.set_ylabel(f"{p.name} [{p.unit}]" if p.unit else p.name)
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
         ax.grid(True, alpha=0.3)
     if span is not None and math.isfinite(span[0]) and math.isfinite(span[1]) and span[1] > span[0]:
         axes[0, 0].set_xlim(_x(np.array([span[0]]))[0], _x(np.array([span[1]]))[0])
