@@ -541,42 +541,25 @@ def plot_alert(
     window: float = 6 * 3600.0,
     k: float = 3.0,
 ) -> Path:
-    """PNG of the alert's first point ±``window`` around the alert, with the baseline band (± k·std)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
+    """PNG of the alert's first point ±``window`` around the alert, with the baseline band (± k·std),
+    drawn by :mod:`gridedge.gateway.cli.plotting` (shared with ``gridedge plot``)."""
+    from gridedge.gateway.cli.plotting import Mark, Panel, render_panels
 
     ev = _select_alert(published, which, table)
     if not ev.points or ev.points[0] not in table.by_name:
         raise ReplayError(f"--plot {which}: the alert names no plottable point")
     pidx = table.index_of(ev.points[0])
     sel = (parsed.point_idx == pidx) & (np.abs(parsed.ts - ev.start) <= window)
-    ts, val = parsed.ts[sel], parsed.value[sel]
-    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
-    x = ts.astype("datetime64[s]")
+    ts, val, q = parsed.ts[sel], parsed.value[sel], parsed.quality[sel]
+    pt = table.by_name[ev.points[0]]
+    panel = Panel(name=pt.name, ts=ts, value=val, unit=pt.unit, quality=q)
     band = baseline_band(detector, pidx, ts, timezone, k) if len(ts) else None
     if band is not None:
         m, s = band
-        ax.fill_between(x, m - k * s, m + k * s, color="tab:blue", alpha=0.15, label=f"baseline ± {k:g}σ")
-        ax.plot(x, m, color="tab:blue", lw=0.8, ls="--", label="expected")
-    ax.plot(x, val, color="black", lw=1.0, label=ev.points[0])
-    ax.axvline(
-        np.datetime64(int(ev.start), "s"), color="tab:red", lw=1.2, label=f"{ev.kind} {iso_utc(ev.start)}"
-    )
-    pt = table.by_name[ev.points[0]]
-    ax.set_ylabel(f"{pt.name} [{pt.unit}]" if pt.unit else pt.name)
-    ax.set_title(
-        f"{ev.kind} group={ev.group} score={ev.score:.2f}: {ev.explanation.get('summary', '')}"[:120]
-    )
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    ax.legend(loc="upper left", fontsize=8)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+        panel.expected, panel.band, panel.band_label = m, (m - k * s, m + k * s), f"baseline ± {k:g}σ"
+    title = f"{ev.kind} group={ev.group} score={ev.score:.2f}: {ev.explanation.get('summary', '')}"
+    marks = [Mark(ev.start, f"{ev.kind} {iso_utc(ev.start)}")]
+    return render_panels(out, [panel], title=title, marks=marks, span=(ev.start - window, ev.start + window))
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
