@@ -367,3 +367,21 @@ def test_output_file_not_left_behind_on_error(db, tmp_path, capsys) -> None:
     out = tmp_path / "x.csv"
     rc, _, _ = run_cli(["export", "--db", str(db), "--point", "NOPE", "-o", str(out)], capsys)
     assert rc == 2 and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_clock_skew_flag_survives_export_and_replay_parse(tmp_path, capsys) -> None:
+    """Quality is 16 bits (bit 8: CLOCK_SKEW): an export of a skewed IEC 104 reading is still replayable."""
+    path = tmp_path / "skew.db"
+    s = new_store(path)
+    flags = int(Quality.CLOCK_SKEW | Quality.QUESTIONABLE)
+    try:
+        s.submit(ReadingBatch(np.array([0, 1], np.int32), np.array([T0, T0]), np.array([1.0, 2.0]),
+                              np.array([flags, 0], np.uint16)))  # fmt: skip
+        assert s.flush()
+    finally:
+        s.close()
+    out = tmp_path / "skew.csv"
+    assert main(["export", "--db", str(path), "--point", "P0", "P1", "-o", str(out), "-q"]) == 0
+    assert capsys.readouterr().err == ""  # -q: no summary line
+    parsed = parse_readings(out, points())
+    assert parsed.quality.tolist() == [flags, 0] and parsed.value.tolist() == [1.0, 2.0]

@@ -183,7 +183,7 @@ POINTS = [
          "readings.csv:3: readings are not sorted by time"),
         ("timestamp,point,value\n1767225600,F1_I,1\n1767225540,BUS_V,33\n", "not sorted"),
         ("timestamp,point,value\nyesterday,F1_I,1\n", "'yesterday' is neither ISO 8601"),
-        ("timestamp,point,value,quality\n2026-01-01T00:00:00Z,F1_I,1,300\n", "quality must be an integer"),
+        ("timestamp,point,value,quality\n2026-01-01T00:00:00Z,F1_I,1,70000\n", "quality must be an integer"),
         ("timestamp,point,value\n2026-01-01T00:00:00Z,F1_I,abc\n", "readings.csv"),
     ],
 )  # fmt: skip

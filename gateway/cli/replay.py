@@ -183,10 +183,10 @@ def parse_readings(path: Path, points: PointTable) -> ParsedReadings:
     if has_q:
         qf = df["quality"].to_numpy(np.float64)
         qf = np.where(np.isnan(qf), 0.0, qf)
-        badq = (qf < 0) | (qf > 255) | (qf != np.floor(qf))
+        badq = (qf < 0) | (qf > 0xFFFF) | (qf != np.floor(qf))
         if badq.any():
             row = int(np.flatnonzero(badq)[0])
-            raise ReplayError(f"{path}:{row + 2}: quality must be an integer 0..255 (Quality bit flags)")
+            raise ReplayError(f"{path}:{row + 2}: quality must be an integer 0..65535 (Quality bit flags)")
         quality = qf.astype(QUALITY_DTYPE)
     else:
         quality = np.zeros(n, QUALITY_DTYPE)
