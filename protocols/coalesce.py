@@ -77,7 +77,8 @@ def plan_requests(
 
     def flush() -> None:
         if members:
-            assert cur_table is not None
+            if cur_table is None:
+                raise RuntimeError("coalesce: members without a table")
             out.append(
                 ReadRequest(
                     cur_table,

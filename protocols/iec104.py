@@ -55,8 +55,8 @@ from typing import Any
 import numpy as np
 
 from gridedge.config.models import Iec104Device, Iec104Point
+from gridedge.gateway.logs import kv
 from gridedge.gateway.model import ReadingBatch
-from gridedge.gateway.runtime.logs import kv
 from gridedge.protocols.base import BatchCallback, ConfigurationError, ConnectionLost, DriverError
 from gridedge.protocols.iec104_asdu import COT_NAMES, TYPE_NAMES
 from gridedge.protocols.worker_reply import fail_pending, reply_value

@@ -29,7 +29,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from gridedge.gateway.runtime.logs import kv
+from gridedge.gateway.logs import kv
 
 log = logging.getLogger("gridedge.protocols.iec104")
 

@@ -38,8 +38,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gridedge.gateway.logs import kv
 from gridedge.gateway.model import ReadingBatch
-from gridedge.gateway.runtime.logs import kv
 from gridedge.protocols.base import BatchCallback, ConnectionLost, DriverError
 from gridedge.protocols.iec61850_discover import (
     add_discover_arguments,

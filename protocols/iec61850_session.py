@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pyiec61850.pyiec61850 as iec
 
+from gridedge.gateway.logs import kv
 from gridedge.gateway.model import QUALITY_DTYPE
-from gridedge.gateway.runtime.logs import kv
 from gridedge.protocols.iec61850_quality import dbpos_to_value, map_quality
 
 log = logging.getLogger("gridedge.protocols.iec61850")
@@ -684,7 +684,8 @@ class Session:
         plan_do = plan_point([do], slot, index, ref, fc)
         attrs = [Member(r, fc, node) for r, node in plan_ln.attrs.values()]
         plan_da = plan_point(attrs, slot, index, plan_ln.attrs["value"][0], fc)
-        assert plan_do is not None and plan_da is not None  # sub-trees of what resolved above
+        if plan_do is None or plan_da is None:  # sub-trees of what resolved above: cannot fail to resolve
+            raise RuntimeError(f"{ref}: data object or attribute plan missing after the node resolved")
         p = _Polled(_keyed(plan_ln, [ln]), _keyed(plan_do, [do]), _keyed(plan_da, attrs), attrs)
         g.points.append(p)
         entry[1].append(p)

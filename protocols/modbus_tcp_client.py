@@ -207,7 +207,8 @@ class _Link(asyncio.Protocol):
         chain.deadline = self.loop.time() + self.timeout
         self.last = describe_request(fc, address, count)
         frame = encode_read_request(tid, self.unit, fc, address, count)
-        assert self.transport is not None
+        if self.transport is None:
+            raise ConnectionError("Modbus TCP transport is not connected")
         self.transport.write(frame)
 
     def data_received(self, data: bytes) -> None:

@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from gridedge.config.models import load_config
+from gridedge.gateway.logs import kv, setup_logging
 from gridedge.gateway.model import Event
 from gridedge.gateway.runtime.daemon import Runtime
-from gridedge.gateway.runtime.logs import kv, setup_logging
 
 __all__ = ["DEMO_INCIDENTS", "run_demo"]
 
@@ -199,8 +199,7 @@ async def _demo_main(
             col = {n: i for i, n in enumerate(model.names())}
             values = values[:, [col[p.name] for p in runtime.points]]
             runtime.detector.warm(ts, values)
-            if hasattr(runtime.detector, "calibrate"):
-                runtime.detector.calibrate()
+            runtime.detector.calibrate()
             console.print(
                 f"[bold]warmed[/] baselines on {warm_days:g} days of simulated history "
                 f"({values.size:,} readings) in {time.perf_counter() - t0:.1f} s"

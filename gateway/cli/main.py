@@ -17,8 +17,8 @@ EXIT_INVALID = 2
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gridedge.config.models import ConfigError, load_config
+    from gridedge.gateway.logs import setup_logging
     from gridedge.gateway.runtime.daemon import Runtime
-    from gridedge.gateway.runtime.logs import setup_logging
     from gridedge.gateway.runtime.malloc_tuning import pin_mmap_threshold
 
     pin_mmap_threshold()  # before the big allocations: keeps numpy temporaries off the fragmenting heap

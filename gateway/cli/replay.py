@@ -39,6 +39,7 @@ import numpy as np
 from gridedge.config.models import AlertsSection, ScoringSection
 from gridedge.gateway.model import QUALITY_DTYPE, Event, PointTable, ReadingBatch
 from gridedge.gateway.runtime.alert_policy import PUBLISHED, AlertPolicy
+from gridedge.scoring.detector import Detector
 
 __all__ = [
     "ALERT_HEADER",
@@ -256,7 +257,7 @@ def event_time(ev: Event) -> float:
 
 
 def feed(
-    detector: Any,
+    detector: Detector,
     policy: AlertPolicy,
     readings: ParsedReadings,
     *,
@@ -272,7 +273,6 @@ def feed(
     out: list[tuple[Event, str]] = []
     done = 0
     now = -math.inf
-    drain = getattr(detector, "ended_events", None)
     for batch in iter_batches(readings, chunk_rows):
         events = detector.process(batch)
         for ev in events:
@@ -281,25 +281,22 @@ def feed(
             out.append((ev, decision))
             if on_event is not None:
                 on_event(ev, decision)
-        if drain is not None:
-            drain()  # closed events are not alerts; do not let them pile up in the detector
+        detector.ended_events()  # closed events are not alerts; do not let them pile up in the detector
         done += len(batch)
         if progress is not None:
             progress(done)
     return out
 
 
-def make_detector(points: PointTable, *, timezone: str, frequency_hz: float, config: Any = None) -> Any:
-    """The live Detector (import deferred so the CLI loads fast)."""
-    from gridedge.scoring.detector import Detector
-
+def make_detector(points: PointTable, *, timezone: str, frequency_hz: float, config: Any = None) -> Detector:
+    """The live Detector, as the daemon builds it."""
     return Detector(points, timezone=timezone, frequency_hz=frequency_hz, config=config)
 
 
 # --------------------------------------------------------------------------------------------------
 # State
 # --------------------------------------------------------------------------------------------------
-def load_state(path: Path, detector: Any, policy: AlertPolicy) -> bool:
+def load_state(path: Path, detector: Detector, policy: AlertPolicy) -> bool:
     """Load detector + policy state from an .npz written by :func:`save_state`; False if absent."""
     if not path.exists():
         return False
@@ -319,7 +316,7 @@ def load_state(path: Path, detector: Any, policy: AlertPolicy) -> bool:
     return True
 
 
-def save_state(path: Path, detector: Any, policy: AlertPolicy) -> None:
+def save_state(path: Path, detector: Detector, policy: AlertPolicy) -> None:
     """Write detector arrays + JSON meta + policy state into one .npz (atomically via rename)."""
     arrays, meta = detector.state_arrays()
     payload = {k: np.asarray(v) for k, v in arrays.items()}

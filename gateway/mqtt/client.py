@@ -156,8 +156,9 @@ def point_policies_from_site(cfg: Any) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for dev in cfg.devices:
         for p in dev.points:
-            d = {k: getattr(p, k, None) for k in ("deadband", "deadband_pct", "integrity_period")}
-            if any(v is not None for v in d.values()):
+            # a point's own integrity period is set under mqtt.points, not on the device's point
+            d = {"deadband": p.deadband, "deadband_pct": p.deadband_pct, "integrity_period": None}
+            if p.deadband is not None or p.deadband_pct is not None:
                 out[p.name] = d
     return out
 
@@ -188,6 +189,7 @@ class MqttBridge:
         self.outbox = Outbox(db_path, quota=cfg.outbox_quota, synchronous=cfg.outbox_synchronous)
         self.client_id = cfg.client_id or f"gridedge-{site}"
         self.state = ConnState.IDLE
+        self._alarms: set[str] = set()  # carried in the retained status (the will is built from it too)
         self._connected = threading.Event()
         self._stopping = False
         self._attempts = 0
@@ -290,19 +292,18 @@ class MqttBridge:
                 "ts": time.time(),
                 "site": self.site,
                 "client_id": self.client_id,
-                "alarms": sorted(getattr(self, "_alarms", ())),
+                "alarms": sorted(self._alarms),
             }
         )
 
     def set_alarms(self, alarms: set[str]) -> None:
         """Gateway alarms (e.g. ``disk_full``) carried in the retained ``status``; republished on change."""
         alarms = set(alarms)
-        if alarms == getattr(self, "_alarms", set()):
+        if alarms == self._alarms:
             return
         self._alarms = alarms
-        client = getattr(self, "_client", None)
-        if client is not None and self.connected:
-            client.publish(
+        if self.connected:
+            self._client.publish(
                 f"{self.root}/status", self._status_payload("online", "alarms changed"), qos=1, retain=True
             )
 
@@ -406,12 +407,10 @@ class MqttBridge:
         base = min(self.cfg.reconnect_max, self.cfg.reconnect_min * 2.0 ** min(n, 30))
         delay = base * (0.5 + 0.5 * random.random())
         self.backoff = delay
-        self._client_or_none_delay(delay)
+        self._set_reconnect_delay(delay)
 
-    def _client_or_none_delay(self, delay: float) -> None:
-        c = getattr(self, "_client", None)
-        if c is not None:
-            c.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
+    def _set_reconnect_delay(self, delay: float) -> None:
+        self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         self._set_will(client)  # a fresh timestamp in the will

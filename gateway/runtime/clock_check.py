@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gridedge.gateway.logs import kv
 from gridedge.gateway.model import QUALITY_DTYPE, Quality, ReadingBatch
-from gridedge.gateway.runtime.logs import kv
 
 __all__ = ["ClockCheck", "ClockState"]
 

@@ -12,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import random
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from gridedge.config.models import ConfigError, SiteConfig, build_point_table, load_config
+from gridedge.federation.classifier import classify, event_features
+from gridedge.federation.models import load_latest_classifier, load_latest_model
+from gridedge.gateway.logs import kv
 from gridedge.gateway.model import (
     BAD_QUALITY_MASK,
     QUALITY_DTYPE,
@@ -33,9 +38,16 @@ from gridedge.gateway.model import (
     Quality,
     ReadingBatch,
 )
+from gridedge.gateway.mqtt.client import MqttBridge, point_policies_from_site
+from gridedge.gateway.mqtt.deadband import warm
 from gridedge.gateway.runtime.alert_policy import AlertPolicy
 from gridedge.gateway.runtime.clock_check import ClockCheck
-from gridedge.gateway.runtime.logs import kv
+from gridedge.gateway.runtime.malloc_tuning import page_out_library
+from gridedge.gateway.runtime.metrics import Metrics
+from gridedge.gateway.runtime.ports import EventPublisher, GatewayStore
+from gridedge.gateway.runtime.precompile import precompile_kernels
+from gridedge.gateway.runtime.sdnotify import SdNotifier, extending_timeout
+from gridedge.gateway.runtime.watchdog import ProgressWatchdog
 from gridedge.gateway.store.writer import Store
 from gridedge.protocols.base import (
     ConfigurationError,
@@ -45,9 +57,10 @@ from gridedge.protocols.base import (
     DriverError,
     PushDriver,
 )
-
-if TYPE_CHECKING:
-    from gridedge.scoring.detector import Detector
+from gridedge.protocols.iec104 import Iec104Driver
+from gridedge.protocols.iec61850 import Iec61850Driver
+from gridedge.protocols.modbus import ModbusDriver
+from gridedge.scoring.detector import Detector
 
 __all__ = ["Backoff", "DeviceState", "DeviceStats", "Runtime", "make_driver"]
 
@@ -120,18 +133,12 @@ class DeviceStats:
 
 
 def make_driver(dev: Any, point_index: dict[str, int], store: Store | None = None) -> Driver:
-    """Build the driver for one configured device (imports protocol modules lazily)."""
+    """Build the driver for one configured device."""
     if dev.protocol in ("modbus_tcp", "modbus_rtu"):
-        from gridedge.protocols.modbus import ModbusDriver
-
         return ModbusDriver(dev, point_index)
     if dev.protocol == "iec61850":
-        from gridedge.protocols.iec61850 import Iec61850Driver
-
         return Iec61850Driver(dev, point_index, resume_store=store)
     if dev.protocol == "iec104":
-        from gridedge.protocols.iec104 import Iec104Driver
-
         return Iec104Driver(dev, point_index)
     raise ValueError(f"unknown protocol {dev.protocol!r}")
 
@@ -142,8 +149,6 @@ def _precompile_scoring(cfg: SiteConfig) -> None:
     A fresh install compiles for tens of seconds on the first batch; doing it here, on a throwaway
     detector, keeps that out of the event loop's first cycles (READY=1 is sent only afterwards).
     """
-    from gridedge.gateway.runtime.precompile import precompile_kernels
-
     seconds = precompile_kernels(cfg.site.timezone, float(cfg.site.frequency_hz), cfg.scoring)
     log.info(kv("scoring_ready", seconds=round(seconds, 2)))
 
@@ -177,17 +182,19 @@ class Runtime:
         self.points: PointTable = build_point_table(cfg)
         self._driver_factory = driver_factory
         self._on_event = on_event
-        self.store: Store | None = None
+        self.store: GatewayStore | None = None
         self.detector: Detector | None = None
         self.policy = AlertPolicy(cfg.alerts)
-        self.mqtt: Any = None
-        self.metrics: Any = None
-        self.notifier: Any = None
-        self.watchdog: Any = None
+        self.mqtt: EventPublisher | None = None
+        self.metrics: Metrics | None = None
+        self.notifier: SdNotifier | None = None
+        self.watchdog: ProgressWatchdog | None = None
         self.devices: dict[str, DeviceStats] = {}
         self.drivers: dict[str, Driver] = {}
         self.events_total: dict[str, int] = {}
         self.alerts_published = 0
+        # ids of published alerts whose condition has not ended: only these get an alert/cleared
+        self._open_alerts: set[str] = set()
         self._last_value = np.full(len(self.points), np.nan)
         self._last_quality = np.full(len(self.points), Quality.COMM_LOST, QUALITY_DTYPE)
         self.clock = ClockCheck({d.name: d.clock_tolerance for d in cfg.devices})
@@ -221,16 +228,12 @@ class Runtime:
             )
             self.store.open()
         if self.detector is None and self.cfg.scoring.enabled:
-            from gridedge.scoring.detector import Detector
-
             self.detector = Detector(
                 self.points,
                 timezone=self.cfg.site.timezone,
                 frequency_hz=float(self.cfg.site.frequency_hz),
                 config=self.cfg.scoring,
             )
-            from gridedge.gateway.runtime.sdnotify import SdNotifier, extending_timeout
-
             # numba's first compile can outlast TimeoutStartSec on a slow CPU (seen under a real systemd)
             with extending_timeout(SdNotifier()):
                 _precompile_scoring(self.cfg)
@@ -246,8 +249,6 @@ class Runtime:
                 self._apply_config_suppression(w)
 
     def _apply_config_suppression(self, w: Any) -> None:
-        from datetime import datetime
-
         def parse(s: str) -> float:
             return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
@@ -259,8 +260,6 @@ class Runtime:
     def _start_optional_services(self) -> None:
         """MQTT, metrics, sd_notify: each optional, each failing soft with a clear log line."""
         if self.cfg.mqtt is not None and self.cfg.mqtt.enabled:
-            from gridedge.gateway.mqtt.client import MqttBridge, point_policies_from_site
-
             self.mqtt = MqttBridge(
                 self.cfg.mqtt,
                 site=self.cfg.site.name,
@@ -273,8 +272,6 @@ class Runtime:
             self.mqtt.start()
         if self.cfg.metrics.enabled:
             try:
-                from gridedge.gateway.runtime.metrics import Metrics
-
                 self.metrics = Metrics()
                 port = self.metrics.start_server(self.cfg.metrics.host, self.cfg.metrics.port)
                 log.info(kv("metrics_listening", host=self.cfg.metrics.host, port=port))
@@ -282,9 +279,6 @@ class Runtime:
                 log.error(kv("metrics_unavailable", error=exc))
                 self.metrics = None
         try:
-            from gridedge.gateway.runtime.sdnotify import SdNotifier
-            from gridedge.gateway.runtime.watchdog import ProgressWatchdog
-
             self.notifier = SdNotifier()
             interval = self.notifier.watchdog_interval() if self.notifier.enabled else None
             # half the service's WatchdogSec: systemd then restarts a wedged daemon ≈ 1.5 × WatchdogSec + 10 s
@@ -317,9 +311,10 @@ class Runtime:
                 events = []
             for ev in events:
                 self._dispatch_event(ev)
-            if hasattr(self.detector, "ended_events"):
-                for ev in self.detector.ended_events():
-                    if self.mqtt is not None and getattr(ev, "_published", True):
+            for ev in self.detector.ended_events():
+                if ev.id in self._open_alerts:
+                    self._open_alerts.discard(ev.id)
+                    if self.mqtt is not None:
                         self.mqtt.publish_alert_cleared(ev)
         if self.mqtt is not None:
             try:
@@ -334,8 +329,6 @@ class Runtime:
         """The fleet's event classifier ranks the event (incident / sensor fault / false alarm)."""
         if self._classifier is None:
             return
-        from gridedge.federation.classifier import classify, event_features
-
         arrays, version = self._classifier
         try:
             quantity_of = {p.name: str(p.quantity) for p in self.points}
@@ -350,7 +343,8 @@ class Runtime:
     def _dispatch_event(self, ev: Event) -> None:
         self._annotate(ev)
         decision = self.policy.decide(ev, time.time())
-        assert self.store is not None
+        if self.store is None:
+            raise RuntimeError("event dispatched before prepare()")
         self.store.add_events([ev], {ev.id: decision})
         self.events_total[str(ev.kind)] = self.events_total.get(str(ev.kind), 0) + 1
         published = decision == "published"
@@ -368,12 +362,12 @@ class Runtime:
         )
         if published:
             self.alerts_published += 1
+            if ev.end is None:
+                self._open_alerts.add(ev.id)
             seq = 0
             if self.mqtt is not None:
                 severity = "critical" if ev.kind in (EventKind.FEEDER_TRIP,) else "warning"
                 seq = self.mqtt.publish_alert(ev, severity=severity)
-            import json
-
             self.store.add_alert(ev.id, seq, str(ev.kind), json.dumps(ev.to_dict(), default=str))
         if self._on_event is not None:
             self._on_event(ev, decision)
@@ -404,7 +398,8 @@ class Runtime:
     def handle_command(self, cmd: Any) -> dict:
         """Apply an operator command (already authenticated and parsed by the MQTT bridge)."""
         verb, args = cmd.verb, cmd.args
-        assert self.store is not None
+        if self.store is None:
+            raise RuntimeError("gateway is not running")
         if verb == "ack":
             ok = self.store.ack_event(args["event_id"], cmd.user)
             if not ok:
@@ -714,8 +709,6 @@ class Runtime:
         if not fed.enabled or self.detector is None:
             return
         try:
-            from gridedge.federation.models import load_latest_classifier, load_latest_model
-
             if fed.use_prior:
                 got = load_latest_model(fed.model_dir)
                 if got is not None and got[1] != self._prior_version:
@@ -792,9 +785,6 @@ class Runtime:
         self._stop = asyncio.Event()
         self.prepare()
         if self.page_out_compiler:
-            from gridedge.gateway.mqtt.deadband import warm
-            from gridedge.gateway.runtime.malloc_tuning import page_out_library
-
             warm()  # the MQTT bridge's kernel (loaded already when scoring is on), before LLVM's pages go
             advised = page_out_library("libllvmlite")
             log.info(kv("compiler_pages_released", mib=round(advised / 2**20, 1)))

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
+from gridedge.gateway.logs import kv
 from gridedge.gateway.model import Point, PointTable, Quantity, ReadingBatch
-from gridedge.gateway.runtime.logs import kv
 
 __all__ = ["main", "precompile_kernels"]
 

@@ -53,6 +53,7 @@ class SlotDiff:
 
     def __init__(self) -> None:
         self._sums: dict[str, np.ndarray] = {}
+        self._pending: dict[str, np.ndarray] = {}  # checksums of the last changed(), saved on commit()
 
     @staticmethod
     def _checksum(a: np.ndarray) -> np.ndarray:
@@ -80,7 +81,7 @@ class SlotDiff:
 
     def commit(self) -> None:
         """The slots reported by the last :meth:`changed` are now on disk."""
-        self._sums.update(getattr(self, "_pending", {}))
+        self._sums.update(self._pending)
         self._pending = {}
 
     def reset(self) -> None:

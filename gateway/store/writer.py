@@ -312,7 +312,8 @@ class Store:
         return op
 
     def _wait_op(self, op: _Op, timeout: float) -> Any:
-        assert op.done is not None
+        if op.done is None:
+            raise ValueError(f"store write {op.what!r} was queued without wait=True")
         if not op.done.wait(timeout):
             raise TimeoutError(f"store write {op.what!r} not committed within {timeout}s (it stays queued)")
         if op.error is not None:
@@ -752,7 +753,8 @@ class Store:
     def _write(self, held: list[tuple[int, ReadingBatch | _Op]], devices: dict[str, tuple]) -> None:
         """One transaction with every held item; raises on failure (the caller keeps ``held``)."""
         conn = self._conn
-        assert conn is not None
+        if conn is None:
+            raise StoreError("store is not open")
         batches = [b for _, b in held if isinstance(b, ReadingBatch) and len(b)]
         ops = [o for _, o in held if isinstance(o, _Op)]
         n_sub = sum(len(b) for _, b in held if isinstance(b, ReadingBatch))

@@ -220,7 +220,8 @@ class Iec104SimServer:
             self._transmit(pts, cause)
 
     def _transmit(self, pts: list["c104.Point"], cause: "c104.Cot" = c104.Cot.SPONTANEOUS) -> None:
-        assert self._server is not None
+        if self._server is None:
+            raise RuntimeError("IEC 104 simulator is not started")
         # One ASDU per up to ~20 objects of one type: far fewer frames than one transmit per point.
         # One transmit per point: c104 2.2.1 lost objects of multi-point Batches under load here.
         for cp in pts:

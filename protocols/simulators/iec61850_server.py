@@ -455,7 +455,8 @@ class AttributeOnlyProxy:
         t.start()
 
     def _accept_loop(self) -> None:
-        assert self._lsock is not None
+        if self._lsock is None:
+            raise RuntimeError("IEC 61850 proxy is not listening")
         while not self._stop.is_set():
             try:
                 client, _ = self._lsock.accept()
