@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fixtures_durability import Daemon  # noqa: E402
 
-from gridedge.config.models import build_point_table, validate_text  # noqa: E402
+from gridedge.config.loader import build_point_table, validate_text  # noqa: E402
 from gridedge.gateway.model import BAD_QUALITY_MASK  # noqa: E402
 from gridedge.gateway.store.writer import Store  # noqa: E402
 from gridedge.protocols.simulators.modbus_server import ModbusSimServer, register_map  # noqa: E402

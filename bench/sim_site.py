@@ -306,7 +306,7 @@ def site_doc(site: SimSite, db: str, **sections: Any) -> dict[str, Any]:
 
 
 def parse_duration(s: str) -> float:
-    from gridedge.config.models import parse_duration as _pd
+    from gridedge.config.units import parse_duration as _pd
 
     return float(_pd(s))
 

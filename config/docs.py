@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from gridedge.config import models as c
+from gridedge.config.units import format_duration, parse_duration, parse_size
 
 __all__ = ["render"]
 
@@ -81,9 +82,9 @@ def _type_name(ann: Any) -> str:
     if origin is typing.Annotated:
         base = typing.get_args(ann)[0]
         meta = typing.get_args(ann)[1:]
-        if any(getattr(m, "func", None) is c.parse_duration for m in meta):
+        if any(getattr(m, "func", None) is parse_duration for m in meta):
             return "duration"
-        if any(getattr(m, "func", None) is c.parse_size for m in meta):
+        if any(getattr(m, "func", None) is parse_size for m in meta):
             return "size"
         return _type_name(base)
     if origin is typing.Literal:
@@ -104,9 +105,9 @@ def _type_name(ann: Any) -> str:
 
 def _kind(field: Any) -> str | None:
     for m in field.metadata:
-        if getattr(m, "func", None) is c.parse_duration:
+        if getattr(m, "func", None) is parse_duration:
             return "duration"
-        if getattr(m, "func", None) is c.parse_size:
+        if getattr(m, "func", None) is parse_size:
             return "size"
     return None
 
@@ -122,7 +123,7 @@ def _default(field: Any) -> str:
     if d is None:
         return "–"
     if _kind(field) == "duration":
-        return f"`{c.format_duration(d)}`"
+        return f"`{format_duration(d)}`"
     if _kind(field) == "size" and d % 2**20 == 0:
         return f"`{d // 2**30}GiB`" if d % 2**30 == 0 else f"`{d // 2**20}MiB`"
     if isinstance(d, list | tuple) and not d:

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OFFLINE_ENV", "SupernodeConfigError", "add_federation_arguments", "supernode_command"]
+__all__ = [
+    "OFFLINE_ENV",
+    "SupernodeConfigError",
+    "add_arguments",
+    "add_federation_arguments",
+    "run",
+    "supernode_command",
+]
 
 #: Set for every Flower process: no telemetry, no update check (the fleet is offline by design).
 OFFLINE_ENV: dict[str, str] = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -31,7 +38,7 @@ def _from_config(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """(database path, model dir) from ``-c SITE.yaml`` (None when no config was given)."""
     if not getattr(args, "config", None):
         return None, None
-    from gridedge.config.models import load_config
+    from gridedge.config.loader import load_config
 
     cfg = load_config(args.config)
     return cfg.storage.path, cfg.federation.model_dir
@@ -99,7 +106,7 @@ def _export_preview(args: argparse.Namespace) -> int:
     g = latest_global(model_dir) if model_dir else None
     site_dp = args.site_dp
     if args.config and not site_dp:
-        from gridedge.config.models import load_config
+        from gridedge.config.loader import load_config
 
         site_dp = load_config(args.config).federation.dp
     if args.dp_round:
@@ -223,7 +230,7 @@ def supernode_command(
 
 
 def _supernode(args: argparse.Namespace) -> int:
-    from gridedge.config.models import load_config
+    from gridedge.config.loader import load_config
 
     try:
         cfg = load_config(args.config)
@@ -240,11 +247,98 @@ def _supernode(args: argparse.Namespace) -> int:
     return EXIT_OK  # pragma: no cover
 
 
+_RAW = argparse.RawDescriptionHelpFormatter
+
+DESCRIPTION = """\
+Federated learning between sites: this site trains on its own store and sends only allow-listed
+aggregates (gridedge.federation.allowlist) to the control centre's Flower SuperLink; global models come
+back into federation.model_dir. These sub-commands inspect and operate that from the site.
+
+Exit codes: 0 on success, 2 on a bad site file, a missing database or model directory, or bad arguments."""
+
+EPILOG = """\
+Examples:
+  gridedge federation status -c /etc/gridedge/site.yaml
+  gridedge federation export-preview -c /etc/gridedge/site.yaml --json
+  gridedge federation supernode -c /etc/gridedge/site.yaml --dry-run"""
+
+_STATUS_DESCRIPTION = """\
+List the global models in a model directory: how many, the last round, its version, creation time and
+participating sites, the prior and classifier the daemon loads, and the differential-privacy budget spent
+(epsilon at delta) when DP rounds ran. Read-only.
+
+Exit codes: 0 on success, 2 when neither --model-dir nor -c gives a model directory or the site file is
+invalid."""
+
+_STATUS_EPILOG = """\
+Examples:
+  gridedge federation status -c /etc/gridedge/site.yaml
+  gridedge federation status --model-dir /var/lib/gridedge/models --json
+  gridedge federation status --model-dir /var/lib/gridedge/models --json | jq .history"""
+
+_EXPORT_PREVIEW_DESCRIPTION = """\
+Compute the site's contribution from its database (read-only) exactly as the ClientApp does and print
+every array name, shape, dtype and (with --json) value: what would leave the site in the next round,
+for an auditor. Nothing is sent.
+
+Exit codes: 0 on success, 2 when there is no database at the path or the site file is invalid."""
+
+_EXPORT_PREVIEW_EPILOG = """\
+Examples:
+  gridedge federation export-preview -c /etc/gridedge/site.yaml
+  gridedge federation export-preview --db /var/lib/gridedge/gridedge.db --dp-round --json
+  gridedge federation export-preview --db gridedge.db --model-dir models --steps 3"""
+
+_PULL_DESCRIPTION = """\
+Copy complete global models the site does not have yet from a directory (a mounted share, a USB stick)
+into the site's model directory, for sites that never talk to the SuperLink. Each model's .npz is copied
+before its .json (the completeness marker), so the daemon never loads half a model.
+
+Exit codes: 0 on success (also when nothing was new), 2 when --from is not a directory or no model
+directory is given."""
+
+_PULL_EPILOG = """\
+Examples:
+  gridedge federation pull --from /media/usb/gridedge-models -c /etc/gridedge/site.yaml
+  gridedge federation pull --from /mnt/share/models --model-dir /var/lib/gridedge/models"""
+
+_SUPERNODE_DESCRIPTION = """\
+Build the flower-supernode command line from the federation section of the site file (SuperLink
+address, CA file, node key file, node config), set FLWR_TELEMETRY_ENABLED=0 and
+FLWR_DISABLE_UPDATE_CHECK=1, and exec it (the process becomes the SuperNode; systemd supervises it).
+--dry-run prints the environment and command instead.
+
+Exit codes: 2 when the site file is invalid or a referenced file is missing or unreadable; otherwise
+flower-supernode's own (0 for --dry-run)."""
+
+_SUPERNODE_EPILOG = """\
+Examples:
+  gridedge federation supernode -c /etc/gridedge/site.yaml
+  gridedge federation supernode -c /etc/gridedge/site.yaml --dry-run
+  gridedge federation supernode -c site.yaml -- --max-retries 5"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``gridedge federation`` (help texts and sub-commands) on an argparse (sub)parser."""
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
+    parser.formatter_class = _RAW
+    add_federation_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry: the chosen sub-command's exit code."""
+    return int(args.func(args) or 0)
+
+
 def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``status``, ``export-preview``, ``pull`` and ``supernode`` under ``gridedge federation``."""
     sub = parser.add_subparsers(dest="federation_command", required=True, metavar="SUBCOMMAND")
 
-    st = sub.add_parser("status", help="last round and model versions in a model directory")
+    st = sub.add_parser(
+        "status", help="last round and model versions in a model directory",
+        description=_STATUS_DESCRIPTION, epilog=_STATUS_EPILOG, formatter_class=_RAW,
+    )  # fmt: skip
     st.add_argument("--model-dir", metavar="DIR", help="model directory (default: federation.model_dir)")
     st.add_argument("-c", "--config", metavar="SITE.yaml", help="take the model directory from a site file")
     st.add_argument("--json", action="store_true", help="one JSON object")
@@ -253,8 +347,9 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     ep = sub.add_parser(
         "export-preview",
         help="print exactly what this site would send (for an auditor)",
-        description="Compute the site's contribution from its database (read-only) exactly as the "
-        "ClientApp does and print every array name, shape, dtype and (with --json) value.",
+        description=_EXPORT_PREVIEW_DESCRIPTION,
+        epilog=_EXPORT_PREVIEW_EPILOG,
+        formatter_class=_RAW,
     )
     g = ep.add_mutually_exclusive_group(required=True)
     g.add_argument("--db", metavar="PATH", help="SQLite file")
@@ -276,7 +371,10 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     ep.add_argument("--json", action="store_true", help="every value, as JSON")
     ep.set_defaults(func=_export_preview)
 
-    pl = sub.add_parser("pull", help="copy new global models from a directory into the site's model dir")
+    pl = sub.add_parser(
+        "pull", help="copy new global models from a directory into the site's model dir",
+        description=_PULL_DESCRIPTION, epilog=_PULL_EPILOG, formatter_class=_RAW,
+    )  # fmt: skip
     pl.add_argument("--from", dest="source", required=True, metavar="DIR")
     pl.add_argument("--model-dir", metavar="DIR")
     pl.add_argument("-c", "--config", metavar="SITE.yaml")
@@ -285,9 +383,9 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     sn = sub.add_parser(
         "supernode",
         help="start this site's Flower SuperNode from the site file (offline settings applied)",
-        description="Build the flower-supernode command line from the federation section of the site "
-        "file (SuperLink address, CA file, node key file, node config), set FLWR_TELEMETRY_ENABLED=0 "
-        "and FLWR_DISABLE_UPDATE_CHECK=1, and exec it.",
+        description=_SUPERNODE_DESCRIPTION,
+        epilog=_SUPERNODE_EPILOG,
+        formatter_class=_RAW,
     )
     sn.add_argument("-c", "--config", required=True, metavar="SITE.yaml", help="site file")
     sn.add_argument("--dry-run", action="store_true", help="print the environment and command, do not start")

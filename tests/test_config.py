@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gridedge.config.models import (
-    ConfigError,
-    SiteConfig,
-    build_point_table,
-    load_config,
-    parse_duration,
-    parse_size,
-)
+from gridedge.config.loader import ConfigError, build_point_table, load_config
+from gridedge.config.models import SiteConfig
+from gridedge.config.units import parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = sorted(p for p in (ROOT / "tests" / "config_cases").iterdir() if p.is_dir())
@@ -152,7 +147,7 @@ def test_every_config_key_is_documented() -> None:
     missing = []
     stack: list[type] = [SiteConfig]
     seen: set[type] = set()
-    from gridedge.config.models import _model_types
+    from gridedge.config.loader import _model_types
 
     while stack:
         model = stack.pop()

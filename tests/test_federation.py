@@ -275,7 +275,7 @@ def _site_file(tmp_path: Path, **fed: object) -> Path:
 
 
 def test_supernode_command_from_the_site_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gridedge.config.models import ConfigError, load_config
+    from gridedge.config.loader import ConfigError, load_config
     from gridedge.federation.cli import OFFLINE_ENV, SupernodeConfigError, supernode_command
     from gridedge.gateway.cli.main import main as gridedge_main
 

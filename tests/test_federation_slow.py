@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fixtures_federation import FlowerFleet, Site, _free_port, build_sites
 
-from gridedge.config.models import load_config
+from gridedge.config.loader import load_config
 from gridedge.federation.allowlist import ALLOWED_ARRAYS
 from gridedge.federation.cli import OFFLINE_ENV, supernode_command
 from gridedge.federation.contribution import DP_KEYS, site_contribution

@@ -7,7 +7,8 @@ import fixtures_iec104 as fx
 import pytest
 from fixtures_iec104 import make_device, make_driver
 
-from gridedge.config.models import ConfigError, Iec104Device, validate_text
+from gridedge.config.loader import ConfigError, validate_text
+from gridedge.config.models import Iec104Device
 from gridedge.protocols import iec104, iec104_asdu, iec104_session, iec104_worker
 from gridedge.protocols.base import ConfigurationError
 from gridedge.protocols.iec104 import ALLOWED_SENT_TYPE_IDS, Iec104Driver

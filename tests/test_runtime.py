@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from fixtures_runtime import modbus_server_thread, site_yaml
 
-from gridedge.config.models import validate_text
+from gridedge.config.loader import validate_text
 from gridedge.gateway.model import Quality
 from gridedge.gateway.runtime.daemon import DeviceState, Runtime
 from gridedge.gateway.store.writer import read_status
@@ -152,7 +152,7 @@ def test_dead_device_does_not_delay_the_other_and_is_marked_comm_lost(tmp_path: 
     from gridedge.gateway.store.writer import Store
 
     cfg = _cfg(tmp_path, [_device("good", 1), _device("dead", 2, prefix="D_")])
-    from gridedge.config.models import build_point_table
+    from gridedge.config.loader import build_point_table
 
     st = Store(tmp_path / "gw.db", points=build_point_table(cfg))
     st.open()

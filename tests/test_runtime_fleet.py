@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from fixtures_runtime import site_yaml
 
-from gridedge.config.models import validate_text
+from gridedge.config.loader import validate_text
 from gridedge.federation.allowlist import ALLOWED_ARRAYS
 from gridedge.federation.models import save_global
 from gridedge.gateway.model import Event, EventKind

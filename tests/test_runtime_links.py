@@ -20,7 +20,7 @@ import pytest
 from fixtures_iec61850 import POINTS as IED_POINTS
 from fixtures_runtime import site_yaml
 
-from gridedge.config.models import build_point_table, validate_text
+from gridedge.config.loader import build_point_table, validate_text
 from gridedge.gateway.model import Quality
 from gridedge.gateway.runtime.daemon import Backoff, DeviceState, Runtime
 from gridedge.gateway.store.writer import Store, read_status

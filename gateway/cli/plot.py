@@ -223,7 +223,7 @@ def plot_points(
 # --------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the plot options on an argparse (sub)parser."""
-    from gridedge.config.models import parse_duration
+    from gridedge.config.units import parse_duration
 
     parser.description = DESCRIPTION
     parser.epilog = EPILOG

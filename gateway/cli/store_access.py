@@ -66,7 +66,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser, *, required: bool) 
 def resolve_db(args: argparse.Namespace, command: str) -> Path:
     """The database path from ``--db`` or from the site file's ``storage.path``; it must exist."""
     if getattr(args, "config", None):
-        from gridedge.config.models import ConfigError, load_config
+        from gridedge.config.loader import ConfigError, load_config
 
         try:
             db = Path(load_config(args.config).storage.path)
@@ -99,7 +99,7 @@ def parse_time(text: str, *, now: float | None = None, what: str = "time") -> fl
     Accepts ISO 8601 (``2026-01-01T00:00:00Z``, an offset, or naive = UTC), epoch seconds (``1767225600``),
     a duration meaning "that long ago" (``2h``, ``7d``, ``90min`` — the units of the site file), or ``now``.
     """
-    from gridedge.config.models import parse_duration
+    from gridedge.config.units import parse_duration
 
     s = str(text).strip()
     now = time.time() if now is None else now

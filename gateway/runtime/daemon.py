@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from gridedge.config.models import ConfigError, SiteConfig, build_point_table, load_config
+from gridedge.config.loader import ConfigError, build_point_table, load_config
+from gridedge.config.models import SiteConfig
 from gridedge.federation.classifier import classify, event_features
 from gridedge.federation.models import load_latest_classifier, load_latest_model
 from gridedge.gateway.logs import kv
