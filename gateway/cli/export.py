@@ -35,13 +35,13 @@ from gridedge.gateway.cli.store_access import (
     select_points,
 )
 
-__all__ = ["ExportSummary", "add_arguments", "export_readings", "iso_utc_array", "run"]
+__all__ = ["ExportSummary", "add_arguments", "export_readings", "iso_utc_array", "iso_utc_codes", "run"]
 
 EXIT_OK = 0
 EXIT_INVALID = 2
 
 #: Readings held in memory at once (one slice, then one output batch): ≈ 40 bytes each while sorting.
-SLICE_READINGS = 500_000
+SLICE_READINGS = 200_000
 
 DESCRIPTION = """\
 Write stored readings of some points as CSV (timestamp,point,value,quality — the format `gridedge replay`
@@ -78,19 +78,22 @@ class ExportSummary:
 # --------------------------------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------------------------------
-def iso_utc_array(ts: np.ndarray) -> np.ndarray:
-    """Epoch seconds → ISO 8601 UTC strings as replay writes and reads them: ``2026-01-01T00:00:00Z``,
-    with milliseconds only when present (``…:00.250Z``). Distinct values are formatted once."""
+def iso_utc_codes(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch seconds → ``(codes, strings)`` with ``strings[codes]`` the ISO 8601 UTC form replay writes and
+    reads: ``2026-01-01T00:00:00Z``, milliseconds only when present (``…:00.250Z``). Each distinct time is
+    formatted once (a poll cycle shares one), and the rows hold codes, not strings."""
     ms = np.round(np.asarray(ts, np.float64) * 1000.0).astype(np.int64)
     uniq, inv = np.unique(ms, return_inverse=True)
     base = np.datetime_as_string(uniq.astype("datetime64[ms]"), unit="ms")  # 2026-01-01T00:00:00.000
     frac = uniq % 1000
-    out = np.where(frac == 0, np.char.add(base.astype("<U19"), "Z"), np.char.add(base, "Z"))
-    return out[inv]
+    strings = np.where(frac == 0, np.char.add(base.astype("<U19"), "Z"), np.char.add(base, "Z"))
+    return inv.reshape(-1), strings
 
 
-def _epoch_array(ts: np.ndarray) -> np.ndarray:
-    return np.asarray(ts, np.float64)
+def iso_utc_array(ts: np.ndarray) -> np.ndarray:
+    """Epoch seconds → ISO 8601 UTC strings (see :func:`iso_utc_codes`)."""
+    codes, strings = iso_utc_codes(ts)
+    return strings[codes]
 
 
 class _CsvSink:
@@ -103,27 +106,35 @@ class _CsvSink:
         self.fh = fh
         self.names = names
         self.received = received
-        self.fmt: Callable[[np.ndarray], np.ndarray] = _epoch_array if epoch else iso_utc_array
+        self.epoch = epoch
         cols = ["timestamp", "point", "value", "quality"] + (["received"] if received else [])
         fh.write(",".join(cols) + "\n")
+
+    def _times(self, t: np.ndarray) -> Any:
+        """A time column: floats (``--epoch``) or a categorical of ISO strings; NaN → an empty field."""
+        if self.epoch:
+            return t
+        known = np.isfinite(t)
+        codes = np.full(len(t), -1, np.int64)
+        if not known.any():
+            return self.pd.Categorical.from_codes(codes, categories=[])
+        c, strings = iso_utc_codes(t[known])
+        codes[known] = c
+        return self.pd.Categorical.from_codes(codes, categories=strings.tolist())
 
     def write(
         self, pos: np.ndarray, ts: np.ndarray, val: np.ndarray, q: np.ndarray, rx: np.ndarray | None
     ) -> None:
         pd = self.pd
         cols: dict[str, Any] = {
-            "timestamp": self.fmt(ts),
+            "timestamp": self._times(ts),
             "point": pd.Categorical.from_codes(pos, categories=self.names),
             "value": val,
             "quality": q,
         }
         if self.received:
             assert rx is not None
-            known = np.isfinite(rx)
-            r = np.full(len(rx), "", dtype=object)
-            if known.any():
-                r[known] = self.fmt(rx[known])
-            cols["received"] = r
+            cols["received"] = self._times(rx)
         pd.DataFrame(cols, copy=False).to_csv(self.fh, header=False, index=False, lineterminator="\n")
 
     def close(self) -> None:
