@@ -96,6 +96,12 @@ def iso_utc_array(ts: np.ndarray) -> np.ndarray:
     return strings[codes]
 
 
+def _need_rx(rx: np.ndarray | None) -> np.ndarray:
+    if rx is None:  # export_readings reads receive times whenever the sink writes them
+        raise ValueError("a received column needs the readings' receive times")
+    return rx
+
+
 class _CsvSink:
     """``timestamp,point,value,quality[,received]`` rows; values written with repr (exact round trip)."""
 
@@ -133,8 +139,7 @@ class _CsvSink:
             "quality": q,
         }
         if self.received:
-            assert rx is not None
-            cols["received"] = self._times(rx)
+            cols["received"] = self._times(_need_rx(rx))
         pd.DataFrame(cols, copy=False).to_csv(self.fh, header=False, index=False, lineterminator="\n")
 
     def close(self) -> None:
@@ -182,8 +187,7 @@ class _ParquetSink:
             pa.array(q.astype(np.uint16), pa.uint16()),
         ]
         if self.received:
-            assert rx is not None
-            arrays.append(self._ts(rx))
+            arrays.append(self._ts(_need_rx(rx)))
         self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
 
     def close(self) -> None:
