@@ -1,0 +1,211 @@
+"""Phases 1 and 2a: every reading of a segment — interval, stuck run, z against its hour-of-week slot
+(interpolated with the neighbouring slot), spike candidates (confirmed on the next reading), physical range,
+frequency nadirs; then spike candidates are dropped unless they are lone among their group and peers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .kernel_common import _scored, _warm_n
+from .kernel_layout import (
+    B_RANGE,
+    B_SPIKE,
+    GI_OPEN,
+    K_SENSOR,
+    PF_DABS,
+    PF_DT,
+    PF_GOOD,
+    PF_MEAN,
+    PF_PREV,
+    PF_PREVSEG,
+    PF_REXP,
+    PF_SD,
+    PF_SPIKE_D,
+    PF_SPIKE_TS,
+    PF_SPIKE_Z,
+    PF_STUCK_TS,
+    PF_TS,
+    PF_VAL,
+    PF_Z,
+    PF_ZADJ,
+    PF_ZSCALE,
+    PI_COND,
+    PI_NGOOD,
+    PI_SEG,
+    PI_SLOT,
+    PI_SPIKE,
+    PI_STUCK,
+    PR_EMIT,
+    PR_F0,
+    PR_FB1,
+    PR_FB2,
+    PR_MINN,
+    PR_SPIKE_K,
+    Q_FREQUENCY,
+    R_INSTANT,
+    RULE_SPIKE,
+)
+from .kernel_records import _record, _suppressed
+
+
+@njit(cache=True, inline="always")
+def _score_readings(
+    i, j, t, seg, pidx, val, qual, slot, frac, bl, pf, pi, gf, gi, qcode, floor_abs, floor_rel, lo, hi,
+    gidx, win, prm, bad_mask, out, nrec, nsnap, g_list, gtouch, moved, fpend,
+):  # fmt: skip
+    """Phase 1 over readings ``i..j`` (one timestamp ``t``, segment ``seg``). Collects the touched groups in
+    ``g_list`` (stamped in ``gtouch``) and marks readings that clearly moved (``moved``). Returns
+    ``(ng, nrec, nsnap)``: the number of touched groups and the new record / snapshot counts."""
+    mean, var, n, _ = bl
+    win_kind, win_idx, win_t0, win_t1 = win
+    rec_i, rec_f, snap_i, snap_f = out
+    fpend_seg, fpend_ts, fpend_lvl, fpend_p = fpend
+    minn = prm[PR_MINN]
+    emit = prm[PR_EMIT] > 0.0
+    spike_k = prm[PR_SPIKE_K]
+    ng = 0
+    for k in range(i, j):
+        p = pidx[k]
+        x = val[k]
+        qc = qcode[p]
+        g = gidx[p]
+        if gtouch[g] != seg:
+            gtouch[g] = seg
+            g_list[ng] = g
+            ng += 1
+        if pf[p, PF_TS] > 0.0 and t > pf[p, PF_TS]:
+            dt = t - pf[p, PF_TS]
+            if pf[p, PF_DT] <= 0.0:
+                pf[p, PF_DT] = dt
+            else:
+                pf[p, PF_DT] += 0.05 * (min(dt, 10.0 * pf[p, PF_DT]) - pf[p, PF_DT])
+        pf[p, PF_TS] = t
+        if pi[p, PI_SEG] != seg:
+            pf[p, PF_PREVSEG] = pf[p, PF_VAL]
+        pi[p, PI_SEG] = seg
+        moved[p] = 0
+        if (qual[k] & bad_mask) != 0 or not math.isfinite(x):
+            continue
+        prev = pf[p, PF_VAL]
+        pf[p, PF_PREV] = prev
+        pf[p, PF_VAL] = x
+        pf[p, PF_GOOD] = t
+        if pi[p, PI_NGOOD] < 1_000_000:
+            pi[p, PI_NGOOD] += 1
+        s = slot[k]
+        pi[p, PI_SLOT] = s
+        pf[p, PF_REXP] = np.nan
+        if not _scored(qc):
+            continue
+        # stuck run
+        if math.isfinite(prev) and x == prev:
+            pi[p, PI_STUCK] += 1
+        else:
+            pi[p, PI_STUCK] = 0
+            pf[p, PF_STUCK_TS] = t
+        # z against the slot (before learning)
+        w = n[s, p]
+        m = mean[s, p]
+        wn_need = _warm_n(pf, p, minn)
+        # expectation interpolated between this slot's and the neighbouring slot's mean (slot
+        # means sit at the middle of their hour): a ramp inside the hour is expected, not noise
+        u = frac[k]
+        nb = (s + 167) % 168 if u < 0.5 else (s + 1) % 168
+        wnb = 0.5 - u if u < 0.5 else u - 0.5
+        if w >= wn_need and n[nb, p] >= wn_need:
+            m = (1.0 - wnb) * m + wnb * mean[nb, p]
+        f = floor_abs[p] + floor_rel[p] * abs(m)
+        sd = math.sqrt(var[s, p] + f * f)
+        pf[p, PF_MEAN] = m
+        pf[p, PF_SD] = sd
+        if w >= wn_need:
+            pf[p, PF_Z] = (x - m) / sd / pf[p, PF_ZSCALE]
+        else:
+            pf[p, PF_Z] = np.nan
+        pf[p, PF_ZADJ] = pf[p, PF_Z]
+        # spike: confirm the previous candidate or open a new one
+        d1 = x - prev if math.isfinite(prev) else 0.0
+        if pi[p, PI_SPIKE] == 1:
+            pi[p, PI_SPIKE] = 0
+            pi[p, PI_COND] &= ~B_SPIKE
+            dj = pf[p, PF_SPIKE_D]
+            before = prev - dj  # value before the jump
+            if d1 * dj < 0.0 and abs(d1) > 0.5 * abs(dj) and abs(x - before) < 0.35 * abs(dj):
+                if emit and not _suppressed(t, 2, p, gidx, prm, gf, pf, win_kind, win_idx, win_t0, win_t1):
+                    nrec = _record(
+                        rec_i, rec_f, nrec, K_SENSOR, R_INSTANT, p, RULE_SPIKE,
+                        pf[p, PF_SPIKE_TS], t, abs(pf[p, PF_SPIKE_Z]), 0,
+                    )  # fmt: skip
+                    # explanation figures of the spike reading itself
+                    if nsnap < len(snap_i):
+                        snap_i[nsnap, 0] = nrec - 1
+                        snap_i[nsnap, 1] = p
+                        snap_i[nsnap, 2] = s
+                        snap_f[nsnap, 0] = prev
+                        snap_f[nsnap, 1] = before
+                        snap_f[nsnap, 2] = m
+                        snap_f[nsnap, 3] = sd
+                        snap_f[nsnap, 4] = pf[p, PF_SPIKE_Z]
+                        nsnap += 1
+                d1 = 0.0  # the return step is not a new candidate
+            elif qc == Q_FREQUENCY:
+                dc = prev - prm[PR_F0]  # the candidate's deviation
+                dn = x - prm[PR_F0]
+                inside = lo[p] <= prev <= hi[p] and lo[p] <= x <= hi[p]  # not a scale / range fault
+                if inside and abs(dc) > prm[PR_FB1] and dn * dc > 0.0 and abs(dn) >= 0.35 * abs(dc):
+                    fpend_seg[g] = seg
+                    fpend_ts[g] = pf[p, PF_SPIKE_TS]
+                    fpend_lvl[g] = 2 if abs(dc) > prm[PR_FB2] else 1
+                    fpend_p[g] = p
+        da = pf[p, PF_DABS]
+        # "moved" (for the lone-spike test of its peers): clearly beyond its usual step and its
+        # noise floor, so one or two resolution steps of a quantised reading do not count
+        if da > 0.0 and abs(d1) > 4.0 * da and abs(d1) > 2.0 * f:
+            moved[p] = 1
+        if (
+            da > 0.0
+            and pi[p, PI_NGOOD] > 60
+            and abs(d1) > spike_k * da
+            and abs(d1) > 4.0 * f
+            and gi[g, GI_OPEN] == 0
+        ):
+            pi[p, PI_SPIKE] = 1
+            pi[p, PI_COND] |= B_SPIKE
+            pf[p, PF_SPIKE_TS] = t
+            pf[p, PF_SPIKE_D] = d1
+            zz = pf[p, PF_Z]
+            pf[p, PF_SPIKE_Z] = zz if math.isfinite(zz) else abs(d1) / da
+        # physical range
+        if x < lo[p] or x > hi[p]:
+            pi[p, PI_COND] |= B_RANGE
+        else:
+            pi[p, PI_COND] &= ~B_RANGE
+    return ng, nrec, nsnap
+
+
+@njit(cache=True, inline="always")
+def _lone_spikes(
+    i, j, seg, pidx, pf, pi, gidx, grp_ptr, grp_pts, rel_ptr, rel_pt, prel_ptr, prel, moved,
+):  # fmt: skip
+    """Phase 2a: a spike candidate stays one only if no point of its group or its relations moved too."""
+    for k in range(i, j):
+        p = pidx[k]
+        if pi[p, PI_SPIKE] == 1 and pi[p, PI_SEG] == seg and pf[p, PF_TS] == pf[p, PF_GOOD]:
+            g = gidx[p]
+            lone = True
+            for kk in range(grp_ptr[g], grp_ptr[g + 1]):
+                q = grp_pts[kk]
+                if q != p and moved[q] == 1 and pi[q, PI_SEG] == seg:
+                    lone = False
+            for rr in range(prel_ptr[p], prel_ptr[p + 1]):
+                r = prel[rr]
+                for kk in range(rel_ptr[r], rel_ptr[r + 1]):
+                    q = rel_pt[kk]
+                    if q != p and moved[q] == 1 and pi[q, PI_SEG] == seg:
+                        lone = False
+            if not lone:
+                pi[p, PI_SPIKE] = 0
+                pi[p, PI_COND] &= ~B_SPIKE
