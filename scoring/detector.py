@@ -351,7 +351,7 @@ class Detector:
                     out.extend(self._events_from_records(nrec, nsnap))
             start = end
         if self._prior is not None:
-            self._apply_pending_prior(float(ts[-1]))
+            self._apply_pending_prior(self._prior, float(ts[-1]))
         return out
 
     # ------------------------------------------------------------------------------------------------
@@ -397,7 +397,9 @@ class Detector:
             n = b - a
             pidx = np.tile(np.arange(P, dtype=np.int32), n)
             tt = np.repeat(ts[a:b], P)
-            self._run(pidx, tt, values[a:b].ravel(), np.asarray(quality[a:b], QUALITY_DTYPE).ravel(), emit=False)
+            self._run(
+                pidx, tt, values[a:b].ravel(), np.asarray(quality[a:b], QUALITY_DTYPE).ravel(), emit=False
+            )
 
     def calibrate(self) -> None:
         """Set adaptive thresholds (per group) and z scales (per point) from the scores seen so far."""
@@ -468,11 +470,10 @@ class Detector:
         self._prior_pending = np.ones(len(self.points), np.bool_)
         self._prior_version = version
 
-    def _apply_pending_prior(self, now: float) -> None:
-        assert self._prior is not None
+    def _apply_pending_prior(self, prior: dict[str, np.ndarray], now: float) -> None:
         s = self.state
         pf, pi = s["pf"], s["pi"]
-        shape, spread = self._prior["shape"], self._prior["spread"]
+        shape, spread = prior["shape"], prior["spread"]
         minn = self.prm[K.PR_MINN]
         for p in np.flatnonzero(self._prior_pending):  # few points, once: a loop is fine
             q = int(self._qcode[p])
