@@ -9,12 +9,15 @@ Event life cycle (choice documented in docs/scoring.md): ``process`` returns eve
 (after the minimum duration). Events that are over by the time they are reported — a lone spike, a
 breaker re-close — come back with ``end`` already set. Events that end later are returned, with
 ``end`` set, by ``ended_events()`` (the same objects ``process`` returned earlier).
+
+The class is assembled from one module per concern: set-up, kernel calls, calibration and suppression
+here; the fleet prior in :mod:`~gridedge.scoring.prior`, state persistence in
+:mod:`~gridedge.scoring.state_io`, records → events with explanations in :mod:`~gridedge.scoring.events`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +28,6 @@ from gridedge.gateway.model import (
     BAD_QUALITY_MASK,
     QUALITY_DTYPE,
     Event,
-    EventKind,
     PointTable,
     Quality,
     ReadingBatch,
@@ -33,40 +35,21 @@ from gridedge.gateway.model import (
 
 from . import kernel as K
 from .composite import fit_thresholds, zscale_from_hist
-from .rules import RULE_NAMES, point_physics
+from .events import EventExplainer
+from .prior import FleetPrior
+from .rules import point_physics
 from .sensor_faults import build_relations
 from .slots import N_SLOTS, SlotClock
+from .state_io import STATE_VERSION, StatePersistence
 from .thermal import build_thermal
 
 __all__ = ["STATE_VERSION", "Detector", "ScoringDefaults"]
 
-_PQ = ("active_power", "reactive_power")
-
 log = logging.getLogger("gridedge.scoring")
 
-STATE_VERSION = "gridedge-scoring/3"
-# migrated on load: /1 had no thermal models (they start cold); /1 and /2 learned sum relations as a plain
-# ratio, /3 as a loss model (total − Σterms = b0 + b1·T + b2·S²): those relations start cold
-_OLD_VERSIONS = ("gridedge-scoring/1", "gridedge-scoring/2")
 #: Baseline statistics are float32 (7 significant digits hold a slot's mean, variance and sample weight;
 #: the arithmetic stays float64 inside the kernel). At 10,000 points that is 19 MiB less resident state.
 STAT_DTYPE = np.float32
-#: ``prior_mask`` holds whole seconds since this epoch (int32, exact to 2088), rounded up: 0 = the point's own.
-PRIOR_EPOCH = 1577836800.0  # 2020-01-01T00:00:00Z
-
-
-def _prior_stamp(now: float) -> int:
-    """``prior_mask`` value for a slot filled from the prior at ``now`` (never below ``now``)."""
-    return max(1, math.ceil(now - PRIOR_EPOCH))
-
-
-_KINDS = [
-    EventKind.GRID_ANOMALY,
-    EventKind.SENSOR_FAULT,
-    EventKind.STALE,
-    EventKind.FEEDER_TRIP,
-    EventKind.FEEDER_RESTORE,
-]
 _REC_CAP = 4096
 
 
@@ -76,12 +59,6 @@ def _iso_to_epoch(s: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
-
-
-def _f(x: float) -> float | None:
-    """JSON-safe float (None for NaN/inf)."""
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 @dataclass(frozen=True)
@@ -105,7 +82,7 @@ class ScoringDefaults:
     thermal_oil_exponent: float = 0.8
 
 
-class Detector:
+class Detector(FleetPrior, StatePersistence, EventExplainer):
     """Per-point hour-of-week baselines, group composites, grid rules and sensor-fault checks."""
 
     def __init__(
@@ -446,462 +423,3 @@ class Detector:
         else:
             self.state["pf"][idx, K.PF_SUPP] = float(until)
         log.info("event=suppress target=%s until=%.0f reason=%s", target, until, reason or "-")
-
-    # ------------------------------------------------------------------------------------------------
-    def apply_prior(self, prior: dict[str, np.ndarray], version: str) -> None:
-        """Start cold slots from a fleet prior.
-
-        ``prior["shape"]``: per-unit hour-of-week shape ``[168, Q]`` (Q = quantities in
-        ``gateway.model.QUANTITIES`` order; NaN where unknown); ``prior["spread"]``: relative std
-        ``[168, Q]`` or ``[Q]``. A point's cold slots (fewer than ``min_samples``) are filled with
-        ``shape × level`` where ``level`` comes from the point's own first readings (so the prior is
-        applied once a point has reported for a while); events those points take part in carry
-        ``model_version``. Until a filled slot gets readings of its own, every recalibration re-anchors
-        it on the point's own data (:meth:`_refresh_prior`).
-        """
-        shape = np.asarray(prior["shape"], np.float64)
-        if shape.ndim != 2 or shape.shape[0] != N_SLOTS:
-            raise ValueError("prior['shape'] must be [168, Q]")
-        spread = np.asarray(prior.get("spread", np.full(shape.shape[1], 0.1)), np.float64)
-        if spread.ndim == 1:
-            spread = np.broadcast_to(spread, shape.shape)
-        self._prior = {"shape": shape, "spread": np.array(spread)}
-        self._prior_shape = (shape, np.array(spread))
-        self._prior_pending = np.ones(len(self.points), np.bool_)
-        self._prior_version = version
-
-    def _apply_pending_prior(self, prior: dict[str, np.ndarray], now: float) -> None:
-        s = self.state
-        pf, pi = s["pf"], s["pi"]
-        shape, spread = prior["shape"], prior["spread"]
-        minn = self.prm[K.PR_MINN]
-        for p in np.flatnonzero(self._prior_pending):  # few points, once: a loop is fine
-            q = int(self._qcode[p])
-            if q >= shape.shape[1] or not K.is_scored(q):
-                self._prior_pending[p] = False
-                continue
-            if pf[p, K.PF_LVLN] < 30:
-                continue
-            self._prior_pending[p] = False
-            col = shape[:, q]
-            cur = col[int(pi[p, K.PI_SLOT])]
-            if not np.isfinite(cur) or cur == 0:
-                continue
-            base = pf[p, K.PF_LVL] / cur
-            cold = (s["n"][:, p] < minn) & np.isfinite(col)
-            if not cold.any():
-                continue
-            m = col[cold] * base
-            s["mean"][cold, p] = m
-            s["var"][cold, p] = (spread[cold, q] * np.abs(m)) ** 2
-            dt = pf[p, K.PF_DT]
-            s["n"][cold, p] = max(minn, K.WARM_VISITS * 3600.0 / dt) if dt > 0 else minn
-            s["last"][cold, p] = now
-            s["prior_mask"][cold, p] = _prior_stamp(now)
-            pf[p, K.PF_PRIOR] = 1.0
-            self._refresh_prior(now, points=[p])
-        if not self._prior_pending.any():
-            self._prior = None
-
-    def _refresh_prior(self, now: float, points: list[int] | None = None) -> None:
-        """Re-anchor prior-filled slots that have no readings of their own yet on the point's own data.
-
-        The fleet shape is an average over many points (residential, commercial, industrial feeders
-        alike), so for one point it is mostly right about *how the week modulates a day* and often wrong
-        about the day's own profile. A filled slot therefore takes the point's own mean at the same hour
-        of another day (the most recent one it has seen) times the fleet's ratio between the two slots;
-        without such a day, the fleet shape scaled to the point's level (a geometric fit over its visited
-        slots), with the spread widened by how far the fleet shape missed those slots.
-        """
-        s = self.state
-        mask = s["prior_mask"]
-        n, mean, var, last = s["n"], s["mean"], s["var"], s["last"]
-        # slots that got readings since they were filled are the point's own now
-        mask[(mask > 0) & (last > mask + PRIOR_EPOCH)] = 0
-        prior = self._prior_shape
-        if prior is None:
-            return
-        shape, spread = prior
-        minn = self.prm[K.PR_MINN]
-        hod = np.arange(N_SLOTS) % 24
-        cand = np.flatnonzero((mask > 0).any(axis=0)) if points is None else np.asarray(points)
-        for p in cand:  # points still on the prior: few, and only every recalibration
-            filled = mask[:, p] > 0
-            if not filled.any():
-                continue
-            q = int(self._qcode[p])
-            col = shape[:, q]
-            own = (~filled) & (n[:, p] >= minn) & np.isfinite(col) & (col > 0) & (mean[:, p] > 0)
-            if own.sum() < 2:
-                continue
-            lr = np.log(mean[own, p] / col[own])
-            base = float(np.exp(lr.mean()))
-            miss = float(np.sqrt(np.mean((lr - lr.mean()) ** 2)))
-            for sl in np.flatnonzero(filled & np.isfinite(col)):
-                same = np.flatnonzero(own & (hod == hod[sl]))
-                sp = float(spread[sl, q]) if np.isfinite(spread[sl, q]) else 0.1
-                if len(same):
-                    src = same[np.argmax(last[same, p])]
-                    r = col[sl] / col[src]
-                    m = mean[src, p] * r
-                    v = var[src, p] * r * r + (sp * m) ** 2
-                else:
-                    m = col[sl] * base
-                    v = (m * m) * (sp * sp + miss * miss)
-                mean[sl, p] = m
-                var[sl, p] = v
-                last[sl, p] = now
-                mask[sl, p] = _prior_stamp(now)
-
-    # ------------------------------------------------------------------------------------------------
-    def state_arrays(self, *, copy: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays (``mean``, ``var``, ``n`` of shape [168, P] and the rest) + JSON-able meta.
-
-        ``copy=False`` hands out the live arrays (no 60 MB copy at 10,000 points) for a caller that
-        serialises them before the detector runs again, on the same thread.
-        """
-        arrays = {k: v.copy() for k, v in self.state.items()} if copy else dict(self.state)
-        meta = {
-            "version": STATE_VERSION,
-            "timezone": self.timezone,
-            "frequency_hz": self.frequency_hz,
-            "points": [p.name for p in self.points],
-            "groups": self.group_names,
-            "devices": self.device_names,
-            "relations": self.relations.keys,
-            "thermal": self.thermal.names,
-            "site_suppressed_until": float(self.prm[K.PR_SITE_SUPP]),
-            "next_recal": self._next_recal,
-            "open_events": [e.to_dict() for e in self._open.values()],
-            "open_keys": [list(k) for k in self._open],
-            "prior_version": self._prior_version,
-        }
-        return arrays, meta
-
-    def load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        """Restore state saved by :meth:`state_arrays`; points, groups, relations matched by name."""
-        version = meta.get("version")
-        if version != STATE_VERSION and version not in _OLD_VERSIONS:
-            raise ValueError(f"scorer state version {version!r} is not {STATE_VERSION!r}")
-        if version != STATE_VERSION:
-            # everything carries over except what older versions modelled differently: those start cold
-            log.info(
-                "event=scorer_state_migrated from=%s to=%s thermal_models=%s sum_relations=cold",
-                version,
-                STATE_VERSION,
-                "cold" if version == "gridedge-scoring/1" else "kept",
-            )
-        s = self.state
-
-        def match(old: list[str], new: list[str]) -> tuple[np.ndarray, np.ndarray]:
-            pos = {n: i for i, n in enumerate(old)}
-            pairs = [(pos[n], i) for i, n in enumerate(new) if n in pos]
-            src = np.array([a for a, _ in pairs], np.int64)
-            dst = np.array([b for _, b in pairs], np.int64)
-            return src, dst
-
-        ps, pd_ = match(list(meta["points"]), [p.name for p in self.points])
-        gs, gd = match(list(meta["groups"]), self.group_names)
-        rs, rd = match(list(meta["relations"]), self.relations.keys)
-        ds_, dd = match(list(meta["devices"]), self.device_names)
-        for k in ("mean", "var", "n", "last"):
-            s[k][:, pd_] = arrays[k][:, ps]
-        if "prior_mask" in arrays:
-            old_mask = arrays["prior_mask"][:, ps]
-            if old_mask.dtype.kind == "f":  # before gridedge-scoring/3: epoch seconds as float64
-                old_mask = np.where(old_mask > 0, np.ceil(old_mask - PRIOR_EPOCH), 0)
-            s["prior_mask"][:, pd_] = old_mask
-        old_pf = arrays["pf"]
-        if old_pf.shape[1] < K.NPF:  # gridedge-scoring/1: the common-mode gain columns start fresh
-            pad = self._new_pf(old_pf.shape[0])
-            pad[:, : old_pf.shape[1]] = old_pf
-            old_pf = pad
-        s["pf"][pd_] = old_pf[ps]
-        for k in ("pi", "zhist"):
-            s[k][pd_] = arrays[k][ps]
-        for k in ("gf", "gi", "cal_run", "cal_ep", "thr_cal"):
-            s[k][gd] = arrays[k][gs]
-        old_rf = arrays["rf"]
-        if old_rf.shape[1] < K.NRF:  # before gridedge-scoring/3: no loss-model columns
-            old_rf = np.concatenate([old_rf, np.zeros((old_rf.shape[0], K.NRF - old_rf.shape[1]))], axis=1)
-        s["rf"][rd] = old_rf[rs]
-        s["ri"][rd] = arrays["ri"][rs]
-        if version != STATE_VERSION:
-            sums = (self.relations.rel_type == K.REL_SUMP) | (self.relations.rel_type == K.REL_SUMQ)
-            s["rf"][sums] = 0.0
-            s["ri"][sums] = K.RS_UNKNOWN
-        for k in ("ds", "df"):
-            s[k][dd] = arrays[k][ds_]
-        if "th" in arrays and "thermal" in meta:
-            hs, hd = match(list(meta["thermal"]), self.thermal.names)
-            old_th = arrays["th"]
-            if old_th.ndim == 2 and old_th.shape[1] < K.NTH:  # before /3: no "which oil moved" columns
-                old_th = np.concatenate(
-                    [old_th, np.zeros((old_th.shape[0], K.NTH - old_th.shape[1]))], axis=1
-                )
-            if old_th.ndim == 2 and old_th.shape[1] == K.NTH:
-                s["th"][hd] = old_th[hs]
-        s["sf"][:] = arrays["sf"]
-        # the kernel's scratch stamps segment numbers; the restored counter may be lower than this one's
-        self._scratch = K.new_scratch(len(self.points), len(self.group_names), len(self.relations.rel_type))
-        if len(ps) != len(self.points):
-            # a new point: its group/relations changed; let segment ids stay consistent
-            log.info("event=state_points_added added=%d", len(self.points) - len(ps))
-        self.prm[K.PR_SITE_SUPP] = float(meta.get("site_suppressed_until", 0.0))
-        self._next_recal = meta.get("next_recal")
-        self._open = {}
-        for key, ev in zip(meta.get("open_keys", []), meta.get("open_events", []), strict=False):
-            e = Event(
-                kind=EventKind(ev["kind"]),
-                group=ev["group"],
-                points=list(ev["points"]),
-                start=float(ev["start"]),
-                score=math.nan if ev["score"] is None else float(ev["score"]),
-                explanation=ev["explanation"],
-                end=ev["end"],
-                id=ev["id"],
-                model_version=ev.get("model_version"),
-            )
-            kind, target = int(key[0]), int(key[1])
-            # re-map the target index by name
-            if kind in (K.K_GRID, K.K_TRIP):
-                if e.group not in self._gindex:
-                    continue
-                target = self._gindex[e.group]
-            elif kind == K.K_SENSOR:
-                if e.points[0] not in self.points.by_name:
-                    continue
-                target = self.points.index_of(e.points[0])
-            self._open[(kind, target)] = e
-
-    # ------------------------------------------------------------------------------------------------
-    def _events_from_records(self, nrec: int, nsnap: int) -> list[Event]:
-        rec_i, rec_f = self._rec_i[:nrec].copy(), self._rec_f[:nrec].copy()
-        snap_i, snap_f = self._snap_i[:nsnap].copy(), self._snap_f[:nsnap].copy()
-        by_rec: dict[int, list[int]] = {}
-        for k in range(nsnap):
-            by_rec.setdefault(int(snap_i[k, 0]), []).append(k)
-        out: list[Event] = []
-        for r in range(nrec):
-            kind, flag, target, rule, aux = (int(v) for v in rec_i[r])
-            t_start, t_ev, score = (float(v) for v in rec_f[r])
-            key = (kind, target)
-            if flag == K.R_END:
-                ev = self._open.pop(key, None)
-                if ev is not None:
-                    ev.end = t_ev
-                    self._ended.append(ev)
-                continue
-            ev = self._build_event(
-                kind, target, rule, aux, t_start, t_ev, score, snap_i, snap_f, by_rec.get(r, [])
-            )
-            if flag == K.R_INSTANT:
-                ev.end = t_ev
-            else:
-                old = self._open.get(key)
-                if old is not None:  # should not happen; close the stale one rather than leak it
-                    old.end = t_start
-                    self._ended.append(old)
-                self._open[key] = ev
-            log.info(
-                "event=%s group=%s points=%s rule=%s score=%.2f", ev.kind, ev.group, ",".join(ev.points[:3]),
-                ev.explanation.get("rule"), score,
-            )  # fmt: skip
-            out.append(ev)
-        return out
-
-    def _build_event(self, kind, target, rule, aux, t_start, t_ev, score, snap_i, snap_f, rows) -> Event:
-        pts = self.points
-        rule_name = RULE_NAMES.get(rule, str(rule))
-        figures: dict[str, dict[str, Any]] = {}
-        thermal: dict[str, Any] | None = None
-        slot = -1
-        for k in rows:
-            p = int(snap_i[k, 1])
-            if p < 0:  # a thermal-model row (see kernel._th_snap)
-                thermal = self._thermal_figures(-1 - p, int(snap_i[k, 2]), snap_f[k])
-                continue
-            if slot < 0 and snap_i[k, 2] >= 0:
-                slot = int(snap_i[k, 2])
-            v, exp_v, m, sd, z = (float(x) for x in snap_f[k, :5])
-            figures[pts[p].name] = {
-                "value": _f(v),
-                "expected": _f(exp_v),
-                "baseline_mean": _f(m),
-                "baseline_std": _f(sd),
-                "z": _f(z),
-            }
-        if thermal is not None and thermal["point"] in figures:
-            # the oil temperature is scored against its thermal model: show that expectation and z
-            fig = figures[thermal["point"]]
-            fig["expected"] = thermal["modelled"]
-            res, sd_ = thermal["residual"], thermal["residual_std"]
-            fig["z"] = _f(res / sd_) if res is not None and sd_ else fig["z"]
-        ek = _KINDS[kind]
-        model_version = None
-        if kind == K.K_SENSOR:
-            name = pts[target].name
-            group = pts[target].group
-            names = [name] + [n for n in figures if n != name]
-            fig = figures.get(name, {})
-            summary = self._sensor_summary(rule_name, name, fig)
-            if rule_name == "thermal_model_drift" and thermal is not None:
-                summary = self._thermal_summary(rule_name, group, thermal)
-            if self.state["pf"][target, K.PF_PRIOR] > 0:
-                model_version = self._prior_version
-        elif kind == K.K_STALE:
-            dev = self.device_names[target]
-            names = [p.name for p in pts if p.device == dev]
-            group = pts.by_name[names[0]].group if names else ""
-            summary = f"device {dev or '(site)'}: {score:.0%} of its points stopped refreshing"
-        else:
-            group = self.group_names[target]
-            member_names = [pts[i].name for i in self._members[target]]
-            if kind == K.K_GRID:
-                ranked = sorted(
-                    (n for n in member_names if figures.get(n, {}).get("z") is not None),
-                    key=lambda n: -abs(figures[n]["z"]),
-                )
-                lead = pts[aux].name if 0 <= aux < len(pts) else (ranked[0] if ranked else member_names[0])
-                names = [lead] + [n for n in ranked if n != lead and abs(figures[n]["z"]) >= 2.0]
-                if any(self.state["pf"][pts.index_of(n), K.PF_PRIOR] > 0 for n in names):
-                    model_version = self._prior_version
-                summary = self._grid_summary(rule_name, group, lead, figures, score, target)
-                if rule_name == "thermal_model" and thermal is not None:
-                    summary = self._thermal_summary(rule_name, group, thermal)
-            elif kind == K.K_TRIP:
-                cb = pts[aux].name
-                names = [cb] + [n for n in member_names if n != cb]
-                summary = f"breaker {cb} opened while feeder {group} carried load"
-            else:
-                cb = pts[aux].name
-                names = [cb]
-                summary = f"breaker {cb} closed again: feeder {group} restored"
-        explanation = {
-            "rule": rule_name,
-            "slot": slot,
-            "summary": summary,
-            # When the detector raised it (start may be back-dated to the first anomalous reading): replay
-            # drives the alert policy's clock with this, so offline cooldowns equal live ones.
-            "detected_at": float(t_ev),
-            "points": figures,
-            "threshold": _f(self.state["gf"][self._gindex[group], K.GF_THR])
-            if group in self._gindex
-            else None,
-        }
-        if kind == K.K_GRID:
-            explanation["common_mode"] = _f(self.state["sf"][K.SF_CM])
-        if thermal is not None:
-            explanation["thermal"] = thermal
-        return Event(
-            kind=ek,
-            group=group,
-            points=names,
-            start=t_start,
-            score=score,
-            explanation=explanation,
-            model_version=model_version,
-        )
-
-    def _thermal_figures(self, h: int, src: int, row: np.ndarray) -> dict[str, Any]:
-        """The thermal model's figures for an explanation (measured vs modelled oil and the load used)."""
-        th = self.thermal
-        g = int(th.groups[h])
-        oil = self.points[int(th.oil[h])].name
-        measured, modelled, k, filt, sd, u = (float(x) for x in row[:6])
-        if src == 0:
-            load_from = ", ".join(
-                self.points[i].name for i in self._members[g] if self.points[i].quantity in _PQ
-            )
-        elif src == 1:
-            kids = [c for c in range(len(self.group_names)) if self._gparent[c] == g]
-            load_from = "sum of " + ", ".join(
-                self.points[i].name for c in kids for i in self._members[c] if self.points[i].quantity in _PQ
-            )
-        else:
-            load_from = "last clean load (no clean power reading)"
-        return {
-            "point": oil,
-            "measured": _f(measured),
-            "modelled": _f(modelled),
-            "residual": _f(measured - modelled),
-            "residual_std": _f(sd),
-            "load_pu": _f(k),
-            "load_from": load_from,
-            "filtered_load_factor": _f(filt),
-            "implied_steady_excess": _f(u),
-            "time_constant_min": float(self.prm[K.PR_TH_TAU]) / 60.0,
-            "loss_ratio": float(self.prm[K.PR_TH_R]),
-            "oil_exponent": float(self.prm[K.PR_TH_X]),
-            "peers": [n for n in th.names if n != self.group_names[g]],
-        }
-
-    @staticmethod
-    def _thermal_summary(rule: str, group: str, th: dict[str, Any]) -> str:
-        m, x, res, u = th["modelled"], th["measured"], th["residual"], th["implied_steady_excess"]
-        if None in (m, x, res):
-            return f"{group}: {rule}"
-        load = f"{th['load_pu']:.2f} p.u." if th["load_pu"] is not None else "its load"
-        base = (
-            f"oil temperature {th['point']} = {x:.1f} °C is {res:+.1f} °C off the {m:.1f} °C its thermal model "
-            f"expects from its load ({load} from {th['load_from']}, {th['time_constant_min']:.0f}-min time "
-            f"constant) next to {', '.join(th['peers'])}"
-        )
-        utxt = f" (its rate of rise implies ≈ {u:+.1f} °C at steady state)" if u is not None else ""
-        if rule == "thermal_model":
-            return f"{group}: {base}; it rose as fast as a step in cooling would{utxt} — cooling failure?"
-        if res is not None and res < 0:
-            return (
-                f"sensor {th['point']}: {base}; it crept down while the other oils held against their usual "
-                f"level (no cooling change makes oil colder than its load implies) — the sensor is drifting"
-            )
-        return (
-            f"sensor {th['point']}: {base}; it crept up slower than any change in cooling could{utxt} — "
-            f"the sensor is drifting"
-        )
-
-    @staticmethod
-    def _sensor_summary(rule: str, name: str, fig: dict[str, Any]) -> str:
-        v, e = fig.get("value"), fig.get("expected")
-        ve = f" (reads {v:.4g}, expected ≈ {e:.4g})" if v is not None and e is not None else ""
-        text = {
-            "out_of_range": "reports a value outside the physical range",
-            "scale_error": "reads about ×10 or ×0.1 of what is expected while its peers disagree",
-            "stuck": "has reported exactly the same value far longer than chance allows",
-            "peer_drift": "has drifted away from what its correlated peers imply",
-            "spike": "showed a lone one-sample spike its peers did not share",
-            "dropout": "stopped delivering good readings while its device still reports",
-        }.get(rule, rule)
-        return f"sensor {name} {text}{ve}"
-
-    def _grid_summary(self, rule: str, group: str, lead: str, figures: dict, score: float, g: int) -> str:
-        fig = figures.get(lead, {})
-        v = fig.get("value")
-        if rule == "composite":
-            z = fig.get("z")
-            e = fig.get("expected")
-            ztxt = (
-                f" (z = {z:+.1f}, {v:.4g} vs ≈ {e:.4g} usual for this hour)" if None not in (z, v, e) else ""
-            )
-            thr = self.state["gf"][g, K.GF_THR]
-            return (
-                f"{group}: composite score {score:.1f} above threshold {thr:.1f}; {lead} deviates most{ztxt}"
-            )
-        if rule.startswith("voltage"):
-            nom = self._nominal[self.points.index_of(lead)]
-            return f"{group}: voltage {lead} = {v:.4g} is {abs(v / nom - 1) * 100:.1f} % off nominal {nom:.4g} ({rule})"
-        if (
-            rule.startswith("frequency")
-            and v is not None
-            and abs(v - self.frequency_hz) <= self.prm[K.PR_FB1]
-        ):
-            return (
-                f"{group}: frequency {lead} fell outside the band around {self.frequency_hz:g} Hz and stays off "
-                f"at {v:.4g} Hz (a nadir followed by the primary-response plateau; {rule})"
-            )
-        if rule.startswith("frequency"):
-            return f"{group}: frequency {lead} = {v:.4g} Hz outside the band around {self.frequency_hz:g} Hz ({rule})"
-        if rule == "over_rating":
-            rat = self._rating[self.points.index_of(lead)]
-            return f"{group}: {lead} = {v:.4g} exceeds its rating {rat:.4g}"
-        return f"{group}: {rule}"

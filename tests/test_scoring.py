@@ -534,7 +534,7 @@ def test_prior_mask_of_an_old_float_state_converts_on_load():
     """Before state v3 ``prior_mask`` held epoch seconds as float64; now int32 seconds since 2020 rounded
     up. A slot filled at ``t`` and not read since must stay prior-filled after the conversion, and the
     baseline statistics load into float32."""
-    from gridedge.scoring.detector import PRIOR_EPOCH
+    from gridedge.scoring.prior import PRIOR_EPOCH
 
     det = Detector(table(), timezone="UTC")
     det.apply_prior({"shape": np.ones((168, 9)), "spread": np.full(9, 0.1)}, version="fleet-9")
