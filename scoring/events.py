@@ -85,7 +85,7 @@ class EventExplainer:
         slot = -1
         for k in rows:
             p = int(snap_i[k, 1])
-            if p < 0:  # a thermal-model row (see kernel._th_snap)
+            if p < 0:  # a thermal-model row (see kernel_records._th_snap)
                 thermal = self._thermal_figures(-1 - p, int(snap_i[k, 2]), snap_f[k])
                 continue
             if slot < 0 and snap_i[k, 2] >= 0:

@@ -5,7 +5,7 @@ known: its own active / reactive power points, or those of its children (groups 
 is). The per-unit load needs a rating: the group's active-power point's ``rating`` (MVA-like), else its
 reactive-power point's; without one the kernel assumes the typical load is half the rating.
 
-The kernel (``kernel._thermal_segment``) models the oil's rise over ambient after IEC 60076-7:
+The kernel (``kernel_thermal._thermal_segment``) models the oil's rise over ambient after IEC 60076-7:
 steady-state rise ∝ ((k²R + 1)/(R + 1))^x, reached through a first-order lag with the oil time
 constant τ, and scores each oil temperature leave-one-out against the other transformers of the site
 (ambient cancels). A site with one transformer keeps the slot baseline for its oil temperature.
