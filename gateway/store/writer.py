@@ -33,16 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from gridedge.gateway.model import BAD_QUALITY_MASK, Event, PointTable, ReadingBatch
-from gridedge.gateway.store.codec import (
-    compact,
-    decode_chunk,
-    decode_chunk_received,
-    encode_chunk,
-    gather_range,
-    point_ranges,
-)
+from gridedge.gateway.model import Event, PointTable, ReadingBatch
+from gridedge.gateway.store.codec import encode_chunk
 from gridedge.gateway.store.db import connect_writer, is_retryable, migrate, open_readonly
+from gridedge.gateway.store.housekeeping import (
+    compact_oldest_chunks,
+    db_size,
+    delete_oldest_raw,
+    expire_step,
+    hot_chunks,
+    reclaim_free_pages,
+)
 from gridedge.gateway.store.queries import history as _history
 from gridedge.gateway.store.queries import hourly as _hourly
 from gridedge.gateway.store.queries import read_status
@@ -769,7 +770,8 @@ class Store:
         try:
             if chunk_rows:
                 conn.executemany(
-                    "INSERT INTO chunks(t_min, t_max, n, flags, data, arrived) VALUES (?,?,?,?,?,?)", chunk_rows
+                    "INSERT INTO chunks(t_min, t_max, n, flags, data, arrived) VALUES (?,?,?,?,?,?)",
+                    chunk_rows,
                 )
                 conn.execute(
                     "UPDATE store_counters SET value=value+? WHERE name IN ('readings', 'readings_total')",
@@ -923,59 +925,20 @@ class Store:
             self._force_compact = False
         return self._hot_readings == 0
 
-    def _compact(self, conn: sqlite3.Connection, force: bool = False) -> None:
-        """Move the oldest hot chunks (about ``compact_trigger`` readings) into per-point series blocks and
-        fold them into the hourly aggregates — one transaction, worked through in point ranges of at most
-        ``compact_readings`` readings so the decoded copies stay small."""
-        rows = []
-        total = 0
-        for cid, n, flags, data in conn.execute("SELECT id, n, flags, data FROM chunks ORDER BY id"):
-            rows.append((cid, n, flags, data))
-            total += n
-            if total >= self.compact_trigger:
-                break
-        if not rows:
+    def _compact(self, conn: sqlite3.Connection) -> None:
+        done = compact_oldest_chunks(
+            conn,
+            trigger=self.compact_trigger,
+            range_readings=self.compact_readings,
+            known_span=self._max_block_span,
+        )
+        if done is None:
             self._hot_readings, self._hot_oldest = 0, math.inf
             return
-        # views of the blobs, with each reading's arrival (a block keeps its newest)
-        parts = []
-        for _, n, flags, data in rows:
-            pid, ts, val, q = decode_chunk(n, flags, data)
-            parts.append((pid, ts, val, q, decode_chunk_received(n, flags, data, ts)))
-        span = 0.0
-        last_id = rows[-1][0]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for lo, hi in point_ranges([p[0] for p in parts], self.compact_readings):
-                pid, ts, val, q, arr = gather_range(parts, lo, hi)
-                res = compact(pid, ts, val, q, BAD_QUALITY_MASK, arrived=arr)
-                span = max(span, max((b[2] - b[1] for b in res.blocks), default=0.0))
-                conn.executemany(
-                    "INSERT INTO series(point, t_min, t_max, n, data, arrived) VALUES (?,?,?,?,?,?)", res.blocks
-                )
-                conn.executemany(
-                    "INSERT INTO hourly(point, hour, n, n_bad, min, max, sum, arrived) VALUES (?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(point, hour) DO UPDATE SET n=hourly.n+excluded.n, n_bad=hourly.n_bad+excluded.n_bad, "
-                    "min=CASE WHEN excluded.min IS NULL THEN hourly.min WHEN hourly.min IS NULL THEN excluded.min "
-                    "ELSE min(hourly.min, excluded.min) END, "
-                    "max=CASE WHEN excluded.max IS NULL THEN hourly.max WHEN hourly.max IS NULL THEN excluded.max "
-                    "ELSE max(hourly.max, excluded.max) END, sum=hourly.sum+excluded.sum, "
-                    "arrived=max(coalesce(hourly.arrived, excluded.arrived), excluded.arrived)",
-                    res.hourly,
-                )
-                del res  # its blocks are views of this range's sorted records: free them before the next
-            conn.execute("DELETE FROM chunks WHERE id<=?", (last_id,))
-            if span > self._max_block_span:
-                conn.execute("UPDATE store_counters SET value=? WHERE name='max_block_span'", (span,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        self._max_block_span = max(self._max_block_span, span)
+        self._max_block_span = max(self._max_block_span, done.max_block_span)
         self._c.compactions += 1
         self._refresh_hot(conn)
-        log.debug("event=store_compacted readings=%d chunks=%d", total, len(rows))
+        log.debug("event=store_compacted readings=%d chunks=%d", done.readings, done.chunks)
 
     def _retention_step(self, conn: sqlite3.Connection) -> bool:
         """Delete at most ``retention_batch`` expired rows of one table; True while more remain.
@@ -984,63 +947,27 @@ class Store:
         timestamp: a reading is kept at least ``retention_raw`` after it arrived, whatever the field clock said.
         """
         now = self.clock()
-        b = self.retention_batch
-        steps = (
-            ("series", "arrived", now - self.retention_raw, True),
-            ("hourly", "arrived", now - self.retention_hourly, False),
-            ("events", "start", now - self.retention_events, False),
-            ("alerts", "ts", now - self.retention_events, False),
-            ("audit", "ts", now - self.retention_events, False),
-        )
-        for table, col, cutoff, counts in steps:
-            key = "point, hour" if table == "hourly" else "rowid"
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if counts:  # raw readings: keep the running total exact
-                    rows = conn.execute(
-                        f"SELECT rowid, n FROM {table} WHERE {col}<? ORDER BY {col} LIMIT ?", (cutoff, b)
-                    ).fetchall()
-                    marks = ",".join("?" * len(rows))
-                    if rows:
-                        conn.execute(f"DELETE FROM {table} WHERE rowid IN ({marks})", [r[0] for r in rows])
-                        conn.execute(
-                            "UPDATE store_counters SET value=value-? WHERE name='readings'",
-                            (sum(r[1] for r in rows),),
-                        )
-                    deleted = len(rows)
-                else:
-                    deleted = conn.execute(
-                        f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {col}<? LIMIT ?)",
-                        (cutoff, b),
-                    ).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if deleted:
-                self._c.retention_deleted[table] = self._c.retention_deleted.get(table, 0) + deleted
-                log.debug("event=store_retention table=%s rows=%d", table, deleted)
-                return True  # one small transaction per call; come back for the rest
-        self._reclaim(conn)
-        return False
+        cutoffs = {
+            "series": now - self.retention_raw,
+            "hourly": now - self.retention_hourly,
+            "events": now - self.retention_events,
+            "alerts": now - self.retention_events,
+            "audit": now - self.retention_events,
+        }
+        step = expire_step(conn, cutoffs, self.retention_batch)
+        if step is None:
+            self._reclaim(conn)
+            return False
+        table, deleted = step
+        self._c.retention_deleted[table] = self._c.retention_deleted.get(table, 0) + deleted
+        log.debug("event=store_retention table=%s rows=%d", table, deleted)
+        return True  # one small transaction per call; come back for the rest
 
     def _refresh_hot(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute("SELECT coalesce(sum(n),0), min(arrived) FROM chunks").fetchone()
-        self._hot_readings = int(row[0])
-        self._hot_oldest = math.inf if row[1] is None else float(row[1])
+        self._hot_readings, self._hot_oldest = hot_chunks(conn)
 
     def _measure_size(self, conn: sqlite3.Connection) -> None:
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        self._db_used_bytes = (pages - free) * page_size
-        wal = self.path.with_name(self.path.name + "-wal")
-        try:
-            wal_bytes = wal.stat().st_size
-        except OSError:
-            wal_bytes = 0
-        self._db_file_bytes = pages * page_size + wal_bytes
+        self._db_used_bytes, self._db_file_bytes = db_size(conn, self.path)
 
     def _enforce_quota(self, conn: sqlite3.Connection) -> None:
         """Over quota: delete the oldest raw readings (series blocks first, then hot chunks) in small batches
@@ -1051,54 +978,31 @@ class Store:
                 self._quota_busy = False
                 self._reclaim(conn)
             return
-        b = self.retention_batch
-        # oldest first by arrival (a skewed field clock must not decide what goes); chunks arrive in id order
-        for table, order in (("series", "arrived"), ("chunks", "id")):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [
-                    r[0]
-                    for r in conn.execute(f"SELECT id FROM {table} ORDER BY {order} LIMIT ?", (b,)).fetchall()
-                ]
-                if not ids:
-                    conn.execute("COMMIT")
-                    continue
-                marks = ",".join("?" * len(ids))
-                n = conn.execute(
-                    f"SELECT coalesce(sum(n),0) FROM {table} WHERE id IN ({marks})", ids
-                ).fetchone()[0]
-                conn.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
-                conn.execute("UPDATE store_counters SET value=value-? WHERE name='readings'", (n,))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self._c.drops["quota"] += int(n)
-            if table == "chunks":
-                self._refresh_hot(conn)
-            if not self._quota_busy:
-                log.warning(
-                    "event=store_quota used_bytes=%d quota_bytes=%d action=delete_oldest",
+        step = delete_oldest_raw(conn, self.retention_batch)
+        if step is None:
+            # Nothing raw left to delete: the rest (events, aggregates, outbox) is kept; say so once.
+            if self._quota_busy:
+                log.error(
+                    "event=store_quota_exhausted used_bytes=%d quota_bytes=%d",
                     self._db_used_bytes,
                     self.quota_bytes,
                 )
-            self._quota_busy = True
+            self._quota_busy = False
             return
-        # Nothing raw left to delete: the rest (events, aggregates, outbox) is kept; say so once.
-        if self._quota_busy:
-            log.error(
-                "event=store_quota_exhausted used_bytes=%d quota_bytes=%d",
+        table, n = step
+        self._c.drops["quota"] += n
+        if table == "chunks":
+            self._refresh_hot(conn)
+        if not self._quota_busy:
+            log.warning(
+                "event=store_quota used_bytes=%d quota_bytes=%d action=delete_oldest",
                 self._db_used_bytes,
                 self.quota_bytes,
             )
-        self._quota_busy = False
+        self._quota_busy = True
 
     def _reclaim(self, conn: sqlite3.Connection) -> None:
-        """Hand a large free list back to the file system (auto_vacuum=INCREMENTAL), a bounded step at a time."""
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        if free > 2048:
-            conn.execute(f"PRAGMA incremental_vacuum({min(free - 1024, 8192)})")
+        reclaim_free_pages(conn)
         self._measure_size(conn)
 
 
