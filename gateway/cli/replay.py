@@ -43,9 +43,12 @@ from gridedge.scoring.detector import Detector
 
 __all__ = [
     "ALERT_HEADER",
+    "DESCRIPTION",
+    "EPILOG",
     "ParsedReadings",
     "ReplayError",
     "ReplaySummary",
+    "add_arguments",
     "add_replay_arguments",
     "event_time",
     "feed",
@@ -53,6 +56,7 @@ __all__ = [
     "load_points",
     "parse_readings",
     "replay_command",
+    "run",
     "run_replay",
 ]
 
@@ -557,6 +561,37 @@ def plot_alert(
     title = f"{ev.kind} group={ev.group} score={ev.score:.2f}: {ev.explanation.get('summary', '')}"
     marks = [Mark(ev.start, f"{ev.kind} {iso_utc(ev.start)}")]
     return render_panels(out, [panel], title=title, marks=marks, span=(ev.start - window, ev.start + window))
+
+
+DESCRIPTION = """\
+Score READINGS.csv (timestamp,point,value[,quality]; ISO 8601 or epoch seconds, sorted by time) with the
+same Detector and alert policy as the daemon — offline equals live — and write the published alerts to
+ALERTS.csv (time,kind,point,group,score,explanation). POINTS lists the points (JSON or YAML: name,
+quantity, unit, group, parent, nominal, rating). --state carries the learned baselines from one replay to
+the next. A summary line goes to stdout (--json: one object); a progress bar goes to stderr for large
+files when stderr is a terminal.
+
+Exit codes: 0 on success, 2 on bad input (file, row and what to fix on stderr)."""
+
+EPILOG = """\
+Examples:
+  gridedge replay readings.csv --points points.yaml --alerts-out alerts.csv
+  gridedge replay march.csv --points points.json --alerts-out march-alerts.csv --timezone Europe/Berlin \\
+      --state baselines.npz --plot 1
+  gridedge replay week.csv --points points.yaml --alerts-out /dev/null --json --no-progress"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``replay`` (help texts and options) on an argparse (sub)parser."""
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_replay_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry: 0 on success, 2 on bad input (message on stderr)."""
+    return replay_command(args)
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
