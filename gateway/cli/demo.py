@@ -28,9 +28,23 @@ from rich.table import Table
 from gridedge.config.loader import load_config
 from gridedge.gateway.logs import kv, setup_logging
 from gridedge.gateway.model import Event
+from gridedge.gateway.runtime.alert_policy import PUBLISHED
 from gridedge.gateway.runtime.daemon import Runtime
+from gridedge.gateway.store.writer import read_status
+from gridedge.protocols.simulators.modbus_server import ModbusSimServer, register_map
+from gridedge.protocols.simulators.substation import SubstationModel
 
-__all__ = ["DEMO_INCIDENTS", "DESCRIPTION", "EPILOG", "add_arguments", "run", "run_demo"]
+__all__ = [
+    "DEMO_INCIDENTS",
+    "DESCRIPTION",
+    "EPILOG",
+    "MATCH_TOLERANCE_S",
+    "add_arguments",
+    "incident_label",
+    "match_incidents",
+    "run",
+    "run_demo",
+]
 
 log = logging.getLogger("gridedge.demo")
 
@@ -68,8 +82,6 @@ class DemoServers:
         return [p for p in self.model.points if p.get("protocol") == protocol]
 
     async def start(self) -> None:
-        from gridedge.protocols.simulators.modbus_server import ModbusSimServer
-
         mb = self.points_of("modbus")
         self.modbus = ModbusSimServer(mb, host="127.0.0.1", port=0)
         self.ports["modbus"] = await self.modbus.start()
@@ -117,8 +129,6 @@ class DemoServers:
 
     def site_config(self, db: str, mqtt_port: int | None) -> dict[str, Any]:
         """The YAML a field engineer would write for this substation (built from the servers' maps)."""
-        from gridedge.protocols.simulators.modbus_server import register_map
-
         devices: list[dict[str, Any]] = [
             {"name": "rtu-feeders", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": self.ports["modbus"],
              "unit_id": 1, "poll": "1s", "timeout": "500ms", "backoff_initial": "500ms", "backoff_max": "5s",
@@ -175,8 +185,6 @@ def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen | None, int | None
 async def _demo_main(
     duration: float, db: str, seed: int, warm_days: float, mqtt: bool, workdir: Path
 ) -> dict[str, Any]:
-    from gridedge.protocols.simulators.substation import SubstationModel
-
     console = Console(stderr=True)
     model = SubstationModel(seed=seed, frequency_hz=50.0, timezone="Europe/Berlin")
     servers = DemoServers(model)
@@ -233,7 +241,15 @@ async def _demo_main(
             stop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await feeder
-        return {"events": events, "faults": list(model.faults), "start": start, "cfg": cfg}
+        parents = {p["group"]: p.get("parent") for p in model.points}
+        return {
+            "events": events,
+            "faults": list(model.faults),
+            "start": start,
+            "stop": time.time(),
+            "cfg": cfg,
+            "parents": parents,
+        }
     finally:
         await servers.stop()
         if broker is not None:
@@ -244,9 +260,80 @@ async def _demo_main(
                 broker.kill()
 
 
-def _summary(result: dict[str, Any], db: str, console: Console) -> None:
-    from gridedge.gateway.store.writer import read_status
+#: How far outside an injected incident's window an alert may start and still answer it: an IEC 104
+#: poll period (10 s) plus the detector's confirmation and the demo's 0.25 s model feed.
+MATCH_TOLERANCE_S = 15.0
 
+_SENSOR_KINDS = {"sensor_fault", "stale"}
+
+
+def _elapsed(seconds: float) -> str:
+    """Seconds since the live start as ``HH:MM:SS`` (``-`` before the start)."""
+    sign = "-" if seconds < 0 else ""
+    n = round(abs(seconds))
+    return f"{sign}{n // 3600:02d}:{n % 3600 // 60:02d}:{n % 60:02d}"
+
+
+def incident_label(fault: dict[str, Any], start: float) -> str:
+    """``overload trip on F2 injected at 00:00:08``."""
+    return f"{fault['kind'].replace('_', ' ')} on {fault['target']} injected at {_elapsed(fault['start'] - start)}"
+
+
+def _place_rank(ev: Event, fault: dict[str, Any], parents: dict[str, str | None]) -> int:
+    """How well an event's place fits an incident: 3 a shared point, 2 the same group, 1 the parent group
+    of a grid incident's group (a feeder's overload moves its transformer too), 0 unrelated. A sensor
+    fault touches its one point, so only its point and group fit."""
+    if set(ev.points) & set(fault.get("points", ())):
+        return 3
+    group = fault.get("group", "")
+    if ev.group == group:
+        return 2
+    if fault.get("class") == "grid" and ev.group and ev.group in (fault.get("parent"), parents.get(group)):
+        return 1
+    return 0
+
+
+def match_incidents(
+    events: list[tuple[Event, str]],
+    faults: list[dict[str, Any]],
+    parents: dict[str, str | None] | None = None,
+    tolerance: float = MATCH_TOLERANCE_S,
+) -> list[tuple[Event, str, dict[str, Any] | None]]:
+    """Each event (in time order) with the injected incident it answers, or None (a false alert).
+
+    An event answers an incident when its place fits (a shared point, the same group, or the parent or
+    child group) and it starts within the incident's window widened by ``tolerance`` on both sides.
+    Several candidates: the closest place first, then the same class (sensor fault / grid incident),
+    then the nearest start.
+    """
+    parents = parents or {}
+    out: list[tuple[Event, str, dict[str, Any] | None]] = []
+    for ev, decision in sorted(events, key=lambda e: e[0].start):
+        best: tuple[tuple[int, int, float], dict[str, Any]] | None = None
+        ev_class = "sensor" if str(ev.kind) in _SENSOR_KINDS else "grid"
+        for fault in faults:
+            place = _place_rank(ev, fault, parents)
+            if place == 0 or not fault["start"] - tolerance <= ev.start <= fault["end"] + tolerance:
+                continue
+            key = (place, int(fault.get("class") == ev_class), -abs(ev.start - fault["start"]))
+            if best is None or key > best[0]:
+                best = (key, fault)
+        out.append((ev, decision, best[1] if best else None))
+    return out
+
+
+def _answer_text(ev: Event, fault: dict[str, Any] | None, start: float) -> str:
+    if fault is None:
+        return "no injected incident (false alert)"
+    text = f"answers: {incident_label(fault, start)}"
+    ev_class = "sensor" if str(ev.kind) in _SENSOR_KINDS else "grid"
+    if fault.get("class") and fault["class"] != ev_class:
+        what = "a sensor fault" if fault["class"] == "sensor" else "a grid incident"
+        text += f" [yellow](misclassified: that was {what})[/]"
+    return text
+
+
+def _summary(result: dict[str, Any], db: str, console: Console) -> None:
     status = read_status(db)
     t = Table(title="gridedge demo — devices")
     for col in ("device", "protocol", "state", "points", "good"):
@@ -259,26 +346,66 @@ def _summary(result: dict[str, Any], db: str, console: Console) -> None:
         f"stored: [bold]{status.get('readings', 0):,}[/] readings, {status.get('events', 0)} events, "
         f"{status.get('alerts', 0)} alerts, outbox {status.get('outbox', 0)} unsent — database {db}"
     )
-    f = Table(title="injected (ground truth)")
-    for col in ("at", "kind", "class", "target"):
-        f.add_column(col)
-    for fault in result["faults"]:
-        f.add_row(
-            f"+{fault['start'] - result['start']:.0f}s",
-            fault["kind"],
-            fault.get("class", ""),
-            fault["target"],
-        )
-    console.print(f)
-    e = Table(title="what gridedge found (events, with the alert policy's decision)")
-    for col in ("at", "kind", "where", "score", "policy", "why"):
+    start, faults = result["start"], result["faults"]
+    matched = match_incidents(result["events"], faults, result.get("parents"))
+
+    e = Table(title="what gridedge found — events in time order, the alert policy's decision, and the "
+              "injected incident each one answers")  # fmt: skip
+    for col in ("time", "kind", "group/point", "score", "policy", "explanation", "answers"):
         e.add_column(col, overflow="fold")
-    for ev, decision in result["events"]:
+    for ev, decision, fault in matched:
+        where = (
+            f"{ev.group}/{ev.points[0]}"
+            if ev.points and ev.group
+            else (ev.points[0] if ev.points else ev.group)
+        )
+        gist = str(ev.explanation.get("summary", ""))
         e.add_row(
-            f"+{ev.start - result['start']:.0f}s", str(ev.kind), ev.points[0] if ev.points else ev.group,
-            f"{ev.score:.1f}" if ev.score == ev.score else "-", decision, str(ev.explanation.get("summary", ""))[:120],
+            _elapsed(ev.start - start), str(ev.kind), where, f"{ev.score:.1f}" if ev.score == ev.score else "-",
+            decision, gist[:90] + ("…" if len(gist) > 90 else ""), _answer_text(ev, fault, start),
         )  # fmt: skip
     console.print(e)
+
+    answered: dict[int, list[tuple[Event, str]]] = {}
+    for ev, decision, fault in matched:
+        if fault is not None:
+            answered.setdefault(id(fault), []).append((ev, decision))
+    f = Table(title="injected (ground truth) — and what answered each")
+    for col in ("time", "until", "kind", "class", "target", "outcome"):
+        f.add_column(col, overflow="fold")
+    missed: list[dict[str, Any]] = []
+    for fault in sorted(faults, key=lambda x: x["start"]):
+        hits = answered.get(id(fault), [])
+        alerts = [ev for ev, d in hits if d == PUBLISHED]
+        if alerts:
+            outcome = "answered by " + ", ".join(
+                f"{ev.kind} at {_elapsed(ev.start - start)}" for ev in alerts
+            )
+        elif hits:
+            held = ", ".join(sorted({d for _, d in hits}))
+            outcome = f"[yellow]detected, not alerted[/] (policy: {held})"
+            missed.append(fault)
+        else:
+            outcome = "[red]missed[/]"
+            missed.append(fault)
+        f.add_row(
+            _elapsed(fault["start"] - start), _elapsed(fault["end"] - start), fault["kind"],
+            fault.get("class", ""), fault["target"], outcome,
+        )  # fmt: skip
+    console.print(f)
+    alerts_all = [(ev, fault) for ev, d, fault in matched if d == PUBLISHED]
+    false_alerts = sum(1 for _, fault in alerts_all if fault is None)
+    console.print(
+        f"{len(faults)} injected incidents: [bold]{len(faults) - len(missed)}[/] answered by an alert, "
+        f"[bold]{len(missed)}[/] missed; {len(alerts_all)} alerts: {len(alerts_all) - false_alerts} answer an "
+        f"injected incident, [bold]{false_alerts}[/] false"
+    )
+    stop = result.get("stop")
+    for fault in missed:
+        window = f"window until {_elapsed(fault['end'] - start)}"
+        if stop is not None and fault["end"] > stop:
+            window += f", past the demo's end at {_elapsed(stop - start)}"
+        console.print(f"  missed: {incident_label(fault, start)} ({window})")
 
 
 def run_demo(
@@ -292,6 +419,8 @@ def run_demo(
     """Run the demo; returns the process exit code."""
     setup_logging("info")
     console = Console()
+    if not console.is_terminal:  # a pipe or a CI log: rich would wrap the tables at 80 columns
+        console = Console(width=140)
     with tempfile.TemporaryDirectory(prefix="gridedge-demo-") as tmp:
         workdir = Path(tmp)
         db_path = db or str(workdir / "demo.db")
