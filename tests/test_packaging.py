@@ -244,7 +244,7 @@ def test_precompile_fills_the_cache_the_next_start_loads(tmp_path: Path) -> None
     want = {
         "kernel.run_batch",
         "kernel.check_batch",
-        "value_deadband.select_changed",
+        "deadband.select_changed",  # gateway/mqtt/deadband.py
         "modbus_decode.decode_points",
     }
     assert want <= cached, cached
