@@ -14,16 +14,19 @@ from typing import Any, Literal
 import numpy as np
 
 from .allowlist import ALLOWED_ARRAYS, check_arrays, check_metrics
-from .classifier import CLASSES, FEATURE_NAMES, LOCAL_STEPS, features_matrix, train_local
+from .classifier import CLASSES, FEATURE_NAMES, LOCAL_STEPS, class_weights, features_matrix, train_local
+from .classifier import class_counts as _class_counts
 from .prior import site_prior_sums
 from .reader import open_site, read_detector_state, read_labelled_events, read_points
 
 __all__ = [
+    "CLASS_COUNTS_KEY",
     "DP_KEYS",
     "ClassifierMode",
     "contribution_from",
     "describe",
     "fedavg",
+    "fleet_class_counts",
     "global_classifier",
     "site_contribution",
 ]
@@ -39,6 +42,20 @@ ClassifierMode = Literal["weighted", "uniform", "withheld"]
 
 #: The arrays of a DP classifier round (the only ones fixedclipping_mod clips: a model *update*).
 DP_KEYS: tuple[str, ...] = ("clf.coef_w", "clf.intercept_w")
+
+
+#: The array that carries a site's class counts (÷ N) so the fleet's counts come back in the global
+#: model. It leaves only once the allow-list (federation/allowlist.py) lists it as float64[C]; until then
+#: each site balances its classes with the counts it has (its own, or the fleet's given explicitly).
+CLASS_COUNTS_KEY = "clf.class_w"
+
+
+def fleet_class_counts(arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The fleet's relative class counts in an aggregated model (None when it does not carry them)."""
+    if CLASS_COUNTS_KEY not in arrays:
+        return None
+    c = np.asarray(arrays[CLASS_COUNTS_KEY], np.float64).ravel()
+    return c if c.shape == (len(CLASSES),) and np.all(np.isfinite(c)) and c.sum() > 0 else None
 
 
 def global_classifier(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -75,20 +92,28 @@ def contribution_from(
     steps: int = LOCAL_STEPS,
     classifier: ClassifierMode = "weighted",
     points: int = 0,
+    class_counts: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
     """The arithmetic of a contribution from prior sums and labelled features (no I/O; the bench uses it).
 
     ``global_arrays``: the current global model as received (its classifier is the starting point of
-    the local gradient steps). Raises :class:`~gridedge.federation.allowlist.ExportRefused` if anything
-    outside the allow-list would leave.
+    the local gradient steps; its fleet class counts, if it carries them, weight the classes).
+    ``class_counts``: the fleet's class counts, overriding the global model's. Raises
+    :class:`~gridedge.federation.allowlist.ExportRefused` if anything outside the allow-list would leave.
     """
     g = global_classifier(global_arrays or {})
     labelled = len(y)
+    # class-balanced training: weights from the fleet's class counts (given, or carried by the global
+    # model), else from the site's own; the site's FedAvg weight is its labels' total weight, so the
+    # aggregate is one step on the pooled balanced loss (classifier.train_local)
+    counts = class_counts if class_counts is not None else fleet_class_counts(global_arrays or {})
+    cw = class_weights(counts if counts is not None else _class_counts(y))
+    label_weight = float(cw[y].sum()) if labelled else 0.0
     if classifier == "withheld":
         coef, intercept = np.zeros((len(CLASSES), len(FEATURE_NAMES))), np.zeros(len(CLASSES))
-        labelled = 0
+        labelled, label_weight = 0, 0.0
     else:
-        coef, intercept = train_local(X, y, *(g or (None, None)), steps=steps)
+        coef, intercept = train_local(X, y, *(g or (None, None)), steps=steps, class_weight=cw)
     if classifier == "uniform":
         # a DP round: the local model itself, weight 1 per site (FedAvg becomes the plain mean, which is
         # what the server's noise, std = z·C/m, is calibrated for); a site without labels returns the
@@ -99,17 +124,19 @@ def contribution_from(
         n_samples = float(sums["weight"].sum())
         # N: FedAvg's weight. Each array is divided by it, so Σ_k N_k·(x_k/N_k)/Σ N = Σ x_k/Σ N, and the
         # ratio of two aggregated arrays is the fleet's count-weighted mean, cell by cell.
-        N = n_samples + labelled
+        N = n_samples + label_weight
         if N <= 0:
             N = 1.0
         out = {
             "prior.shape_w": sums["shape_sum"] / N,
             "prior.spread_w": sums["spread_sum"] / N,
             "prior.weight": sums["weight"] / N,
-            "clf.coef_w": coef * labelled / N,
-            "clf.intercept_w": intercept * labelled / N,
-            "clf.weight": np.array([labelled / N]),
+            "clf.coef_w": coef * label_weight / N,
+            "clf.intercept_w": intercept * label_weight / N,
+            "clf.weight": np.array([label_weight / N]),
         }
+        if CLASS_COUNTS_KEY in ALLOWED_ARRAYS:
+            out[CLASS_COUNTS_KEY] = _class_counts(y) / N
         metrics = {"num-examples": N, "labelled": labelled, "points": points}
     out = {k: np.ascontiguousarray(v, np.float64) for k, v in out.items()}
     check_arrays(out)

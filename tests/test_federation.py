@@ -208,12 +208,14 @@ def test_fleet_rounds_weighted_mean_and_nothing_raw_crosses(sites: list[Site], t
         < np.nanmax(prior["shape"][:, QUANTITIES.index("current")])
     )  # a real daily shape, not a flat line
 
-    # -- the global classifier equals the label-weighted mean of the sites' round-2 coefficients ---
+    # -- the global classifier equals the label-weight-weighted mean of the sites' round-2 models ----
+    # (a site's weight is the class-balanced weight of its labels; a site without labels weighs 0)
     round1 = np.load(models[0]["path"])
     contribs = [site_contribution(s.db, dict(round1)) for s in sites]
-    labels = np.array([m["labelled"] for _, m in contribs], float)
-    coefs = [a["clf.coef_w"] * m["num-examples"] / max(m["labelled"], 1) for a, m in contribs]
-    want = sum(w * c for w, c in zip(labels, coefs, strict=True)) / labels.sum()
+    weights = np.array([float(a["clf.weight"][0]) * m["num-examples"] for a, m in contribs])
+    assert weights[0] > 0 and weights[-1] == 0.0 and sum(m["labelled"] for _, m in contribs) == 20
+    coefs = [a["clf.coef_w"] / a["clf.weight"][0] if a["clf.weight"][0] > 0 else 0.0 for a, _ in contribs]
+    want = sum(w * c for w, c in zip(weights, coefs, strict=True)) / weights.sum()
     clf, cversion = load_latest_classifier(server_models)
     assert cversion == version
     np.testing.assert_allclose(clf["coef"], want, rtol=1e-9, atol=1e-12)

@@ -50,7 +50,7 @@ def test_runtime_applies_pulled_fleet_models_and_annotates_events(tmp_path: Path
                    explanation={"rule": "composite", "points": {"F1_I": {"z": 6.0}, "F1_P": {"z": 5.0}}})  # fmt: skip
         rt._dispatch_event(ev)
         assert ev.explanation["classifier"]["model_version"] == version
-        assert ev.explanation["classifier"]["label"] in ("incident", "sensor_fault", "false_alarm")
+        assert ev.explanation["classifier"]["label"] in ("incident", "sensor_fault", "false_alarm", "unsure")
         rt._shutdown_components()
 
     asyncio.run(main())
