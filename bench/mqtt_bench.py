@@ -1,16 +1,27 @@
 """MQTT bridge throughput and alert latency against a real mosquitto on loopback.
 
-    .venv/bin/python bench/mqtt_bench.py [--n 20000] [--alerts 500]
+    .venv/bin/python bench/mqtt_bench.py [--n 20000] [--alerts 500] [--only-values]
+        [--devices 10 --points-per-device 1000 --period 0.1 --duration 5]
 
 Prints one side-by-side table: messages/s delivered to a subscriber for QoS 1 published directly with paho
 (no outbox), QoS 1 through the SQLite outbox (synchronous=normal and full), and live values (QoS 0)
 through ``publish_values``; then the publish_alert → subscriber latency p50/p99 for both outbox modes.
 Everything runs in one process (bridge, subscriber), so the figures include their share of the GIL.
+
+Then live values side by side, payload mode by mode (``mqtt.values``: batch, per_point, sparkplug): every
+value of ``--devices`` × ``--points-per-device`` points published (deadband 0) every ``--period`` s for
+``--duration`` s, one poll batch per device, as the runtime hands them over. A subscriber in a child
+process counts the points that arrive. Per mode: time spent in ``publish_values`` per point (the event
+loop's cost), CPU of the bridge process (its paho and pump threads included) per point and in % of one
+core, messages and points delivered per second, values conflated (latest wins), and whether delivered =
+offered − conflated.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing as mp
 import sys
 import tempfile
 import threading
@@ -26,6 +37,8 @@ from fixtures_mqtt import Broker, wait_until
 from gridedge.config.models import MqttSection
 from gridedge.gateway.model import Event, EventKind, PointTable, ReadingBatch
 from gridedge.gateway.mqtt.client import MqttBridge
+from gridedge.gateway.mqtt.deadband import warm
+from gridedge.gateway.mqtt.sparkplug_schema import Payload
 
 
 class Counter:
@@ -111,6 +124,89 @@ def values_qos0(port: int, tmp: Path, n: int, points: PointTable, in_outbox: boo
     return got / dt
 
 
+def _count_points(port: int, topic: str, mode: str, count, ready) -> None:
+    """Child process: count the points carried by the messages on ``topic`` (and the messages)."""
+
+    def on_message(c, u, m) -> None:
+        if mode == "batch":
+            n = len(json.loads(m.payload)["points"])
+        elif mode == "sparkplug":
+            if "/DDATA/" not in m.topic:
+                return
+            n = len(Payload.FromString(m.payload).metrics)
+        else:
+            n = 1
+        with count.get_lock():
+            count[0] += n
+            count[1] += 1
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, 0)
+    c.on_subscribe = lambda *a: ready.set()
+    c.on_message = on_message
+    c.connect("127.0.0.1", port)
+    c.loop_forever()
+
+
+def values_mode(port: int, tmp: Path, mode: str, devices: int, per_dev: int, period: float, duration: float):
+    """Every value of every point each period, one batch per device; returns one result row."""
+    topic = {"batch": "gridedge/bench/values/#", "per_point": "gridedge/bench/point/#"}.get(mode, "spBv1.0/#")
+    count = mp.Array("q", 2)
+    ready = mp.Event()
+    child = mp.get_context("fork").Process(
+        target=_count_points, args=(port, topic, mode, count, ready), daemon=True
+    )
+    child.start()
+    ready.wait(10)
+    specs = [
+        {"name": f"D{d}P{i}", "quantity": "current", "group": f"G{d}", "device": f"dev{d}"}
+        for d in range(devices)
+        for i in range(per_dev)
+    ]
+    points = PointTable.from_specs(specs)
+    b = bridge(port, tmp / f"vm-{mode}.db", points, values=mode)
+    if mode == "sparkplug":
+        wait_until(lambda: b.stats()["values"]["sparkplug"]["births"] >= 1, 10)
+    idx = [np.arange(d * per_dev, (d + 1) * per_dev, dtype=np.int32) for d in range(devices)]
+    cycles = max(1, round(duration / period))
+    in_publish = 0.0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for k in range(cycles):
+        due = t0 + k * period
+        while (now := time.perf_counter()) < due:
+            time.sleep(min(0.005, due - now))
+        ts = time.time()
+        for d in range(devices):
+            batch = ReadingBatch.uniform(idx[d], np.full(per_dev, float(k)), ts=ts, device=f"dev{d}")
+            a = time.perf_counter()
+            b.publish_values(batch)
+            in_publish += time.perf_counter() - a
+    sent_until = time.perf_counter()
+    wait_until(lambda: b.stats()["values"]["pending"] == 0, 30, 0.01)
+    v0 = b.stats()["values"]
+    wait_until(lambda: count[0] >= v0["sent"], 30, 0.01)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    v = b.stats()["values"]
+    b.stop()
+    child.terminate()
+    child.join(5)
+    offered = cycles * devices * per_dev
+    return {
+        "mode": mode,
+        "offered": offered,
+        "publish_us_per_point": in_publish / offered * 1e6,
+        "cpu_us_per_point": cpu / offered * 1e6,
+        "cpu_pct": 100.0 * cpu / wall,
+        "msg_s": count[1] / wall,
+        "points_s": count[0] / wall,
+        "delivered": count[0],
+        "conflated": v["conflated"],
+        "exact": count[0] == offered - v["conflated"] and v["offered"] == offered,
+        "drain_s": wall - (sent_until - t0),
+    }
+
+
 def latency(port: int, tmp: Path, n: int, sync: str, points: PointTable) -> tuple[float, float]:
     sub = Counter(port, "gridedge/bench/alert")
     b = bridge(port, tmp / f"lat-{sync}.db", points, outbox_synchronous=sync)
@@ -131,7 +227,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="messages per throughput run")
     ap.add_argument("--alerts", type=int, default=500, help="alerts for the latency run")
+    ap.add_argument("--only-values", action="store_true", help="only the live value modes side by side")
+    ap.add_argument("--devices", type=int, default=10)
+    ap.add_argument("--points-per-device", type=int, default=1000)
+    ap.add_argument("--period", type=float, default=0.1, help="poll period in s")
+    ap.add_argument("--duration", type=float, default=5.0, help="s of polling per mode")
+    ap.add_argument("--modes", default="batch,per_point,sparkplug")
     args = ap.parse_args()
+    if args.only_values:
+        print_values(args)
+        return
     points = PointTable.from_specs(
         [{"name": f"P{i}", "quantity": "voltage", "group": "G0"} for i in range(500)]
     )
@@ -169,6 +274,38 @@ def main() -> None:
     print(f"{'outbox synchronous':<20} {'p50 ms':>8} {'p99 ms':>8}")
     for s, p50, p99 in lat:
         print(f"{s:<20} {p50:>8.2f} {p99:>8.2f}")
+    print_values(args)
+
+
+def print_values(args: argparse.Namespace) -> None:
+    warm()  # the runtime loads the deadband kernel at start-up, not on the first batch
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        broker = Broker(tmp / "broker").start()
+        try:
+            rows = [
+                values_mode(
+                    broker.port, tmp, m, args.devices, args.points_per_device, args.period, args.duration
+                )
+                for m in args.modes.split(",")
+            ]
+        finally:
+            broker.stop()
+    n = args.devices * args.points_per_device
+    print(
+        f"\nlive values, every value published: {args.devices} devices × {args.points_per_device} points "
+        f"every {args.period * 1000:.0f} ms for {args.duration:.0f} s = {n / args.period:,.0f} points/s offered"
+    )
+    print(
+        f"{'mode':<10} {'publish µs/pt':>13} {'CPU µs/pt':>10} {'CPU %':>6} {'msg/s':>9} {'points/s':>10} "
+        f"{'conflated':>10} {'drain s':>8} {'delivered=offered−conflated':>28}"
+    )
+    for r in rows:
+        print(
+            f"{r['mode']:<10} {r['publish_us_per_point']:>13.3f} {r['cpu_us_per_point']:>10.3f} "
+            f"{r['cpu_pct']:>6.1f} {r['msg_s']:>9,.0f} {r['points_s']:>10,.0f} {r['conflated']:>10,} "
+            f"{r['drain_s']:>8.2f} {'yes' if r['exact'] else 'NO':>28}"
+        )
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("scoring.suppress[]", c.SuppressionWindow),
     ("alerts", c.AlertsSection),
     ("mqtt", c.MqttSection),
+    ("mqtt.sparkplug", c.SparkplugConfig),
     ("federation", c.FederationSection),
     ("metrics", c.MetricsSection),
     ("logging", c.LoggingSection),

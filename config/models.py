@@ -357,6 +357,14 @@ class MqttPointPolicy(_Strict):
     integrity_period: Duration | None = Field(None, description="republish at least this often")
 
 
+class SparkplugConfig(_Strict):
+    """Sparkplug B edge node (`mqtt.values: sparkplug`): its own MQTT session beside the JSON one."""
+
+    group_id: str = Field("gridedge", description="Sparkplug group id (first topic level after spBv1.0)")
+    edge_node_id: str | None = Field(None, description="Sparkplug edge node id; default site.name")
+    client_id: str | None = Field(None, description="MQTT client id of the edge node; default <client_id>-spb")
+
+
 class MqttSection(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -368,8 +376,27 @@ class MqttSection(_Strict):
     topic_root: str = Field("gridedge/{site}", description="topic prefix; {site} is replaced by site.name")
     keepalive: Duration = 30.0
     publish_values: bool = Field(True, description="publish live point values")
+    values: Literal["batch", "per_point", "sparkplug"] = Field(
+        "batch",
+        description="live value payloads: batch = one JSON message per device (or group) and poll cycle on "
+        "values/<name>; per_point = one message per point on point/<name>; sparkplug = Sparkplug B DDATA",
+    )
+    batch_by: Literal["device", "group"] = Field(
+        "device", description="what one batch message (or Sparkplug device) holds: a device's or a group's points"
+    )
+    values_backlog: int = Field(
+        64,
+        ge=1,
+        description="value messages handed to the socket but not yet written before new values wait; a "
+        "waiting point keeps only its newest value (latest wins, overwritten ones are counted as conflated)",
+    )
+    sparkplug: SparkplugConfig = Field(
+        default_factory=SparkplugConfig, description="Sparkplug B edge node (with values: sparkplug)"
+    )
     values_in_outbox: bool = Field(
-        False, description="queue live values in the outbox while the broker is down"
+        False,
+        description="queue live values in the outbox while the broker is down (per-point messages, "
+        "in order, no conflation; overrides values)",
     )
     integrity_period: Duration = Field(
         300.0, description="republish a point at least this often despite deadband"

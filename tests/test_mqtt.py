@@ -88,7 +88,7 @@ def sample_event() -> Event:
 
 def test_topics_and_payloads_match_schemas(tmp_path, broker):
     col = Collector(broker.port, [f"{ROOT}/#"]).start()
-    bridge = make_bridge(tmp_path, broker.port)
+    bridge = make_bridge(tmp_path, broker.port, values="per_point")  # batch: test_mqtt_batch.py
     try:
         bridge.start()
         assert bridge.wait_connected(10)
@@ -191,6 +191,7 @@ def test_deadband_percent_and_integrity(tmp_path, broker):
     bridge = make_bridge(
         tmp_path,
         broker.port,
+        values="per_point",
         integrity_period=1000.0,
         points={
             "current": {"deadband": 50.0},  # by quantity (overridden below for F1_I)

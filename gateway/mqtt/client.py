@@ -5,8 +5,13 @@ Topics under ``<root>`` = ``mqtt.topic_root`` (``gridedge/<site>``); payloads ar
 
 - ``status`` (retained, QoS 1): ``online`` on connect, ``offline`` on stop and as the last will.
 - ``device/<name>/status`` (retained, QoS 1, via the outbox): up/down, last error, backoff.
-- ``point/<name>`` (QoS 0): value, quality, source and gateway timestamps; deadband (absolute and percent)
-  and an integrity period per point, decided for the whole batch with numpy.
+- ``values/<device>`` (QoS 0, ``mqtt.values: batch``, the default): one message per device (or group) and
+  hand-over with all its changed points as arrays (:mod:`~gridedge.gateway.mqtt.payloads`); or
+  ``point/<name>`` per point (``per_point``); or Sparkplug B DDATA from a separate edge-node session
+  (``sparkplug``, :mod:`~gridedge.gateway.mqtt.sparkplug`). Deadband (absolute and percent) and an integrity
+  period per point decide what changed (:mod:`~gridedge.gateway.mqtt.deadband`); the chosen values wait in
+  latest-value-wins slots while the socket is behind or the link is down, and every overwritten value is
+  counted (:mod:`~gridedge.gateway.mqtt.conflation`), so polling never waits for the broker.
 - ``group/<name>/score`` (QoS 0): composite score, threshold, state.
 - ``alert`` / ``alert/cleared`` (QoS 1, via the outbox): the event with its explanation and a sequence
   number.
@@ -31,7 +36,6 @@ import json
 import logging
 import math
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -45,10 +49,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gridedge.config.models import MqttSection
-from gridedge.gateway.model import Event, PointTable, Quality, ReadingBatch
+from gridedge.gateway.model import Event, PointTable, ReadingBatch
 from gridedge.gateway.mqtt.commands import Command, CommandError, parse_command
+from gridedge.gateway.mqtt.conflation import SocketBacklog, ValueSlots
+from gridedge.gateway.mqtt.connection import make_paho_client
 from gridedge.gateway.mqtt.deadband import select_changed
 from gridedge.gateway.mqtt.outbox import Outbox
+from gridedge.gateway.mqtt.payloads import BatchEncoder, PerPointEncoder, ValueEncoder, topic_safe
+from gridedge.gateway.mqtt.sparkplug import SparkplugNode
 
 __all__ = [
     "DEVICE_STATES",
@@ -68,10 +76,6 @@ GROUP_STATES = ("normal", "elevated", "anomaly", "observing", "open")
 SEVERITIES = ("info", "warning", "critical")
 #: a device's link as published: degraded = it answers, but some of its points are bad
 DEVICE_STATES = ("up", "degraded", "down")
-_QUALITY_VALUES = 2 * int(max(Quality))  # every combination of the flags (0..511)
-_QUALITY_NAMES = [Quality.describe(b) for b in range(_QUALITY_VALUES)]
-_QUALITY_FLAGS = [[] if b == 0 else _QUALITY_NAMES[b].split("|") for b in range(_QUALITY_VALUES)]
-_QUALITY_FLAGS_JSON = [json.dumps(f, separators=(",", ":")) for f in _QUALITY_FLAGS]
 
 
 class ConnState(enum.Enum):
@@ -88,11 +92,6 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     """``a`` made read-only like a ReadingBatch's arrays (one compiled signature of select_changed)."""
     a.flags.writeable = False
     return a
-
-
-def topic_safe(name: str) -> str:
-    """A name usable as one topic level (no separators or wildcards)."""
-    return name.replace("/", "_").replace("+", "_").replace("#", "_") or "_"
 
 
 def _clean(obj: Any) -> Any:
@@ -246,35 +245,30 @@ class MqttBridge:
         self._last_q = np.full(n, -1, np.int16)
         self._bad_group_states: set[tuple[str, str]] = set()  # logged once each
         self._last_pub = np.full(n, -np.inf)
-        self._point_topic = [f"{self.root}/point/{topic_safe(p.name)}" for p in self.points]
-        self._point_unit_json = [json.dumps(p.unit) for p in self.points]
+        self._per_point = PerPointEncoder(self.root, self.points)  # also the values_in_outbox payloads
+        self._encoder: ValueEncoder = (
+            self._per_point
+            if self.cfg.values == "per_point"
+            else BatchEncoder(self.root, self.points, self.cfg.batch_by)
+        )
+        self._slots = ValueSlots(n)
+        self._backlog = SocketBacklog()
+        self._value_messages = 0
+        self._sparkplug: SparkplugNode | None = None
+        if self.cfg.values == "sparkplug":
+            self._sparkplug = SparkplugNode(
+                self.cfg,
+                site=self.site,
+                points=self.points,
+                slots=self._slots,
+                lock=self._values_lock,
+                client_id=self.client_id,
+            )
         # group -> (state, score, monotonic time) last published: scores go out on change, not every cycle
         self._group_pub: dict[str, tuple[str, float | None, float]] = {}
 
     def _make_client(self) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
-        c.max_inflight_messages_set(self.cfg.max_inflight)
-        c.max_queued_messages_set(0)
-        if self.cfg.password_file and not self.cfg.username:
-            raise ValueError("mqtt.password_file needs mqtt.username")
-        if self.cfg.username:
-            pw = None
-            if self.cfg.password_file:
-                pw = Path(self.cfg.password_file).read_text().rstrip("\r\n")
-            c.username_pw_set(self.cfg.username, pw)
-        tls = self.cfg.tls
-        if tls is not None:
-            if tls.server_name:
-                log.warning(
-                    "event=mqtt_tls_server_name_ignored name=%s host=%s", tls.server_name, self.cfg.host
-                )
-            c.tls_set(
-                ca_certs=tls.ca_file,
-                certfile=tls.cert_file,
-                keyfile=tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        c = make_paho_client(self.cfg, self.client_id)
         self._set_will(c)
         c.on_pre_connect = self._on_pre_connect
         c.on_connect = self._on_connect
@@ -325,6 +319,8 @@ class MqttBridge:
         self._client.loop_start()
         self._pump_thread = threading.Thread(target=self._pump, name="gridedge-mqtt-outbox", daemon=True)
         self._pump_thread.start()
+        if self._sparkplug is not None:
+            self._sparkplug.start()
         log.info(
             "event=mqtt_start host=%s port=%d root=%s client_id=%s",
             self.cfg.host,
@@ -347,6 +343,8 @@ class MqttBridge:
                 info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
             except (RuntimeError, ValueError):
                 pass  # lost the link meanwhile: the last will says offline instead
+        if self._sparkplug is not None:
+            self._sparkplug.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._stopping = True
         self._wake.set()
         self._client.disconnect()
@@ -388,11 +386,41 @@ class MqttBridge:
             "published_direct": self.published_direct,
             "refused": self.refused,
             "inflight": len(self._inflight),
-            "drops": dict(self.outbox.drops),
+            "drops": self._drops(),
             "over_quota": self.outbox.over_quota,
             "reconnects": self.reconnects,
             "backoff": self.backoff,
+            "values": self.value_stats(),
         }
+
+    def _drops(self) -> dict[str, int]:
+        """The outbox's drops, and the live values overwritten in their slot (``conflated_value``)."""
+        drops = dict(self.outbox.drops)
+        if self._slots.conflated:
+            drops["conflated_value"] = self._slots.conflated
+        return drops
+
+    def value_stats(self) -> dict[str, Any]:
+        """Live value counters: ``offered`` (chosen by deadband) = ``sent`` + ``conflated`` + ``pending``;
+        ``lost`` of ``sent`` were in messages paho dropped at a disconnect; ``backlog`` messages wait for
+        the socket."""
+        s = self._slots
+        backlog = self._sparkplug.backlog if self._sparkplug is not None else self._backlog
+        with self._values_lock:  # depth() retires written messages: one thread at a time
+            depth = backlog.depth()
+        out: dict[str, Any] = {
+            "mode": "outbox" if self.cfg.values_in_outbox else self.cfg.values,
+            "offered": s.offered,
+            "sent": s.taken,
+            "conflated": s.conflated,
+            "pending": s.n_pending,
+            "messages": self._value_messages,
+            "backlog": depth,
+            "lost": backlog.readings_lost,
+        }
+        if self._sparkplug is not None:
+            out["sparkplug"] = self._sparkplug.stats()
+        return out
 
     # -------------------------------------------------------------------------------------- callbacks
     def _arm_backoff(self, *, reset: bool = False) -> None:
@@ -519,6 +547,9 @@ class MqttBridge:
                 self._drain_acks()
                 if self._connected.is_set() and len(self._inflight) < self.window:
                     self._send_batch()
+                if self._slots.n_pending:  # values waited for the socket: the latest go out on resume
+                    with self._values_lock:
+                        self._drain_values()
             except Exception:  # the pump must outlive a bad row or a locked DB; the row stays queued
                 log.exception("event=mqtt_pump_error")
                 time.sleep(0.5)
@@ -550,9 +581,12 @@ class MqttBridge:
 
     # -------------------------------------------------------------------------------------- publishing
     def publish_values(self, batch: ReadingBatch) -> None:
-        """Publish the readings that passed deadband / quality change / integrity period (QoS 0).
+        """Hand the readings that passed deadband / quality change / integrity period to the socket (QoS 0).
 
-        When a batch holds a point more than once, only its newest reading is considered.
+        Never waits: the chosen readings go into their points' slots and out at once while the socket
+        keeps up; otherwise they wait there, the newest replacing the older (counted as conflated), until
+        the backlog drains (here on the next batch, or from the pump thread). When a batch holds a point
+        more than once, only its newest reading is considered.
         """
         if not self.cfg.publish_values or len(batch) == 0:
             return
@@ -563,44 +597,64 @@ class MqttBridge:
             last_of_run = np.r_[idx[order][1:] != idx[order][:-1], True]
             sel_all = order[last_of_run]
             idx, v, q, ts, gw = (_readonly(a[sel_all]) for a in (idx, v, q, ts, gw))
-        online = self._connected.is_set()
-        commit = online or self.cfg.values_in_outbox
+        if self.cfg.values_in_outbox:
+            self._publish_values_outbox(idx, v, q, ts, gw)
+            return
         out = np.empty(len(idx), np.int64)
         with self._values_lock:
             m = select_changed(
                 idx, v, q, gw, self._last_val, self._last_q, self._last_pub,
-                self._ref, self._db_abs, self._db_pct, self._integrity, commit, out,
+                self._ref, self._db_abs, self._db_pct, self._integrity, True, out,
+            )  # fmt: skip
+            if m:
+                chosen = out[:m]
+                self._slots.offer(idx[chosen], v[chosen], q[chosen], ts[chosen], gw[chosen])
+            self._drain_values()
+
+    def _values_sink_ready(self) -> bool:
+        if self._sparkplug is not None:
+            return self._sparkplug.ready()
+        return self._connected.is_set() and self._backlog.depth() < self.cfg.values_backlog
+
+    def _drain_values(self) -> None:
+        """Hand every waiting value to the socket if it keeps up (caller holds the values lock)."""
+        if self._slots.n_pending == 0 or not self._values_sink_ready():
+            return
+        vals = self._slots.take()
+        if self._sparkplug is not None:
+            n = self._sparkplug.send(vals)
+        else:
+            n = 0
+            publish, add = self._client.publish, self._backlog.add
+            for topic, body, readings in self._encoder.encode(vals):
+                add(publish(topic, body, qos=0), readings)
+                n += 1
+        self._value_messages += n
+        self.published_direct += n
+
+    def _publish_values_outbox(
+        self, idx: np.ndarray, v: np.ndarray, q: np.ndarray, ts: np.ndarray, gw: np.ndarray
+    ) -> None:
+        """``mqtt.values_in_outbox``: per-point messages committed to the outbox (kept across outages,
+        in order, no conflation)."""
+        out = np.empty(len(idx), np.int64)
+        with self._values_lock:
+            m = select_changed(
+                idx, v, q, gw, self._last_val, self._last_q, self._last_pub,
+                self._ref, self._db_abs, self._db_pct, self._integrity, True, out,
             )  # fmt: skip
         if m == 0:
             return
-        if not commit:
-            # Not marked as published: after the reconnect these points go out at once.
-            self.outbox.count_drop("offline_value", m)
-            return
         chosen = out[:m]
         pi = idx[chosen]
-        vals = v[chosen].tolist()
-        qs = q[chosen].tolist()
-        tss = ts[chosen].tolist()
-        gws = gw[chosen].tolist()
+        vals, qs, tss, gws = (a[chosen].tolist() for a in (v, q, ts, gw))
+        body = self._per_point.body
         queued: list[tuple[str, Callable[[int], bytes]]] = []
         for k, p in enumerate(pi.tolist()):
-            val = vals[k]
-            # Hand-built JSON: repr(float) is valid JSON for finite values; ~3x cheaper than json.dumps.
-            body = (
-                f'{{"value":{repr(val) if math.isfinite(val) else "null"},"quality":{qs[k]},'
-                f'"flags":{_QUALITY_FLAGS_JSON[qs[k]]},"ts":{tss[k]!r},"gateway_ts":{gws[k]!r},'
-                f'"unit":{self._point_unit_json[p]}'
-            )
-            topic = self._point_topic[p]
-            if self.cfg.values_in_outbox:
-                queued.append((topic, lambda seq, b=body: f'{b},"seq":{seq}}}'.encode()))
-            else:
-                self._client.publish(topic, body + "}", qos=0)
-                self.published_direct += 1
-        if queued:
-            self.outbox.put_many("value", queued)  # one commit for the whole batch
-            self._wake.set()
+            b = body(p, vals[k], qs[k], tss[k], gws[k])
+            queued.append((self._per_point.topics[p], lambda seq, b=b: f'{b},"seq":{seq}}}'.encode()))
+        self.outbox.put_many("value", queued)  # one commit for the whole batch
+        self._wake.set()
 
     def _group_changed(self, group: str, state: str, score: float | None, mono: float) -> bool:
         """True when ``group``'s score must go out: new state, score moved ≥ ``score_deadband``, or the
