@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 from gridedge.config.loader import ConfigError, load_config
 from gridedge.gateway.cli.status_view import render_status
+from gridedge.gateway.store.db import open_readonly
 from gridedge.gateway.store.writer import read_status
 
-__all__ = ["DESCRIPTION", "EPILOG", "add_arguments", "run"]
+__all__ = ["DESCRIPTION", "EPILOG", "add_arguments", "read_scoring_gap", "run"]
 
 EXIT_OK = 0
 EXIT_INVALID = 2
 
 DESCRIPTION = """\
 Show what the gateway's SQLite store holds: devices and their link state, points, readings, events,
-alerts, the unsent MQTT outbox and the last events. Opens the database read-only, so it is safe while the
+alerts, the unsent MQTT outbox, the last events and whether scoring has joined (a first start on a cold
+numba cache polls and stores at once and scores the waiting readings once its kernels load). Opens the database read-only, so it is safe while the
 daemon runs. --json prints one JSON object: the contract for scripts and monitoring.
 
 Exit codes: 0 on success, 2 when the site file is invalid or there is no database at the path."""
@@ -55,8 +59,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"gridedge status: no database at {db}", file=sys.stderr)
         return EXIT_INVALID
     status = read_status(db)
+    status["scoring"] = read_scoring_gap(db)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     else:
         render_status(status, db)
     return EXIT_OK
+
+
+def read_scoring_gap(db: str | Path) -> dict[str, Any] | None:
+    """The daemon's scoring state (``meta`` key ``scoring``, gateway/runtime/scoring_warmup.py): state
+    (disabled | compiling | catching_up | ready | stopped), since, readings_waiting, readings_scored_late,
+    readings_unscored, compile_seconds, updated (a wall time: an old one means the daemon is not running).
+    None for a store no daemon of this version has run on."""
+    conn = open_readonly(Path(db))
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='scoring'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet
+        row = None
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    try:
+        value = json.loads(row[0])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -32,6 +32,14 @@ def render_status(status: dict[str, Any], db: str, console: Console | None = Non
             val, dict | list
         ):
             summary.add_row(key, _human(key, val))
+    scoring = status.get("scoring")
+    if isinstance(scoring, dict):
+        line = str(scoring.get("state"))
+        if scoring.get("state") in ("compiling", "catching_up"):
+            line += f" since {_human('updated', scoring.get('since'))}, {scoring.get('readings_waiting', 0):,} readings waiting"
+        if scoring.get("readings_unscored"):
+            line += f", {scoring['readings_unscored']:,} stored but never scored"
+        summary.add_row("scoring", line)
     con.print(summary)
     devices = Table(title="devices")
     for col in ("device", "state", "points", "good", "retry in", "last error"):

@@ -46,7 +46,17 @@ from gridedge.gateway.runtime.clock_check import ClockCheck
 from gridedge.gateway.runtime.malloc_tuning import page_out_library
 from gridedge.gateway.runtime.metrics import Metrics
 from gridedge.gateway.runtime.ports import EventPublisher, GatewayStore
-from gridedge.gateway.runtime.precompile import precompile_kernels
+from gridedge.gateway.runtime.precompile import (
+    precompile_io_kernels,
+    precompile_kernels,
+    precompile_scoring_kernels,
+)
+from gridedge.gateway.runtime.scoring_warmup import (
+    ScoringBacklog,
+    ScoringGap,
+    ScoringState,
+    compile_in_background,
+)
 from gridedge.gateway.runtime.sdnotify import SdNotifier, extending_timeout
 from gridedge.gateway.runtime.watchdog import ProgressWatchdog
 from gridedge.gateway.store.writer import Store
@@ -145,13 +155,15 @@ def make_driver(dev: Any, point_index: dict[str, int], store: Store | None = Non
 
 
 def _precompile_scoring(cfg: SiteConfig) -> None:
-    """Compile (or load from numba's cache) every kernel before the first poll.
-
-    A fresh install compiles for tens of seconds on the first batch; doing it here, on a throwaway
-    detector, keeps that out of the event loop's first cycles (READY=1 is sent only afterwards).
-    """
+    """Compile (or load from numba's cache) every kernel before the first batch (``prepare`` without
+    deferral: the demo, replay-like callers, tests that drive ``handle_batch`` by hand)."""
     seconds = precompile_kernels(cfg.site.timezone, float(cfg.site.frequency_hz), cfg.scoring)
     log.info(kv("scoring_ready", seconds=round(seconds, 2)))
+
+
+def _load_scoring_kernels(cfg: SiteConfig) -> float:
+    """In the scoring-load thread: the detector's kernels from numba's cache (compiled when missing)."""
+    return precompile_scoring_kernels(cfg.site.timezone, float(cfg.site.frequency_hz), cfg.scoring)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -169,6 +181,9 @@ class Runtime:
     #: Release LLVM's code pages once the kernels are loaded (``gridedge run`` sets it; a class attribute,
     #: so a reload, which re-runs ``__init__``, keeps it).
     page_out_compiler: bool = False
+    #: The scoring kernels are loaded in this process (a class attribute: a reload, or a second Runtime in
+    #: the same process, joins scoring at once instead of starting another background compile).
+    scoring_kernels_loaded: bool = False
 
     def __init__(
         self,
@@ -209,10 +224,19 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scoring_lag = 0.0
         self._started = time.time()
+        # Scoring joins once its kernels are loaded (scoring_warmup.py): until then the detector waits
+        # here, not in self.detector, so nothing on the loop calls an uncompiled kernel.
+        self._pending_detector: Detector | None = None
+        self._backlog: ScoringBacklog | None = None
+        self.scoring = ScoringGap(ScoringState.READY if cfg.scoring.enabled else ScoringState.DISABLED)
 
     # ------------------------------------------------------------------ set-up
-    def prepare(self) -> None:
-        """Open the store and build the detector (restoring persisted state so a restart does not relearn)."""
+    def prepare(self, *, defer_scoring: bool = False) -> None:
+        """Open the store and build the detector (restoring persisted state so a restart does not relearn).
+
+        With ``defer_scoring`` (``run`` uses it) the scoring kernels are not loaded here: the detector
+        joins from :meth:`_join_scoring` and the readings polled meanwhile wait in a backlog.
+        """
         if self.store is None:
             st = self.cfg.storage
             Path(st.path).parent.mkdir(parents=True, exist_ok=True)
@@ -228,24 +252,32 @@ class Runtime:
                 memory_buffer=st.memory_buffer,
             )
             self.store.open()
-        if self.detector is None and self.cfg.scoring.enabled:
-            self.detector = Detector(
+        if self.detector is None and self._pending_detector is None and self.cfg.scoring.enabled:
+            # Construction, state restore and suppression are NumPy only: no kernel runs before the join.
+            detector = Detector(
                 self.points,
                 timezone=self.cfg.site.timezone,
                 frequency_hz=float(self.cfg.site.frequency_hz),
                 config=self.cfg.scoring,
             )
-            # numba's first compile can outlast TimeoutStartSec on a slow CPU (seen under a real systemd)
-            with extending_timeout(SdNotifier()):
-                _precompile_scoring(self.cfg)
             saved = self.store.load_scorer_state(SCORER_STATE_NAME)
             if saved is not None:
                 arrays, meta = saved
                 try:
-                    self.detector.load_state(arrays, meta)
+                    detector.load_state(arrays, meta)
                     log.info(kv("scorer_state_restored", points=len(meta.get("points", []))))
                 except Exception as exc:  # a corrupt/old state must not stop the gateway; relearn instead
                     log.error(kv("scorer_state_unusable", error=exc))
+            if defer_scoring:
+                self._pending_detector = detector
+                self._backlog = ScoringBacklog()
+                self.scoring = ScoringGap(ScoringState.COMPILING, compile_started=time.time())
+            else:
+                # numba's first compile can outlast TimeoutStartSec on a slow CPU (seen under a real systemd)
+                with extending_timeout(SdNotifier()):
+                    _precompile_scoring(self.cfg)
+                Runtime.scoring_kernels_loaded = True
+                self.detector = detector
             for w in self.cfg.scoring.suppress:
                 self._apply_config_suppression(w)
 
@@ -254,8 +286,9 @@ class Runtime:
             return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
         until = parse(w.end)
-        if until > time.time() and self.detector is not None:
-            self.detector.suppress(w.target, until, w.reason or "config")
+        detector = self.detector or self._pending_detector
+        if until > time.time() and detector is not None:
+            detector.suppress(w.target, until, w.reason or "config")
             self.policy.suppress(w.target, until, w.reason or "config")
 
     def _start_optional_services(self) -> None:
@@ -304,19 +337,12 @@ class Runtime:
         if self.metrics is not None:
             bad = int(np.count_nonzero(batch.quality & BAD_QUALITY_MASK))
             self.metrics.readings_received(batch.device or "", len(batch) - bad, bad)
-        if self.detector is not None:
-            try:
-                events = self.detector.process(scored)
-            except Exception:
-                log.exception(kv("scoring_failed", device=batch.device, readings=len(batch)))
-                events = []
-            for ev in events:
-                self._dispatch_event(ev)
-            for ev in self.detector.ended_events():
-                if ev.id in self._open_alerts:
-                    self._open_alerts.discard(ev.id)
-                    if self.mqtt is not None:
-                        self.mqtt.publish_alert_cleared(ev)
+        if self._backlog is not None:  # kernels not loaded, or the backlog not scored yet: keep the order
+            self._backlog.add(scored)
+            self.scoring.readings_waiting = self._backlog.readings
+            self.scoring.readings_unscored = self._backlog.dropped
+        elif self.detector is not None:
+            self._score(scored)
         if self.mqtt is not None:
             try:
                 self.mqtt.publish_values(batch)
@@ -325,6 +351,80 @@ class Runtime:
         self._scoring_lag = time.perf_counter() - t0
         if self.watchdog is not None:
             self.watchdog.beat("scorer")
+
+    def _score(self, scored: ReadingBatch) -> None:
+        """Scoring, alert policy and clears for one batch (the detector is loaded)."""
+        if self.detector is None:
+            return
+        try:
+            events = self.detector.process(scored)
+        except Exception:
+            log.exception(kv("scoring_failed", device=scored.device, readings=len(scored)))
+            events = []
+        for ev in events:
+            self._dispatch_event(ev)
+        for ev in self.detector.ended_events():
+            if ev.id in self._open_alerts:
+                self._open_alerts.discard(ev.id)
+                if self.mqtt is not None:
+                    self.mqtt.publish_alert_cleared(ev)
+
+    async def _join_scoring(self) -> None:
+        """Background task: wait for the kernels, then score the backlog in arrival order and go live.
+
+        One batch per loop iteration while catching up, so polls keep their schedule; batches that
+        arrive meanwhile join the end of the backlog, so the detector still sees arrival order.
+        """
+        if self._pending_detector is None or self._backlog is None:
+            return
+        self._write_scoring_state()
+        try:
+            seconds = await compile_in_background(lambda: _load_scoring_kernels(self.cfg), self._stop)
+        except Exception as exc:  # kernels that cannot compile: keep polling and storing, say so
+            log.exception(kv("scoring_unavailable", error=exc))
+            return
+        if seconds is None:  # stopped while compiling
+            return
+        Runtime.scoring_kernels_loaded = True
+        started = self.scoring.compile_started or self._started
+        self.scoring.compile_seconds = round(time.time() - started, 2)
+        self.detector, self._pending_detector = self._pending_detector, None
+        self.scoring.enter(ScoringState.CATCHING_UP)
+        log.info(kv("scoring_ready", seconds=self.scoring.compile_seconds, load_s=round(seconds, 2),
+                    waiting=self._backlog.readings, unscored=self._backlog.dropped))  # fmt: skip
+        self._write_scoring_state()
+        self._release_compiler_pages()
+        self.apply_fleet_models()
+        while (batch := self._backlog.pop()) is not None:
+            t0 = time.perf_counter()
+            self._score(batch)
+            self._scoring_lag = time.perf_counter() - t0
+            self.scoring.readings_scored_late += len(batch)
+            self.scoring.readings_waiting = self._backlog.readings
+            await asyncio.sleep(0)
+            if self._stop.is_set():
+                return  # the rest stays unscored; _shutdown_components counts it
+        self._backlog = None
+        self.scoring.readings_waiting = 0
+        self.scoring.enter(ScoringState.READY)
+        log.info(kv("scoring_caught_up", scored_late=self.scoring.readings_scored_late,
+                    unscored=self.scoring.readings_unscored))  # fmt: skip
+        self._write_scoring_state()
+
+    def _write_scoring_state(self) -> None:
+        """The scoring gap into the store's meta table, where ``gridedge status`` reads it."""
+        if self.store is not None:
+            try:
+                self.store.set_meta("scoring", json.dumps(self.scoring.to_dict()))
+            except Exception:
+                log.exception(kv("scoring_state_write_failed"))
+
+    def _release_compiler_pages(self) -> None:
+        """Release LLVM's code pages once every kernel is loaded (``gridedge run`` only)."""
+        if self.page_out_compiler:
+            warm()  # the MQTT bridge's kernel (loaded already when scoring is on), before LLVM's pages go
+            advised = page_out_library("libllvmlite")
+            log.info(kv("compiler_pages_released", mib=round(advised / 2**20, 1)))
 
     def _annotate(self, ev: Event) -> None:
         """The fleet's event classifier ranks the event (incident / sensor fault / false alarm)."""
@@ -416,8 +516,9 @@ class Runtime:
             if target != "*" and target not in self.points.by_name and target not in self.points.groups:
                 raise ValueError(f"unknown group or point {target!r}")
             until = time.time() + float(args["duration"])
-            if self.detector is not None:
-                self.detector.suppress(target, until, args.get("reason", ""))
+            detector = self.detector or self._pending_detector
+            if detector is not None:
+                detector.suppress(target, until, args.get("reason", ""))
             self.policy.suppress(target, until, args.get("reason", ""))
             return {"suppressed": target, "until": until}
         if verb == "silence":
@@ -449,7 +550,9 @@ class Runtime:
                 try:
                     await asyncio.wait_for(driver.connect(), timeout=connect_timeout)
                 except TimeoutError as exc:
-                    raise ConnectionLost(dev.name, f"connect did not complete within {connect_timeout:g} s") from exc
+                    raise ConnectionLost(
+                        dev.name, f"connect did not complete within {connect_timeout:g} s"
+                    ) from exc
                 # Connected is not up: the device is up only once a poll answered (see _after_poll).
                 await self._poll_schedule(dev, driver, stats, backoff)
             except asyncio.CancelledError:
@@ -466,7 +569,9 @@ class Runtime:
                 await self._pause(delay)
             except Exception as exc:  # a driver bug: report with traceback, keep the daemon alive
                 log.exception(kv("driver_crashed", device=dev.name, error=exc))
-                self._link_failed(dev.name, stats, f"internal error: {exc}", dev.backoff_max, backoff.failures)
+                self._link_failed(
+                    dev.name, stats, f"internal error: {exc}", dev.backoff_max, backoff.failures
+                )
                 with contextlib.suppress(Exception):
                     await driver.close()
                 driver = None  # its state is suspect after a bug: start from a new one
@@ -632,6 +737,7 @@ class Runtime:
             "alerts_published": self.alerts_published,
             "store": self.store.stats() if self.store else {},
             "mqtt": self.mqtt.stats() if self.mqtt else None,
+            "scoring": self.scoring.to_dict(),
         }  # fmt: skip
 
     def _driver_counters(self, name: str) -> dict[str, int]:
@@ -669,6 +775,8 @@ class Runtime:
                 self._update_metrics()
             if self.mqtt is not None and self.store is not None:
                 self.mqtt.set_alarms({"disk_full"} if self.store.stats().get("disk_full") else set())
+            if self.scoring.state in (ScoringState.COMPILING, ScoringState.CATCHING_UP):
+                self._write_scoring_state()  # once a second while readings wait: status shows the gap grow
             if now - last_status >= 5.0:
                 last_status = now
                 for name in self.devices:
@@ -784,11 +892,14 @@ class Runtime:
     async def _run_once(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.prepare()
-        if self.page_out_compiler:
-            warm()  # the MQTT bridge's kernel (loaded already when scoring is on), before LLVM's pages go
-            advised = page_out_library("libllvmlite")
-            log.info(kv("compiler_pages_released", mib=round(advised / 2**20, 1)))
+        # Poll from the first second: only the poll path's kernels (≈ 2 s cold) load before the devices
+        # start; scoring joins in the background (_join_scoring) unless this process loaded it already.
+        with extending_timeout(SdNotifier()):
+            seconds = precompile_io_kernels()
+        log.info(kv("io_kernels_ready", seconds=round(seconds, 2)))
+        self.prepare(defer_scoring=not Runtime.scoring_kernels_loaded)
+        if self._pending_detector is None:
+            self._release_compiler_pages()
         self.apply_fleet_models()
         self._start_optional_services()
         self._install_signals()
@@ -815,6 +926,10 @@ class Runtime:
                         )
                 tg.create_task(self._housekeeping(), name="housekeeping")
                 tg.create_task(self._wake_pauses_on_stop(), name="wake-pauses")
+                if self._pending_detector is not None:
+                    tg.create_task(self._join_scoring(), name="scoring-join")
+                else:
+                    self._write_scoring_state()
                 if self.notifier is not None and self.notifier.enabled:
                     self.notifier.ready()  # also ends RELOADING=1 after a reload
                     self.notifier.status(self.health_line())
@@ -831,6 +946,14 @@ class Runtime:
                 self._shutdown_components()
 
     def _shutdown_components(self) -> None:
+        if self.store is not None and self.scoring.state is not ScoringState.DISABLED:
+            if self._backlog is not None:  # stopped before the backlog was scored: stored, never scored
+                self.scoring.readings_unscored += self._backlog.readings
+                log.warning(kv("readings_unscored", readings=self.scoring.readings_unscored,
+                               state=str(self.scoring.state)))  # fmt: skip
+            self.scoring.readings_waiting = 0
+            self.scoring.enter(ScoringState.STOPPED)
+            self._write_scoring_state()
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 self.mqtt.stop(timeout=5.0)
@@ -840,7 +963,8 @@ class Runtime:
             self.store.close()
             log.info(kv("stopped", flushed=ok, readings=self.store.stats().get("readings_committed")))
             self.store = None
-        self.detector = None
+        self.detector = self._pending_detector = None
+        self._backlog = None
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

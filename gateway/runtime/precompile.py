@@ -1,6 +1,9 @@
-"""Compile (or load from numba's cache) every kernel the daemon runs, before the first poll.
+"""Compile (or load from numba's cache) every kernel the daemon runs.
 
-The daemon calls :func:`precompile_kernels` while it starts (READY=1 comes after it). The Debian package's
+The daemon loads the kernels its poll path needs (:func:`precompile_io_kernels`: Modbus decode, MQTT
+deadband, ≈ 2 s on a cold cache) before the first poll, and the scoring kernels
+(:func:`precompile_scoring_kernels`, ≈ 40 s on a cold cache) in the background while it already polls
+(``gateway/runtime/scoring_warmup.py``: this module as a niced subprocess with ``--only scoring``). The Debian package's
 postinst runs ``python -m gridedge.gateway.runtime.precompile`` once as the service user with the service's
 ``NUMBA_CACHE_DIR``: the first start then loads the kernels in seconds instead of compiling them for a
 minute or more, and its memory peak stays that of every later start (≈ 220 MiB at 10,000 points instead
@@ -23,7 +26,10 @@ import numpy as np
 from gridedge.gateway.logs import kv
 from gridedge.gateway.model import Point, PointTable, Quantity, ReadingBatch
 
-__all__ = ["main", "precompile_kernels"]
+__all__ = ["PARTS", "main", "precompile_io_kernels", "precompile_kernels", "precompile_scoring_kernels"]
+
+#: What ``--only`` can name: the poll path's kernels, or the detector's.
+PARTS = ("io", "scoring")
 
 log = logging.getLogger("gridedge.precompile")
 
@@ -31,9 +37,24 @@ log = logging.getLogger("gridedge.precompile")
 def precompile_kernels(
     timezone: str = "UTC", frequency_hz: float = 50.0, scoring_config: object | None = None
 ) -> float:
-    """Run every scoring kernel (on a throwaway detector), the MQTT value deadband and the Modbus decode
-    once; seconds taken."""
+    """Run every kernel once (scoring on a throwaway detector, MQTT value deadband, Modbus decode); seconds taken."""
+    return precompile_scoring_kernels(timezone, frequency_hz, scoring_config) + precompile_io_kernels()
+
+
+def precompile_io_kernels() -> float:
+    """The kernels of the poll path (Modbus decode, MQTT value deadband); seconds taken."""
     from gridedge.gateway.mqtt.deadband import warm
+
+    t0 = time.perf_counter()
+    warm()
+    _warm_modbus_decode()
+    return time.perf_counter() - t0
+
+
+def precompile_scoring_kernels(
+    timezone: str = "UTC", frequency_hz: float = 50.0, scoring_config: object | None = None
+) -> float:
+    """Every scoring kernel, run once on a throwaway detector; seconds taken."""
     from gridedge.scoring.detector import Detector
 
     t0 = time.perf_counter()
@@ -52,8 +73,6 @@ def precompile_kernels(
             ReadingBatch.uniform(np.arange(4, dtype=np.int32), np.array([50.0, 1.0, 10.0, 1.0]), ts=now + k)
         )
     det.state_arrays()
-    warm()
-    _warm_modbus_decode()
     return time.perf_counter() - t0
 
 
@@ -74,15 +93,35 @@ def main(argv: list[str] | None = None) -> int:
         description="Compile gridedge's numba kernels into numba's cache ($NUMBA_CACHE_DIR), so that the "
         "daemon's next start loads them instead of compiling. Safe to run again: cached kernels load.",
     )
-    ap.parse_args(argv)
+    ap.add_argument(
+        "--only", choices=PARTS, help="only the poll path's kernels (io) or the detector's (scoring)"
+    )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="lower this process's CPU priority by N first (the daemon's background compile)",
+    )
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.nice:
+        try:
+            os.nice(args.nice)
+        except OSError as exc:  # the unit's SystemCallFilter=~@resources refuses setpriority (EPERM)
+            log.info(kv("precompile_nice_refused", error=exc))
     cache = os.environ.get("NUMBA_CACHE_DIR", "(next to the sources)")
     try:
-        seconds = precompile_kernels()
+        if args.only == "io":
+            seconds = precompile_io_kernels()
+        elif args.only == "scoring":
+            seconds = precompile_scoring_kernels()
+        else:
+            seconds = precompile_kernels()
     except Exception as exc:  # a failed precompile only means the first start compiles
         log.error(kv("precompile_failed", cache=cache, error=exc))
         return 1
-    log.info(kv("precompiled", cache=cache, seconds=round(seconds, 1)))
+    log.info(kv("precompiled", cache=cache, only=args.only, seconds=round(seconds, 1)))
     return 0
 
 
