@@ -57,6 +57,7 @@ def _status(args: argparse.Namespace) -> int:
         print("gridedge federation status: give --model-dir or -c SITE.yaml", file=sys.stderr)
         return EXIT_INVALID
     models = list_models(model_dir)
+    privacy = _privacy_status(model_dir)
     prior = load_latest_model(model_dir)
     clf = load_latest_classifier(model_dir)
     out = {
@@ -72,6 +73,7 @@ def _status(args: argparse.Namespace) -> int:
         "history": [
             {k: m.get(k) for k in ("round", "version", "created", "sites", "source")} for m in models
         ],
+        "privacy": privacy,
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -86,7 +88,32 @@ def _status(args: argparse.Namespace) -> int:
                 f"delta={d['delta']:g} (noise multiplier {d['noise_multiplier']:g}, clipping norm "
                 f"{d['clipping_norm']:g})"
             )
+        print(_privacy_line(privacy))
     return EXIT_OK
+
+
+def _privacy_status(model_dir: str | Path) -> dict[str, Any]:
+    """This site's privacy spend from its ledger (federation/privacy.py), JSON-able; ε None means ∞."""
+    from .privacy import LEDGER_FILE, PrivacyLedger
+
+    return PrivacyLedger.load(Path(model_dir) / LEDGER_FILE).summary()
+
+
+def _privacy_line(p: Mapping[str, Any]) -> str:
+    """One line: what left this site and the ε it spent (∞ once anything non-private left)."""
+    if not p["releases"]:
+        return "privacy spent by this site: nothing sent yet (epsilon=0)"
+    eps = "inf" if p["epsilon"] is None else f"{p['epsilon']:.3g}"
+    kinds = ", ".join(
+        f"{k} ×{v['releases']}" + (f" ({v['non_private']} not private)" if v["non_private"] else "")
+        for k, v in sorted(p["by_kind"].items())
+    )
+    budget = (
+        "no budget set"
+        if p["budget"] is None
+        else f"budget {p['budget']:g}, remaining {'0' if p['remaining'] is None else format(p['remaining'], '.3g')}"
+    )
+    return f"privacy spent by this site: epsilon={eps} at delta={p['delta']:g} over {kinds}; {budget}"
 
 
 def _export_preview(args: argparse.Namespace) -> int:
@@ -217,6 +244,15 @@ def supernode_command(
         "dp": "true" if fed.dp else "false",
     }
     node.update(fed.node_config)
+    for key in ("privacy-budget", "privacy-delta", "dp-noise-multiplier"):
+        if key in node:  # read by the ClientApp as numbers: a typo must stop the start, not a round
+            try:
+                if float(node[key]) < 0:
+                    raise ValueError
+            except ValueError:
+                raise SupernodeConfigError(
+                    f"federation.node_config.{key}: give a non-negative number, not {node[key]!r}"
+                ) from None
     argv += ["--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in node.items())]
     argv += ["--isolation", "subprocess", *extra_args]
     env = dict(OFFLINE_ENV)
@@ -264,8 +300,10 @@ Examples:
 
 _STATUS_DESCRIPTION = """\
 List the global models in a model directory: how many, the last round, its version, creation time and
-participating sites, the prior and classifier the daemon loads, and the differential-privacy budget spent
-(epsilon at delta) when DP rounds ran. Read-only.
+participating sites, the prior and classifier the daemon loads, the differential-privacy budget of the
+fleet's DP rounds, and this site's own privacy ledger: every reply it sent (prior, classifier, DP
+classifier, evaluation), the epsilon that spent at delta (inf once anything non-private left), its budget
+(node config privacy-budget) and what remains. Read-only.
 
 Exit codes: 0 on success, 2 when neither --model-dir nor -c gives a model directory or the site file is
 invalid."""
