@@ -15,6 +15,8 @@ its classifier, so one ``flwr run`` per round (e.g. nightly) and several rounds 
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from .models import dp_releases, is_current_format, latest_global, save_global
 from .privacy import DpSettings
 from .records import from_record, to_record
 
-__all__ = ["FleetDP", "FleetFedAvg", "app", "empty_model"]
+__all__ = ["FleetDP", "FleetFedAvg", "RoundStats", "app", "empty_model"]
 
 log = logging.getLogger("gridedge.federation")
 
@@ -54,6 +56,79 @@ def _sum_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecor
     return MetricRecord(out)
 
 
+class RoundStats:
+    """What happened to one round's train messages (written into the model's metadata as ``replies``).
+
+    ``sampled``: messages sent; ``aggregated``: replies that entered the mean; ``dropped``: sampled sites
+    that sent no usable reply (an error reply — the ClientApp failed, the site went away mid-round — or
+    no reply before the timeout); ``rejected``: replies refused by the checks below, by reason.
+    """
+
+    __slots__ = ("aggregated", "dropped", "rejected", "sampled")
+
+    def __init__(self, sampled: int = 0) -> None:
+        self.sampled = sampled
+        self.aggregated = 0
+        self.dropped = 0
+        self.rejected: Counter[str] = Counter()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "sampled": self.sampled,
+            "aggregated": self.aggregated,
+            "dropped": self.dropped,
+            "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+        }
+
+
+#: Sanity bounds for a reply (not a defence against a malicious enrolled site — that needs robust
+#: aggregation, see docs/federation.md "Fleet scale"): every allow-listed array is a count-weighted mean
+#: of per-unit shapes, relative spreads, sample shares or regularised coefficients, so |value| is of
+#: order 1; and 10¹² samples is ~ 10,000 points × 10 years of 5-minute data × 10 (a broken gateway's
+#: 1e308 would otherwise take the whole weight of the mean).
+MAX_ABS_VALUE = 1e6
+MAX_WEIGHT = 1e12
+
+
+def _reply_problem(msg: Message, expected_keys: frozenset[str], weight_key: str) -> tuple[str, str] | None:
+    """``(reason, detail)`` when a train reply must not enter the mean, else None.
+
+    A site running another software version (other array names: ``keys``; other shapes or dtypes:
+    ``allowlist``), sending NaN/inf (``allowlist``) or a weight that is not a positive finite number
+    (``weight``: 0 would divide by zero, NaN would poison every cell) or values outside the sanity
+    bounds (``range``) is skipped; Flower's FedAvg would otherwise skip the *whole round* on one
+    inconsistent reply or crash on a zero total weight.
+    """
+    rec = msg.content.array_records.get("arrays")
+    if rec is None or len(msg.content.array_records) != 1:
+        return "keys", "no single 'arrays' record"
+    if set(rec.keys()) != expected_keys:
+        got = set(rec.keys())
+        return "keys", f"missing {sorted(expected_keys - got)} extra {sorted(got - expected_keys)}"
+    if len(msg.content.metric_records) != 1:
+        return "metrics", "not exactly one metric record"
+    try:  # defence in depth: the same allow-list the sites apply before sending
+        check_arrays(from_record(rec))
+        for mr in msg.content.metric_records.values():
+            check_metrics(dict(mr))
+    except ExportRefused as exc:
+        return "allowlist", str(exc)
+    big = [k for k, a in from_record(rec).items() if a.size and float(np.max(np.abs(a))) > MAX_ABS_VALUE]
+    if big:
+        return "range", f"|value| > {MAX_ABS_VALUE:g} in {', '.join(sorted(big))}"
+    mr = next(iter(msg.content.metric_records.values()))
+    w = mr.get(weight_key)
+    if (
+        not isinstance(w, int | float)
+        or isinstance(w, bool)
+        or not math.isfinite(w)
+        or not 0 < w <= MAX_WEIGHT
+    ):
+        return "weight", f"{weight_key}={w!r}"
+    return None
+
+
 class FleetFedAvg(FedAvg):
     """FedAvg that re-checks the allow-list on every reply, keeps the last classifier when a round has
     no labels, and writes each round's global model as a versioned file.
@@ -76,26 +151,62 @@ class FleetFedAvg(FedAvg):
         self.last_round = int(base_round)
         #: extra metadata written with every model (DP settings and budget)
         self.meta: dict[str, object] = {}
+        #: the array names sent in this round's train messages: a reply must carry exactly these
+        self._expected_keys: frozenset[str] = frozenset()
+        self.stats = RoundStats()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._expected_keys = frozenset(arrays.keys())
+        self.stats = RoundStats(sampled=len(messages))
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        stats = self.stats
         ok: list[Message] = []
         for msg in replies:
             if msg.has_error():
-                ok.append(msg)  # logged and skipped by FedAvg
-                continue
-            try:  # defence in depth: a site that sends anything else is dropped from the round
-                rec = msg.content.array_records.get("arrays")
-                check_arrays(from_record(rec) if rec is not None else {"<missing>": np.zeros(0)})
-                for mr in msg.content.metric_records.values():
-                    check_metrics(dict(mr))
-            except ExportRefused as exc:
-                log.warning("event=reply_rejected node=%s reason=%s", msg.metadata.src_node_id, exc)
+                continue  # the site failed or went away mid-round: counted below, never aggregated
+            problem = _reply_problem(msg, self._expected_keys, self.weighted_by_key)
+            if problem is not None:
+                stats.rejected[problem[0]] += 1
+                log.warning(
+                    "event=reply_rejected round=%d node=%s reason=%s detail=%s",
+                    server_round, msg.metadata.src_node_id, problem[0], problem[1],
+                )  # fmt: skip
                 continue
             ok.append(msg)
-        arrays, metrics = super().aggregate_train(server_round, ok)
-        self._last_sites = int(sum(1 for m in ok if not m.has_error()))
+        # Flower skips the whole round when metric names differ between replies: keep the most common
+        # set (all current sites send the same) and count the others as another software version's.
+        if ok:
+            key_sets = Counter(frozenset(next(iter(m.content.metric_records.values())).keys()) for m in ok)
+            common = key_sets.most_common(1)[0][0]
+            kept: list[Message] = []
+            for m in ok:
+                if frozenset(next(iter(m.content.metric_records.values())).keys()) == common:
+                    kept.append(m)
+                    continue
+                stats.rejected["metrics"] += 1
+                log.warning("event=reply_rejected round=%d node=%s reason=metrics", server_round,
+                            m.metadata.src_node_id)  # fmt: skip
+            ok = kept
+        stats.aggregated = len(ok)
+        stats.dropped = max(stats.sampled - len(replies), 0) + sum(1 for m in replies if m.has_error())
+        if stats.dropped or stats.rejected:
+            log.warning("event=round_replies round=%d %s", server_round,
+                        " ".join(f"{k}={v}" for k, v in stats.as_dict().items() if k != "rejected_by_reason"))  # fmt: skip
+        arrays, metrics = super().aggregate_train(server_round, ok) if ok else (None, None)
+        if arrays is not None and not all(np.all(np.isfinite(a)) for a in from_record(arrays).values()):
+            # finite replies whose weighted sum overflows: keep the previous model rather than save inf
+            log.warning("event=aggregate_rejected round=%d reason=not_finite", server_round)
+            stats.rejected["overflow"] += 1
+            return None, metrics
+        self._last_sites = len(ok)
         self._last_labelled = float(metrics["labelled"]) if metrics and "labelled" in metrics else 0.0
         if arrays is None or self.defer_commit:
             return arrays, metrics
@@ -122,11 +233,19 @@ class FleetFedAvg(FedAvg):
             merged,
             sites=self._last_sites,
             labelled=self._last_labelled,
+            replies=self.stats.as_dict(),
             **self.meta,
         )
         self.current = merged
         self.last_round = fleet_round
-        self.history.append({"round": fleet_round, "version": self.last_version, "sites": self._last_sites})
+        self.history.append(
+            {
+                "round": fleet_round,
+                "version": self.last_version,
+                "sites": self._last_sites,
+                **self.stats.as_dict(),
+            }
+        )
         log.info(
             "event=global_model round=%d version=%s sites=%d",
             fleet_round,
@@ -182,6 +301,11 @@ class FleetDP(DifferentialPrivacyClientSideFixedClipping):
             )  # fmt: skip
             return None, None
         arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None and self.fleet.stats.rejected:
+            # a rejected reply leaves fewer sites in the mean than the noise was calibrated for
+            log.warning("event=dp_round_dropped round=%d rejected=%d", server_round,
+                        sum(self.fleet.stats.rejected.values()))  # fmt: skip
+            return None, None
         if arrays is None:
             return None, metrics
         self.releases += 1
