@@ -9,10 +9,24 @@
   its own repeats (raw, it flags ~10 % of all minutes).
 
 Both can only raise grid-type alerts (``grid_anomaly``): they cannot tell a sensor fault from the grid.
+
+The rules that IoT / SCADA gateway platforms ship and their users write (issue #17):
+
+- ``threshold``: fixed alarm rules as configured in ThingsBoard (alarm rule with a duration condition) or
+  Neuron/eKuiper (``WHERE current > …``): current above 90 % of the point's rating, top-oil above 85 °C,
+  voltage outside ±10 % of nominal, frequency outside 50 ± 0.2 Hz, each held for 2 readings; a breaker
+  that opens (status 1 → 0); and ThingsBoard's *inactivity timeout* — no reading for 5 minutes — as a
+  ``stale`` alert (the only sensor-type alert a baseline raises). Alarms are edge-triggered: raised once
+  per excursion, cleared when the value is back inside by a 2 % hysteresis.
+- ``roc``: rate of change — |x[t] − x[t−1]| above 6 × the point's median absolute step in the training
+  weeks (a Grafana/Telegraf ``derivative`` alert); 1 h per-point cooldown, 2/hour site-wide.
+- ``ewma``: an EWMA control chart (λ = 0.1, L = 3) per point against the mean and standard deviation of
+  its previous 24 hours (so the daily cycle widens the limits instead of alarming); 1 h cooldown, 2/hour.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 
@@ -20,7 +34,7 @@ import numpy as np
 
 from gridedge.gateway.model import Event, EventKind
 
-__all__ = ["iforest_alerts", "rate_limit", "zscore_alerts"]
+__all__ = ["ewma_alerts", "iforest_alerts", "rate_limit", "roc_alerts", "threshold_alerts", "zscore_alerts"]
 
 
 def rate_limit(
@@ -126,3 +140,136 @@ def iforest_alerts(
     raw = -model.score_samples(x[ti])
     keep = rate_limit(ts[ti], pj, raw, cooldown=cooldown, per_hour=per_hour)
     return _events(points, ts[ti[keep]], pj[keep], raw[keep], "iforest")
+
+
+# --------------------------------------------------------------------------------------------------
+# Platform alarm rules (issue #17)
+# --------------------------------------------------------------------------------------------------
+def _limits(point: dict[str, Any]) -> tuple[float, float] | None:
+    """(low, high) of the fixed alarm rule for a point, or None when no rule applies."""
+    q, rating, nominal = point["quantity"], point.get("rating"), point.get("nominal")
+    if q == "current" and rating:
+        return -math.inf, 0.9 * float(rating)
+    if q == "temperature":
+        return -math.inf, 85.0
+    if q == "voltage" and nominal:
+        return 0.9 * float(nominal), 1.1 * float(nominal)
+    if q == "frequency":
+        return 49.8, 50.2
+    return None
+
+
+def _excursion_starts(x: np.ndarray, low: float, high: float, hold: int, hysteresis: float) -> np.ndarray:
+    """Indices where an alarm is raised: outside [low, high] for ``hold`` readings, re-armed once back inside
+    the band shrunk by ``hysteresis`` (a fraction of the limit). NaN keeps the current state."""
+    out = []
+    armed, run = True, 0
+    lo_clear = low + abs(low) * hysteresis if math.isfinite(low) else low
+    hi_clear = high - abs(high) * hysteresis if math.isfinite(high) else high
+    for i, v in enumerate(x.tolist()):  # a plain loop: state machine, ~60k steps per point
+        if v != v:
+            continue
+        if armed:
+            run = run + 1 if (v < low or v > high) else 0
+            if run >= hold:
+                out.append(i)
+                armed, run = False, 0
+        elif lo_clear <= v <= hi_clear:
+            armed = True
+    return np.asarray(out, dtype=np.int64)
+
+
+def threshold_alerts(
+    points: list[dict[str, Any]],
+    ts: np.ndarray,
+    values: np.ndarray,
+    *,
+    hold: int = 2,
+    hysteresis: float = 0.02,
+    inactivity: float = 300.0,
+) -> list[Event]:
+    """Fixed alarm rules, breaker-open alarms and the inactivity timeout over a [T, P] matrix."""
+    out: list[Event] = []
+    step = float(np.median(np.diff(ts))) if len(ts) > 1 else 60.0
+    for j, p in enumerate(points):
+        x = values[:, j]
+        lim = _limits(p)
+        if lim is not None:
+            for i in _excursion_starts(x, lim[0], lim[1], hold, hysteresis).tolist():
+                out.append(_event(EventKind.GRID_ANOMALY, p, float(ts[i]), "threshold"))
+        if p["quantity"] == "status":
+            prev = np.concatenate(([np.nan], x[:-1]))
+            for i in np.flatnonzero((prev == 1.0) & (x == 0.0)).tolist():
+                out.append(_event(EventKind.FEEDER_TRIP, p, float(ts[i]), "breaker_open"))
+        # inactivity: the first missing reading after which none arrives for `inactivity` seconds
+        missing = np.isnan(x)
+        if missing.any():
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], missing.astype(np.int8), [0]))))
+            for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+                if (b - a) * step >= inactivity:
+                    out.append(_event(EventKind.STALE, p, float(ts[a]) + inactivity, "inactivity"))
+    out.sort(key=lambda e: e.start)
+    return out
+
+
+def _event(kind: EventKind, p: dict[str, Any], t: float, rule: str) -> Event:
+    return Event(kind=kind, group=p["group"], points=[p["name"]], start=t, score=1.0,
+                 explanation={"rule": rule})  # fmt: skip
+
+
+def roc_alerts(
+    points: list[dict[str, Any]],
+    ts: np.ndarray,
+    values: np.ndarray,
+    train_until: float,
+    *,
+    k: float = 6.0,
+    cooldown: float = 3600.0,
+    per_hour: int = 2,
+) -> list[Event]:
+    """Rate of change: a step larger than ``k`` × the point's median absolute step in training."""
+    analog = [j for j, p in enumerate(points) if p["quantity"] not in ("status", "tap_position")]
+    x = values[:, analog]
+    d = np.abs(np.diff(x, axis=0))
+    train = ts[1:] < train_until
+    with np.errstate(all="ignore"):
+        typical = np.nanmedian(d[train], axis=0)
+    res_floor = np.nanmin(np.where(d[train] > 0, d[train], np.nan), axis=0)  # one reporting step
+    scale = np.fmax(typical, res_floor)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = d / (k * scale)
+    ratio[~np.isfinite(ratio)] = 0.0
+    ti, pk = np.nonzero(ratio >= 1.0)
+    t_hit = ts[1:][ti]
+    keep = rate_limit(t_hit, pk, ratio[ti, pk], cooldown=cooldown, per_hour=per_hour)
+    cols = np.asarray(analog, dtype=np.int64)[pk[keep]]
+    return _events(points, t_hit[keep], cols, np.minimum(ratio[ti[keep], pk[keep]], 10.0), "roc")
+
+
+def ewma_alerts(
+    points: list[dict[str, Any]],
+    ts: np.ndarray,
+    values: np.ndarray,
+    *,
+    lam: float = 0.1,
+    width: float = 3.0,
+    window: int = 1440,
+    cooldown: float = 3600.0,
+    per_hour: int = 2,
+) -> list[Event]:
+    """EWMA control chart against the previous ``window`` readings' mean and standard deviation."""
+    import pandas as pd
+
+    analog = [j for j, p in enumerate(points) if p["quantity"] not in ("status", "tap_position")]
+    df = pd.DataFrame(values[:, analog])
+    z = df.ffill().ewm(alpha=lam, adjust=False).mean().to_numpy()
+    prev = df.shift(1).rolling(window, min_periods=window // 2)
+    mu, sd = prev.mean().to_numpy(), prev.std().to_numpy()
+    limit = width * sd * math.sqrt(lam / (2.0 - lam))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.abs(z - mu) / limit
+    ratio[~np.isfinite(ratio)] = 0.0
+    ti, pk = np.nonzero(ratio >= 1.0)
+    keep = rate_limit(ts[ti], pk, ratio[ti, pk], cooldown=cooldown, per_hour=per_hour)
+    cols = np.asarray(analog, dtype=np.int64)[pk[keep]]
+    return _events(points, ts[ti[keep]], cols, np.minimum(ratio[ti[keep], pk[keep]], 10.0), "ewma")

@@ -14,8 +14,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.realprofile import HELDOUT_SEEDS, TUNING_SEEDS, generate
+from bench.baselines import ewma_alerts, roc_alerts, threshold_alerts
+from bench.detection_eval import score
+from bench.realprofile import HELDOUT_SEEDS, SENSOR_KINDS, TUNING_SEEDS, generate
 from bench.scenarios import Scenario, points_spec
+from gridedge.gateway.model import Event, EventKind
 
 SEEDS = (TUNING_SEEDS[0], TUNING_SEEDS[1])
 
@@ -162,3 +165,55 @@ def test_deterministic_by_seed() -> None:
     c = generate(HELDOUT_SEEDS[1])
     assert not np.array_equal(a.values, c.values, equal_nan=True)
     assert date.fromtimestamp(a.ts[0]).year in (2025, 2026)
+
+
+def _ev(kind: EventKind, group: str, points: list[str], t: float) -> Event:
+    return Event(kind=kind, group=group, points=points, start=t, score=1.0, explanation={})
+
+
+def test_harness_scores_lone_spikes_glitches_and_found_vs_named(sites) -> None:
+    sc = sites[SEEDS[0]]
+    test = sc.test_truth()
+    lone = [t for t in test if t["kind"] == "lone_spike"]
+    glitch = next(t for t in test if t["kind"] == "glitch")
+    drop = next(t for t in test if t["kind"] == "load_drop")
+    base = score(sc, [])
+    assert base["lone_total"] == 2 and base["lone_alerted"] == 0
+    assert base["sensor_total"] == len(SENSOR_KINDS) - 2, "lone spikes are not faults to find"
+    assert base["grid_found"] == base["grid_detected"] == 0
+    wrong_group = next(g for g in ("F1", "F2", "F3", "F4", "BUS") if g not in drop["accept"])
+    alerts = [
+        # a sensor alert on a lone spike: alerted, and a false sensor piece
+        _ev(EventKind.SENSOR_FAULT, lone[0]["group"], [lone[0]["target"]], lone[0]["start"] + 60),
+        # the glitch named by its SECOND point
+        _ev(EventKind.SENSOR_FAULT, glitch["group"], [glitch["points"][1]], glitch["start"] + 120),
+        # a grid alert during the load drop naming the wrong group: found, not named, a false episode
+        _ev(EventKind.GRID_ANOMALY, wrong_group, [f"{wrong_group}_I"], drop["start"] + 60),
+    ]
+    r = score(sc, alerts)
+    assert r["lone_alerted"] == 1
+    assert r["found"]["glitch"] == 1 and r["per_kind"]["glitch"] == [1, 1]
+    assert r["found"]["load_drop"] == 1 and r["per_kind"]["load_drop"][0] == 0
+    assert r["false_grid"] == 1 and r["false_sensor"] == 1
+    assert r["grid_found"] == 1 and r["grid_detected"] == 0
+
+
+def test_baselines_fire_on_what_they_watch(sites) -> None:
+    sc = sites[SEEDS[0]]
+    trips = [t for t in sc.test_truth() if t["kind"] == "overload_trip" and t["residual"] == 0]
+    dropouts = [t for t in sc.test_truth() if t["kind"] == "dropout"]
+    thr = threshold_alerts(sc.points, sc.ts, sc.values)
+    for t in trips:  # a breaker that opens is an alarm on every platform
+        assert any(a.kind == EventKind.FEEDER_TRIP and a.group == t["group"] and abs(a.start - t["trip"]) < 120
+                   for a in thr)  # fmt: skip
+    for t in dropouts:  # ThingsBoard's inactivity timeout
+        assert any(a.kind == EventKind.STALE and a.points == [t["target"]] and t["start"] <= a.start <= t["end"]
+                   for a in thr)  # fmt: skip
+    for fn in (lambda: roc_alerts(sc.points, sc.ts, sc.values, sc.eval_start),
+               lambda: ewma_alerts(sc.points, sc.ts, sc.values)):  # fmt: skip
+        alerts = fn()
+        assert alerts and all(a.kind == EventKind.GRID_ANOMALY for a in alerts)
+        per_hour: dict[int, int] = {}
+        for a in alerts:
+            per_hour[int(a.start // 3600)] = per_hour.get(int(a.start // 3600), 0) + 1
+        assert max(per_hour.values()) <= 2 * 2, "the 2/hour cap (sliding) holds"
