@@ -29,7 +29,13 @@ def table(n_dev: int, per_dev: int, *, interleave: bool = False) -> PointTable:
     for k in range(n_dev * per_dev):
         d, i = (k % n_dev, k // n_dev) if interleave else divmod(k, per_dev)
         specs.append(
-            {"name": f"D{d}/P{i}", "quantity": "current", "unit": "A", "group": f"G{i % 2}", "device": f"dev{d}"}
+            {
+                "name": f"D{d}/P{i}",
+                "quantity": "current",
+                "unit": "A",
+                "group": f"G{i % 2}",
+                "device": f"dev{d}",
+            }
         )
     return PointTable.from_specs(specs)
 
@@ -125,7 +131,9 @@ def poll(points: PointTable, device: str, values: dict[str, float], t: float) ->
     idx = np.array([p.index for p in points if p.device == device], np.int32)
     v = np.array([values[points[i].name] for i in idx])
     q = np.array([int(Quality.INVALID) if np.isnan(x) else 0 for x in v], np.uint16)
-    return ReadingBatch(idx, np.full(len(idx), t - 0.05), v, q, gateway_ts=np.full(len(idx), t), device=device)
+    return ReadingBatch(
+        idx, np.full(len(idx), t - 0.05), v, q, gateway_ts=np.full(len(idx), t), device=device
+    )
 
 
 def test_one_message_per_device_and_cycle_with_the_changed_points(tmp_path, broker) -> None:

@@ -5,7 +5,8 @@ will is its retained ``status``. Topics ``spBv1.0/<group_id>/<type>/<edge_node_i
 Sparkplug device per gridedge device (or group, ``mqtt.batch_by``):
 
 - **NDEATH** is registered as the MQTT will before every CONNECT, carrying ``bdSeq``; ``bdSeq`` counts the
-  sessions (0, 1, … 255, 0) and the NBIRTH of the session carries the same number. On a clean stop the
+  CONNECTs the broker answered (0, 1, … 255, 0; a failed TCP connect sent none) and the NBIRTH of the
+  session carries the same number. On a clean stop the
   node publishes its NDEATH itself.
 - **NBIRTH** (seq 0): ``bdSeq`` and ``Node Control/Rebirth``; then one **DBIRTH** per device with every
   point as a Double metric: name, alias (point index + 1), unit as the ``engUnit`` property, its newest
@@ -94,7 +95,8 @@ class SparkplugNode:
         self._t_dbirth = [f"{base}/DBIRTH/{self.node_id}/{d}" for d in self.devices]
         self._t_ddata = [f"{base}/DDATA/{self.node_id}/{d}" for d in self.devices]
         self._alias = (np.arange(len(points), dtype=np.int64) + 1).tolist()  # 0 reads as "no alias"
-        self.bdseq = -1  # incremented before each CONNECT: the first session is 0
+        self.bdseq = 0  # of the current (or last) session
+        self._next_bdseq = 0  # carried by the next CONNECT's will and, once it is answered, its NBIRTH
         self._seq = 0
         self._born = False
         self._connected = threading.Event()
@@ -129,7 +131,7 @@ class SparkplugNode:
     def stop(self, timeout: float = 2.0) -> None:
         """Publish the NDEATH ourselves (a clean DISCONNECT suppresses the will), then disconnect."""
         if self._connected.is_set():
-            info = self._client.publish(self.t_ndeath, self._death_payload(), qos=1)
+            info = self._client.publish(self.t_ndeath, self._death_payload(self.bdseq), qos=1)
             try:
                 info.wait_for_publish(timeout=timeout)
             except (RuntimeError, ValueError):
@@ -146,14 +148,13 @@ class SparkplugNode:
         """DDATA may go out: connected, births sent, and the socket keeps up."""
         return self._born and self._connected.is_set() and self.backlog.depth() < self.cfg.values_backlog
 
-    def _death_payload(self) -> bytes:
+    def _death_payload(self, bdseq: int) -> bytes:
         p = Payload(timestamp=_ms(time.time()))
-        p.metrics.add(name="bdSeq", datatype=_INT64, long_value=self.bdseq)
+        p.metrics.add(name="bdSeq", datatype=_INT64, long_value=bdseq)
         return p.SerializeToString()
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
-        self.bdseq = (self.bdseq + 1) % 256
-        client.will_set(self.t_ndeath, self._death_payload(), qos=1, retain=False)
+        client.will_set(self.t_ndeath, self._death_payload(self._next_bdseq), qos=1, retain=False)
 
     def _on_connect(
         self,
@@ -163,6 +164,10 @@ class SparkplugNode:
         reason_code: ReasonCode,
         props: Properties | None,
     ) -> None:
+        # A CONNECT went out (answered): the next one carries the next bdSeq. A TCP connect that failed
+        # sent no CONNECT and advances nothing.
+        self.bdseq = self._next_bdseq
+        self._next_bdseq = (self._next_bdseq + 1) % 256
         if reason_code.is_failure:
             log.warning("event=sparkplug_connect_refused reason=%s", reason_code)
             return
