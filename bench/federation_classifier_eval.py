@@ -42,7 +42,8 @@ __all__ = [
 
 
 def label_events(sc: Any, events: Sequence[Any]) -> list[dict[str, Any]]:
-    """Operator verdicts from the scenario truth: incident / sensor_fault / false_alarm."""
+    """Operator verdicts from the scenario truth: incident / sensor_fault / false_alarm. A sensor fault the
+    truth marks ``should_alert: False`` (realprofile's lone one-sample spikes) is a false alarm."""
     out = []
     for e in events:
         end = e.end if e.end is not None else e.start
@@ -52,7 +53,7 @@ def label_events(sc: Any, events: Sequence[Any]) -> list[dict[str, Any]]:
                 if t["class"] == "grid" and e.group in t.get("accept", [t["group"]]):
                     lab = "incident"
                 elif t["class"] == "sensor" and t["target"] in e.points:
-                    lab = "sensor_fault"
+                    lab = "sensor_fault" if t.get("should_alert", True) else "false_alarm"
         d = e.to_dict()
         d["kind"] = str(e.kind)
         d["label"] = lab

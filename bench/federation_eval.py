@@ -25,60 +25,81 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import federation_classifier_eval as ce
 import fleet_sites
+import realprofile
 from federation_prior_eval import BASELINE_KINDS, NEW_SITE_INCIDENTS, WeekScore, run_detector, score_new_site
 
 from gridedge.federation.classifier import CLASSES, class_counts, features_matrix
 from gridedge.federation.prior import prior_from_sums, site_prior_sums
-from gridedge.federation.privacy import DpSettings
+from gridedge.federation.privacy import DpSettings, composed_epsilon
 
 SPANS = ((1, 7), (8, 14))
 
 
 def build_fleet(
-    n: int, days: int
+    n: int, n_real: int, days: int
 ) -> tuple[list[dict[str, np.ndarray]], list[tuple[list[dict], dict[str, str]]]]:
-    """Score ``n`` fleet sites from cold; their prior sums and labelled events."""
+    """Score ``n`` mixed-type sites (fleet_sites over scenarios.py, ``days`` each) and ``n_real`` sites of
+    bench/realprofile.py (BDEW profiles, tuning seeds, 42 days) from cold: prior sums and labelled events."""
     t0 = time.time()
+    scs = [
+        fleet_sites.site_scenario(2000 + k, arch, days=days, incidents_in_last_days=14)
+        for k, arch in enumerate(fleet_sites.fleet_plan(n))
+    ]
+    scs += [realprofile.generate(seed) for seed in realprofile.TUNING_SEEDS[:n_real]]
     sums, labelled = [], []
-    for k, arch in enumerate(fleet_sites.fleet_plan(n)):
-        sc = fleet_sites.site_scenario(2000 + k, arch, days=days, incidents_in_last_days=14)
+    for sc in scs:
         det, events = run_detector(sc)
         arrays, _meta = det.state_arrays()
-        sums.append(
-            site_prior_sums(arrays["mean"], arrays["var"], arrays["n"], [p["quantity"] for p in sc.points])
-        )
+        qty = [p["quantity"] for p in sc.points]
+        sums.append(site_prior_sums(arrays["mean"], arrays["var"], arrays["n"], qty))
         labelled.append((ce.label_events(sc, events), {p["name"]: p["quantity"] for p in sc.points}))
-    print(f"fleet: {n} sites × {days} days ({', '.join(f'{a} {fleet_sites.fleet_plan(n).count(a)}' for a in fleet_sites.ARCHETYPES)}), "
-          f"{sum(len(e) for e, _ in labelled)} events, {time.time() - t0:.0f}s", flush=True)  # fmt: skip
+    plan = fleet_sites.fleet_plan(n)
+    mix = ", ".join(f"{a} {plan.count(a)}" for a in fleet_sites.ARCHETYPES)
+    print(
+        f"fleet: {n} sites × {days} days ({mix}) + {n_real} realprofile sites × 42 days (BDEW H0/G/L, PV), "
+        f"{sum(len(e) for e, _ in labelled)} events, {time.time() - t0:.0f}s",
+        flush=True,
+    )
     return sums, labelled
 
 
-def cold_start(prior: dict[str, np.ndarray], n_sites: int) -> None:
-    """Part 1: new sites with and without the prior."""
-    modes = {"observation mode (no prior)": None, "fleet prior": prior}
-    total: dict[str, list[WeekScore]] = {}
-    for j, arch in enumerate(fleet_sites.fleet_plan(n_sites, seed=11)):
-        sc = fleet_sites.site_scenario(
-            2100 + j,
-            arch,
-            days=SPANS[-1][1],
-            incidents_in_last_days=SPANS[-1][1],
-            train_kinds=(),
-            **NEW_SITE_INCIDENTS,
-        )
+def new_sites(n: int, n_real: int) -> list[tuple[str, object]]:
+    """Brand-new sites: ``n`` mixed-type scenarios (14 days) and the last 14 days of ``n_real`` held-out
+    realprofile sites (their incidents fall in days 1–14)."""
+    days = SPANS[-1][1]
+    out: list[tuple[str, object]] = [
+        ("mixed", fleet_sites.site_scenario(2100 + j, arch, days=days, incidents_in_last_days=days,
+                                            train_kinds=(), **NEW_SITE_INCIDENTS))
+        for j, arch in enumerate(fleet_sites.fleet_plan(n, seed=11))
+    ]  # fmt: skip
+    out += [
+        ("realprofile", fleet_sites.last_days(realprofile.generate(s), days))
+        for s in realprofile.HELDOUT_SEEDS[:n_real]
+    ]
+    return out
+
+
+def cold_start(modes: dict[str, dict[str, np.ndarray] | None], sites: list[tuple[str, object]]) -> None:
+    """Part 1: the new sites under each start mode; one table per site family."""
+    total: dict[tuple[str, str], list[WeekScore]] = {}
+    for family, sc in sites:
         for name, pr in modes.items():
             _, ev = run_detector(sc, pr)
             w = score_new_site(sc, ev, SPANS)
-            total[name] = w if name not in total else [a + b for a, b in zip(total[name], w, strict=True)]
-    print(
-        f"\nNew sites ({n_sites}, seeds 2100–{2099 + n_sites}, mixed types), incidents that need a baseline, 1-minute data:"
-    )
+            key = (family, name)
+            total[key] = w if key not in total else [a + b for a, b in zip(total[key], w, strict=True)]
     head = " ".join(f"{k:>13s}" for k in BASELINE_KINDS)
-    print(f"{'start':29s} {'days':>5s} {'detected':>9s} {head} {'false grid/day':>15s}")
-    for name, weeks in total.items():
-        for (d0, d1), w in zip(SPANS, weeks, strict=True):
-            cells = " ".join(f"{f'{w.hits[k]}/{w.totals[k]}':>13s}" for k in BASELINE_KINDS)
-            print(f"{name:29s} {f'{d0}–{d1}':>5s} {w.rate:9.0%} {cells} {w.false_per_day:15.2f}")
+    for family in dict.fromkeys(f for f, _ in sites):
+        n = sum(1 for f, _ in sites if f == family)
+        seeds = "seeds 2100+, 14 days" if family == "mixed" else "held-out seeds 8000+, their last 14 days"
+        print(f"\nNew sites: {n} {family} ({seeds}), incidents that need a baseline, 1-minute data:")
+        print(f"{'start':44s} {'days':>5s} {'detected':>9s} {head} {'false grid/day':>15s}")
+        for (fam, name), weeks in total.items():
+            if fam != family:
+                continue
+            for (d0, d1), w in zip(SPANS, weeks, strict=True):
+                cells = " ".join(f"{f'{w.hits[k]}/{w.totals[k]}':>13s}" for k in BASELINE_KINDS)
+                print(f"{name:44s} {f'{d0}–{d1}':>5s} {w.rate:9.0%} {cells} {w.false_per_day:15.2f}")
 
 
 def classifier(labelled, sums, rounds: int, dp_draws: int) -> None:
@@ -127,23 +148,53 @@ def classifier(labelled, sums, rounds: int, dp_draws: int) -> None:
     print(
         f"federated (fleet counts) minus central (converged): {(fed - cen) * 100:+.1f} points (goal: within 3)"
     )
-    budget = dp.budget(rounds)
+    operating_points(splits, Xte, yte, counts, rounds, dp_draws)
+
+
+def operating_points(splits, Xte, yte, counts, rounds: int, draws: int) -> None:
+    """Part 3: ε per year of DP classifier runs (one site's ledger, dp-accounting) and the accuracy a run
+    reaches at that noise, for a few (z, C); the prior is not private (ε = ∞), so budgeted sites keep it."""
+    runs_per_year = (4, 12)
     print(
-        f"DP budget after {rounds} classifier rounds: epsilon={budget['epsilon']:.2f} at delta={dp.delta:g}"
+        f"\nPrivacy operating points (DP classifier runs of {rounds} rounds, {len(splits)} sites, delta=1e-5; "
+        f"balanced accuracy mean ± std over {draws} noise draws):"
     )
+    print(f"{'z':>4s} {'C':>5s} {'noise std':>10s} {'eps/run':>8s} " + " ".join(f"{f'eps/yr@{r}':>11s}" for r in runs_per_year) + f" {'balanced':>16s}")  # fmt: skip
+    for z, c in ((0.0, 0.3), (1.0, 0.3), (1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (8.0, 1.0)):
+        dp = DpSettings(z, c, 1e-5)
+        acc = [
+            ce.evaluate(
+                ce.model_probabilities(ce.dp_federated(splits, rounds, dp, seed, counts), Xte), yte
+            ).balanced
+            for seed in range(draws if z > 0 else 1)
+        ]
+        eps = [composed_epsilon([(z, rounds * r)], 1e-5) for r in (1, *runs_per_year)]
+        cells = " ".join(f"{e:11.3g}" for e in eps[1:])
+        print(
+            f"{z:4g} {c:5g} {dp.noise_std(len(splits)):10.4f} {eps[0]:8.3g} {cells} {np.mean(acc):9.1%} ± {np.std(acc):4.1%}"
+        )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fleet", type=int, default=20)
+    ap.add_argument("--fleet", type=int, default=20, help="mixed-type sites (fleet_sites over scenarios.py)")
+    ap.add_argument("--real-fleet", type=int, default=10, help="realprofile sites (tuning seeds 7000+)")
     ap.add_argument("--fleet-days", type=int, default=28)
-    ap.add_argument("--new-sites", type=int, default=6)
+    ap.add_argument("--new-sites", type=int, default=6, help="new mixed-type sites")
+    ap.add_argument("--real-new", type=int, default=6, help="new realprofile sites (held-out seeds 8000+)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--dp-draws", type=int, default=5, help="noise draws for the DP row")
     args = ap.parse_args()
     t0 = time.time()
-    sums, labelled = build_fleet(args.fleet, args.fleet_days)
-    cold_start(prior_from_sums(sums), args.new_sites)
+    sums, labelled = build_fleet(args.fleet, args.real_fleet, args.fleet_days)
+    # the privacy cost of the prior: a site with a privacy budget never sends it (it is not private), so
+    # a fleet where every other site holds a budget builds its prior from half the sites
+    modes = {
+        "observation mode (no prior)": None,
+        "fleet prior (all sites)": prior_from_sums(sums),
+        "prior from every 2nd site (rest on a budget)": prior_from_sums(sums[::2]),
+    }
+    cold_start(modes, new_sites(args.new_sites, args.real_new))
     classifier(labelled, sums, args.rounds, args.dp_draws)
     print(f"\n({time.time() - t0:.0f}s)")
     return 0

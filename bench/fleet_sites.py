@@ -12,6 +12,7 @@ scenarios.py's own. If scenarios.py renames those two, this module fails loudly 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenarios
 
-__all__ = ["ARCHETYPES", "customer_mix", "fleet_plan", "site_scenario"]
+__all__ = ["ARCHETYPES", "customer_mix", "fleet_plan", "last_days", "site_scenario"]
 
 #: Site archetype → feeder profile weights (households, commercial, industrial, households with PV).
 ARCHETYPES: dict[str, dict[str, float]] = {
@@ -98,3 +99,19 @@ def site_scenario(seed: int, archetype: str, **generate_kwargs: Any) -> scenario
     sc.meta["feeders"] = {f: v[1] for f, v in table.items()}
     sc.meta["ratings"] = {f: v[4] for f, v in table.items()}
     return sc
+
+
+def last_days(sc: scenarios.Scenario, days: int) -> scenarios.Scenario:
+    """The scenario's last ``days`` as the whole life of a brand-new site (its incidents then fall in the
+    new site's days 1..``days``). bench/realprofile.py puts its incidents in the last 14 of 42 days."""
+    t0 = sc.ts[-1] + sc.step - days * 86400.0
+    keep = sc.ts >= t0
+    return dataclasses.replace(
+        sc,
+        ts=sc.ts[keep],
+        values=sc.values[keep],
+        quality=sc.quality[keep],
+        truth=[t for t in sc.truth if t["start"] >= t0],
+        eval_start=float(sc.ts[keep][0]),
+        meta={**sc.meta, "sliced_days": days},
+    )

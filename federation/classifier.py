@@ -64,9 +64,15 @@ _RULES = {
     "dropout": "dropout",
     "breaker_open_under_load": "breaker",
     "breaker_closed": "breaker",
+    # early warnings on hour-of-week residuals (below any rating): each its own family, they mean
+    # different things to an operator (a feeder heading for overload, losing load, a transformer warming)
+    "load_rise": "load_rise",
+    "load_drop": "load_drop",
+    "oil_rise": "oil_rise",
 }
 _RULE_FAMILIES = (
-    "composite", "band", "over_rating", "range_scale", "stuck", "drift", "spike", "dropout", "breaker"
+    "composite", "band", "over_rating", "range_scale", "stuck", "drift", "spike", "dropout", "breaker",
+    "load_rise", "load_drop", "oil_rise",
 )  # fmt: skip
 _LEAD_Q = ("voltage", "current", "frequency", "active_power", "reactive_power", "temperature")
 
@@ -84,6 +90,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "hour_sin",
     "hour_cos",
     "weekend",
+    # duration per rule family: a short block of stuck registers is an RTU glitch (a false alarm), a
+    # long one a frozen sensor — a linear model needs the interaction to tell them apart
+    *(f"log_duration|rule={r}" for r in _RULE_FAMILIES),
 )
 
 
@@ -146,6 +155,8 @@ def event_features(event: Mapping[str, Any], quantity_of: Mapping[str, str]) -> 
         f[i + 7] = math.sin(2 * math.pi * hour / 24.0)
         f[i + 8] = math.cos(2 * math.pi * hour / 24.0)
         f[i + 9] = 1.0 if int(slot) // 24 >= 5 else 0.0
+    if fam is not None:
+        f[i + 10 + _RULE_FAMILIES.index(fam)] = f[i + 1]
     return f
 
 
