@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from . import enrolment
+
 __all__ = [
     "OFFLINE_ENV",
     "SupernodeConfigError",
@@ -429,3 +431,4 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     sn.add_argument("--dry-run", action="store_true", help="print the environment and command, do not start")
     sn.add_argument("extra", nargs="*", metavar="-- ARG", help="extra flower-supernode arguments (after --)")
     sn.set_defaults(func=_supernode)
+    enrolment.add_subcommands(sub)  # control centre: enrol, revoke, nodes (federation/enrolment.py)

@@ -65,7 +65,7 @@ fi
 cp -r "$REPO/packaging/debian" "$SRC/debian"
 cp "$REPO/packaging/install-venv" "$SRC/"
 mkdir -p "$SRC/systemd" "$SRC/etc" "$SRC/examples/systemd" "$SRC/docs"
-cp "$REPO"/systemd/gridedge.service "$REPO"/systemd/gridedge-federation.service "$SRC/systemd/"
+cp "$REPO"/systemd/gridedge.service "$REPO"/systemd/gridedge-federation.service "$REPO"/systemd/gridedge-superlink.service "$SRC/systemd/"
 cp "$REPO"/systemd/examples/*.conf "$SRC/examples/systemd/"
 cp "$REPO/config/site.example.yaml" "$SRC/etc/site.yaml"
 cp "$REPO/docs/operations.md" "$SRC/docs/"
