@@ -1,7 +1,7 @@
 """MQTT bridge throughput and alert latency against a real mosquitto on loopback.
 
     .venv/bin/python bench/mqtt_bench.py [--n 20000] [--alerts 500] [--only-values]
-        [--devices 10 --points-per-device 1000 --period 0.1 --duration 5]
+        [--devices 10 --points-per-device 1000 --period 0.1 --duration 5] [--stall 3]
 
 Prints one side-by-side table: messages/s delivered to a subscriber for QoS 1 published directly with paho
 (no outbox), QoS 1 through the SQLite outbox (synchronous=normal and full), and live values (QoS 0)
@@ -12,9 +12,13 @@ Then live values side by side, payload mode by mode (``mqtt.values``: batch, per
 value of ``--devices`` × ``--points-per-device`` points published (deadband 0) every ``--period`` s for
 ``--duration`` s, one poll batch per device, as the runtime hands them over. A subscriber in a child
 process counts the points that arrive. Per mode: time spent in ``publish_values`` per point (the event
-loop's cost), CPU of the bridge process (its paho and pump threads included) per point and in % of one
+loop's cost), p99 and longest call, CPU of the bridge process (its paho and pump threads included) per point and in % of one
 core, messages and points delivered per second, values conflated (latest wins), and whether delivered =
 offered − conflated.
+
+With ``--stall S`` each mode also runs with the broker SIGSTOPped for S s from a third of the run on (then
+SIGCONT): p99 and longest publish_values call, the most value messages waiting for the socket, RSS growth,
+values conflated, and again whether delivered = offered − conflated once everything drained.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
+import signal
 import sys
 import tempfile
 import threading
@@ -148,8 +154,23 @@ def _count_points(port: int, topic: str, mode: str, count, ready) -> None:
     c.loop_forever()
 
 
-def values_mode(port: int, tmp: Path, mode: str, devices: int, per_dev: int, period: float, duration: float):
-    """Every value of every point each period, one batch per device; returns one result row."""
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def values_mode(
+    port: int,
+    tmp: Path,
+    mode: str,
+    devices: int,
+    per_dev: int,
+    period: float,
+    duration: float,
+    stall: tuple[int, float] | None = None,
+):
+    """Every value of every point each period, one batch per device; returns one result row.
+
+    ``stall`` = (broker PID, seconds): SIGSTOP the broker from a third of the run on for that long."""
     topic = {"batch": "gridedge/bench/values/#", "per_point": "gridedge/bench/point/#"}.get(mode, "spBv1.0/#")
     count = mp.Array("q", 2)
     ready = mp.Event()
@@ -170,17 +191,36 @@ def values_mode(port: int, tmp: Path, mode: str, devices: int, per_dev: int, per
     idx = [np.arange(d * per_dev, (d + 1) * per_dev, dtype=np.int32) for d in range(devices)]
     cycles = max(1, round(duration / period))
     in_publish = 0.0
+    calls: list[float] = []
+    max_backlog = rss_growth = 0
+    stall_from = duration / 3 if stall else float("inf")
+    stopped = False
+    rss0 = _rss()
     cpu0, t0 = time.process_time(), time.perf_counter()
     for k in range(cycles):
         due = t0 + k * period
         while (now := time.perf_counter()) < due:
             time.sleep(min(0.005, due - now))
+        if stall and not stopped and stall_from <= now - t0 < stall_from + stall[1]:
+            os.kill(stall[0], signal.SIGSTOP)
+            stopped = True
+        elif stall and stopped and now - t0 >= stall_from + stall[1]:
+            rss_growth = _rss() - rss0
+            os.kill(stall[0], signal.SIGCONT)
+            stopped = False
         ts = time.time()
         for d in range(devices):
             batch = ReadingBatch.uniform(idx[d], np.full(per_dev, float(k)), ts=ts, device=f"dev{d}")
             a = time.perf_counter()
             b.publish_values(batch)
-            in_publish += time.perf_counter() - a
+            dt = time.perf_counter() - a
+            in_publish += dt
+            calls.append(dt)
+        if stall:
+            max_backlog = max(max_backlog, b.stats()["values"]["backlog"])
+    if stall and stopped:
+        rss_growth = _rss() - rss0
+        os.kill(stall[0], signal.SIGCONT)
     sent_until = time.perf_counter()
     wait_until(lambda: b.stats()["values"]["pending"] == 0, 30, 0.01)
     v0 = b.stats()["values"]
@@ -204,6 +244,10 @@ def values_mode(port: int, tmp: Path, mode: str, devices: int, per_dev: int, per
         "conflated": v["conflated"],
         "exact": count[0] == offered - v["conflated"] and v["offered"] == offered,
         "drain_s": wall - (sent_until - t0),
+        "worst_ms": max(calls) * 1000,
+        "p99_ms": float(np.percentile(calls, 99)) * 1000,
+        "max_backlog": max_backlog,
+        "rss_growth_mib": rss_growth / 2**20,
     }
 
 
@@ -233,6 +277,9 @@ def main() -> None:
     ap.add_argument("--period", type=float, default=0.1, help="poll period in s")
     ap.add_argument("--duration", type=float, default=5.0, help="s of polling per mode")
     ap.add_argument("--modes", default="batch,per_point,sparkplug")
+    ap.add_argument(
+        "--stall", type=float, default=0.0, help="also run with the broker SIGSTOPped this long (s)"
+    )
     args = ap.parse_args()
     if args.only_values:
         print_values(args)
@@ -283,12 +330,14 @@ def print_values(args: argparse.Namespace) -> None:
         tmp = Path(d)
         broker = Broker(tmp / "broker").start()
         try:
-            rows = [
-                values_mode(
-                    broker.port, tmp, m, args.devices, args.points_per_device, args.period, args.duration
-                )
-                for m in args.modes.split(",")
-            ]
+            modes = args.modes.split(",")
+            run = (args.devices, args.points_per_device, args.period, args.duration)
+            rows = [values_mode(broker.port, tmp, m, *run) for m in modes]
+            stalled = []
+            if args.stall > 0 and broker.proc is not None:
+                stalled = [
+                    values_mode(broker.port, tmp, m, *run, (broker.proc.pid, args.stall)) for m in modes
+                ]
         finally:
             broker.stop()
     n = args.devices * args.points_per_device
@@ -298,14 +347,28 @@ def print_values(args: argparse.Namespace) -> None:
     )
     print(
         f"{'mode':<10} {'publish µs/pt':>13} {'CPU µs/pt':>10} {'CPU %':>6} {'msg/s':>9} {'points/s':>10} "
-        f"{'conflated':>10} {'drain s':>8} {'delivered=offered−conflated':>28}"
+        f"{'conflated':>10} {'p99 ms':>7} {'max ms':>7} {'drain s':>8} {'delivered=offered−conflated':>28}"
     )
     for r in rows:
         print(
             f"{r['mode']:<10} {r['publish_us_per_point']:>13.3f} {r['cpu_us_per_point']:>10.3f} "
             f"{r['cpu_pct']:>6.1f} {r['msg_s']:>9,.0f} {r['points_s']:>10,.0f} {r['conflated']:>10,} "
-            f"{r['drain_s']:>8.2f} {'yes' if r['exact'] else 'NO':>28}"
+            f"{r['p99_ms']:>7.2f} {r['worst_ms']:>7.2f} {r['drain_s']:>8.2f} {'yes' if r['exact'] else 'NO':>28}"
         )
+    if stalled:
+        print(
+            f"\nsame, with the broker SIGSTOPped for {args.stall:g} s from {args.duration / 3:.1f} s on, then SIGCONT"
+        )
+        print(
+            f"{'mode':<10} {'p99 ms':>7} {'max ms':>7} {'max backlog':>11} {'RSS +MiB':>9} {'conflated':>10} "
+            f"{'delivered':>10} {'drain s':>8} {'delivered=offered−conflated':>28}"
+        )
+        for r in stalled:
+            print(
+                f"{r['mode']:<10} {r['p99_ms']:>7.2f} {r['worst_ms']:>7.2f} {r['max_backlog']:>11} {r['rss_growth_mib']:>9.1f} "
+                f"{r['conflated']:>10,} {r['delivered']:>10,} {r['drain_s']:>8.2f} "
+                f"{'yes' if r['exact'] else 'NO':>28}"
+            )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 
 from gridedge.config.loader import ConfigError, load_config
 from gridedge.gateway.cli.status_view import render_status
+from gridedge.gateway.mqtt.outbox import VALUE_STATS_KEY, read_meta_json
 from gridedge.gateway.store.db import open_readonly
 from gridedge.gateway.store.writer import read_status
 
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     status = read_status(db)
     status["scoring"] = read_scoring_gap(db)
+    status["mqtt_values"] = read_meta_json(db, VALUE_STATS_KEY)  # live values: sent, conflated, …
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     else:

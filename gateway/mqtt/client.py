@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -54,7 +55,7 @@ from gridedge.gateway.mqtt.commands import Command, CommandError, parse_command
 from gridedge.gateway.mqtt.conflation import SocketBacklog, ValueSlots
 from gridedge.gateway.mqtt.connection import make_paho_client
 from gridedge.gateway.mqtt.deadband import select_changed
-from gridedge.gateway.mqtt.outbox import Outbox
+from gridedge.gateway.mqtt.outbox import VALUE_STATS_KEY, Outbox
 from gridedge.gateway.mqtt.payloads import BatchEncoder, PerPointEncoder, ValueEncoder, topic_safe
 from gridedge.gateway.mqtt.sparkplug import SparkplugNode
 
@@ -254,6 +255,7 @@ class MqttBridge:
         self._slots = ValueSlots(n)
         self._backlog = SocketBacklog()
         self._value_messages = 0
+        self._value_stats_due = 0.0  # monotonic time the counters are next written to meta
         self._sparkplug: SparkplugNode | None = None
         if self.cfg.values == "sparkplug":
             self._sparkplug = SparkplugNode(
@@ -352,9 +354,20 @@ class MqttBridge:
         if self._pump_thread is not None:
             self._pump_thread.join(timeout=2.0)
         self._drain_acks()
+        try:
+            self._persist_value_stats()
+        except sqlite3.Error:  # a locked or full DB must not stop the shutdown; the counters are in the log
+            log.exception("event=mqtt_value_stats_not_saved")
         self.state = ConnState.STOPPED
         self._connected.clear()
-        log.info("event=mqtt_stop outbox_depth=%d published=%d", self.outbox.depth(), self.published)
+        v = self.value_stats()
+        log.info(
+            "event=mqtt_stop outbox_depth=%d published=%d values_sent=%d values_conflated=%d",
+            self.outbox.depth(),
+            self.published,
+            v["sent"],
+            v["conflated"],
+        )
         self.outbox.close()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
@@ -399,6 +412,12 @@ class MqttBridge:
         if self._slots.conflated:
             drops["conflated_value"] = self._slots.conflated
         return drops
+
+    def _persist_value_stats(self) -> None:
+        """The live-value counters into ``meta`` (every 5 s and at stop) for ``gridedge status --json``,
+        which reads the store, not the daemon."""
+        self._value_stats_due = time.monotonic() + 5.0
+        self.outbox.write_meta(VALUE_STATS_KEY, json.dumps({**self.value_stats(), "updated": time.time()}))
 
     def value_stats(self) -> dict[str, Any]:
         """Live value counters: ``offered`` (chosen by deadband) = ``sent`` + ``conflated`` + ``pending``;
@@ -550,6 +569,8 @@ class MqttBridge:
                 if self._slots.n_pending:  # values waited for the socket: the latest go out on resume
                     with self._values_lock:
                         self._drain_values()
+                if time.monotonic() >= self._value_stats_due:
+                    self._persist_value_stats()
             except Exception:  # the pump must outlive a bad row or a locked DB; the row stays queued
                 log.exception("event=mqtt_pump_error")
                 time.sleep(0.5)
@@ -620,7 +641,11 @@ class MqttBridge:
         """Hand every waiting value to the socket if it keeps up (caller holds the values lock)."""
         if self._slots.n_pending == 0 or not self._values_sink_ready():
             return
-        vals = self._slots.take()
+        # One message per point: hand over only what fits in the backlog, so one drain (under the values
+        # lock that publish_values waits for) stays short even with 10k points waiting. Batch messages are
+        # one per device: a whole take is a few messages.
+        room = self.cfg.values_backlog - self._backlog.depth() if self._encoder is self._per_point else None
+        vals = self._slots.take(room)
         if self._sparkplug is not None:
             n = self._sparkplug.send(vals)
         else:

@@ -54,6 +54,7 @@ class ValueSlots:
         self.offered = 0  # readings put into a slot
         self.conflated = 0  # readings overwritten in their slot before they went out
         self.taken = 0  # readings handed on by take()
+        self._cursor = 0  # where a limited take() goes on
 
     def offer(
         self, idx: np.ndarray, value: np.ndarray, quality: np.ndarray, ts: np.ndarray, gw: np.ndarray
@@ -71,11 +72,20 @@ class ValueSlots:
         self.n_pending += len(idx) - replaced
         return replaced
 
-    def take(self) -> PendingValues:
-        """All pending readings in point order; their slots are no longer pending."""
-        idx = np.flatnonzero(self.pending).astype(np.int32)
+    def take(self, limit: int | None = None) -> PendingValues:
+        """The pending readings in point order (at most ``limit``); their slots are no longer pending.
+
+        With a limit, successive takes go round the points from where the last one stopped, so a point
+        never waits behind the low indices for ever."""
+        idx = np.flatnonzero(self.pending)
+        if limit is not None and len(idx) > limit:
+            start = int(np.searchsorted(idx, self._cursor))
+            idx = np.roll(idx, -start)[:limit]
+            self._cursor = int(idx[-1]) + 1
+            idx.sort()
+        idx = idx.astype(np.int32)
         self.pending[idx] = False
-        self.n_pending = 0
+        self.n_pending -= len(idx)
         self.taken += len(idx)
         return PendingValues(idx, self.value[idx], self.quality[idx], self.ts[idx], self.gateway_ts[idx])
 

@@ -16,6 +16,7 @@ dropped: the outbox grows past the quota for them and :attr:`Outbox.over_quota` 
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -24,9 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gridedge.gateway.store.db import open_readonly
 from gridedge.gateway.store.schema import SHARED_DDL
 
-__all__ = ["DROPPABLE_KINDS", "KINDS", "Outbox", "OutboxRow", "stream_of"]
+__all__ = [
+    "DROPPABLE_KINDS",
+    "KINDS",
+    "VALUE_STATS_KEY",
+    "Outbox",
+    "OutboxRow",
+    "read_meta_json",
+    "stream_of",
+]
 
 log = logging.getLogger("gridedge.mqtt")
 
@@ -35,6 +45,24 @@ KINDS = ("alert", "alert_cleared", "event", "status", "value", "score", "reply")
 #: Kinds that may be dropped when the quota is hit, in the order they go.
 DROPPABLE_KINDS = ("value", "score")
 _META_PREFIX = "mqtt.seq."
+#: ``meta`` key of the bridge's live-value counters (``gridedge status --json`` → ``mqtt_values``)
+VALUE_STATS_KEY = "mqtt.values"
+
+
+def read_meta_json(db_path: str | Path, key: str) -> dict | None:
+    """A JSON object stored under ``key`` in ``meta``, read-only; None when absent or not an object."""
+    conn = open_readonly(Path(db_path))
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    except sqlite3.OperationalError:  # no meta table yet
+        row = None
+    finally:
+        conn.close()
+    try:
+        value = json.loads(row[0]) if row is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def stream_of(kind: str) -> str:
@@ -223,6 +251,15 @@ class Outbox:
 
     def _count_drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def write_meta(self, key: str, value: str) -> None:
+        """Set one ``meta`` row (own transaction), e.g. counters a read-only ``gridedge status`` shows."""
+        with self._lock, self._tx():
+            self._conn.execute(
+                "INSERT INTO meta(key, value, updated) VALUES (?,?,?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+                (key, value, time.time()),
+            )
 
     def count_drop(self, reason: str, n: int = 1) -> None:
         """Record drops that happened outside the outbox (e.g. live values while offline)."""

@@ -148,6 +148,12 @@ class Metrics:
         )
         self.disk_full = Gauge("gridedge_disk_full", "1 while writes fail for lack of disk space", registry=r)
         self.outbox_depth = Gauge("gridedge_outbox_depth", "MQTT messages waiting in the outbox", registry=r)
+        self.values_conflated = Counter(
+            "gridedge_mqtt_values_conflated",
+            "live values replaced in their point's slot by a newer one before the socket took them "
+            "(latest value wins while the broker or socket is behind, or the link is down)",
+            registry=r,
+        )
         self.outbox_age_s = Gauge(
             "gridedge_outbox_oldest_age_seconds",
             "age of the oldest unsent outbox message (0 when empty)",
@@ -251,10 +257,20 @@ class Metrics:
     def outbox_stats(
         self, depth: int, oldest_age: float | None, drops: Mapping[str, float] | None = None
     ) -> None:
-        """Outbox depth, age of the oldest unsent message (None/0 when empty), drop totals by reason."""
+        """Outbox depth, age of the oldest unsent message (None/0 when empty), drop totals by reason.
+
+        The bridge reports its conflated live values among its drops (``conflated_value``): they never
+        were in the outbox, so they get their own counter instead of ``dropped{stage="outbox"}``."""
         self.outbox_depth.set(depth)
         self.outbox_age_s.set(oldest_age or 0.0)
-        self._drops("outbox", drops or {})
+        drops = dict(drops or {})
+        conflated = drops.pop("conflated_value", None)
+        if conflated is not None:
+            with self._lock:
+                d = self._totals.delta("mqtt\0conflated_value", float(conflated))
+            if d > 0:
+                self.values_conflated.inc(d)
+        self._drops("outbox", drops)
 
     def watchdog_state(self, healthy: bool, stalled: Iterable[str] = ()) -> None:
         """Watchdog verdict of the last check and which components stalled."""
