@@ -152,3 +152,21 @@ def test_site_charges_every_reply_and_refuses_once_its_budget_is_spent(
     assert gridedge_main(["federation", "status", "--model-dir", str(mdir)]) == 0
     out = capsys.readouterr().out
     assert f"classifier-dp ×{sent + 1}" in out and "budget 6" in out and f"epsilon={p['epsilon']:.3g}" in out
+
+
+def test_supernode_passes_the_privacy_budget_and_refuses_a_typo(tmp_path: Path) -> None:
+    from test_federation import _site_file
+
+    from gridedge.config.loader import load_config
+    from gridedge.federation.cli import SupernodeConfigError, supernode_command
+
+    ok = _site_file(tmp_path, superlink="fleet.example:9092", insecure=True,
+                    node_config={"privacy-budget": "8", "dp-noise-multiplier": "2"})  # fmt: skip
+    argv, _ = supernode_command(load_config(ok))
+    node = argv[argv.index("--node-config") + 1]
+    assert 'privacy-budget="8"' in node and 'dp-noise-multiplier="2"' in node
+    bad = _site_file(
+        tmp_path, superlink="fleet.example:9092", insecure=True, node_config={"privacy-budget": "8eps"}
+    )
+    with pytest.raises(SupernodeConfigError, match=r"node_config\.privacy-budget"):
+        supernode_command(load_config(bad))
