@@ -194,7 +194,7 @@ def run_size(
                   "integrity_period": "300s", "outbox_synchronous": "normal"},
             logging={"level": "warning"},
         )  # fmt: skip
-        sub = Collector(mqtt_port, ["gridedge/sim-site/alert", "gridedge/sim-site/point/#"]).start()
+        sub = Collector(mqtt_port, ["gridedge/sim-site/alert", "gridedge/sim-site/point/#", "gridedge/sim-site/values/#"]).start()
         watcher = ChunkWatcher(db)
         d = Daemon(cfg, workdir / f"{label}.log").start()
         try:

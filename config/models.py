@@ -441,6 +441,13 @@ class MqttSection(_Strict):
             )
         return None
 
+    @model_validator(mode="after")
+    def _outbox_values_are_json(self) -> MqttSection:
+        # the outbox replays per-point JSON messages; a Sparkplug host would never see them
+        if self.values_in_outbox and self.values == "sparkplug":
+            raise ValueError("values_in_outbox queues per-point JSON values: it cannot be used with values: sparkplug")
+        return self
+
 
 def _node_config_strings(v: Any) -> Any:
     """Flower node config values as strings (YAML numbers and booleans included)."""

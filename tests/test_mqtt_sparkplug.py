@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from esio_spb_builder.core import sparkplug_b_pb2 as tahu  # the decoder that is not ours
 from fixtures_mqtt import BridgeProcess, Broker, Collector, publish_one, run_broker, wait_until
+from pydantic import ValidationError
 
 from gridedge.config.models import MqttSection
 from gridedge.gateway.model import PointTable, Quality, ReadingBatch
@@ -234,3 +235,9 @@ def test_clean_stop_publishes_ndeath(tmp_path, broker) -> None:
         assert metric(decoded(col, "NDEATH")[0][1], "bdSeq").long_value == 0
     finally:
         col.stop()
+
+
+def test_values_in_outbox_is_refused_with_sparkplug() -> None:
+    with pytest.raises(ValidationError, match="values_in_outbox"):
+        MqttSection(values="sparkplug", values_in_outbox=True)
+    assert MqttSection(values="per_point", values_in_outbox=True).values_in_outbox
