@@ -43,6 +43,7 @@ from gridedge.gateway.mqtt.client import MqttBridge, point_policies_from_site
 from gridedge.gateway.mqtt.deadband import warm
 from gridedge.gateway.runtime.alert_policy import AlertPolicy
 from gridedge.gateway.runtime.clock_check import ClockCheck
+from gridedge.gateway.runtime.loop_probe import LoopProbe
 from gridedge.gateway.runtime.malloc_tuning import page_out_library
 from gridedge.gateway.runtime.metrics import Metrics
 from gridedge.gateway.runtime.ports import EventPublisher, GatewayStore
@@ -80,6 +81,8 @@ log = logging.getLogger("gridedge.runtime")
 SCORER_STATE_NAME = "detector"
 #: Seconds between two ``poll_overrun`` log lines of one device (the skipped cycles are summed in each).
 OVERRUN_LOG_INTERVAL = 10.0
+#: Seconds between two ``loop_stall`` log lines (event-loop lateness, pipeline stage maxima).
+STALL_REPORT_INTERVAL = 10.0
 
 
 class DeviceState(enum.StrEnum):
@@ -229,6 +232,7 @@ class Runtime:
         self._pending_detector: Detector | None = None
         self._backlog: ScoringBacklog | None = None
         self.scoring = ScoringGap(ScoringState.READY if cfg.scoring.enabled else ScoringState.DISABLED)
+        self.probe = LoopProbe()  # event-loop stalls and pipeline stage maxima, logged every 10 s
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, *, defer_scoring: bool = False) -> None:
@@ -331,7 +335,8 @@ class Runtime:
             raise RuntimeError("handle_batch before prepare()")
         # time-tagged readings far from the gateway's clock get CLOCK_SKEW; scoring orders them by arrival
         batch, scored = self.clock.check(batch)
-        self.store.submit(batch)
+        with self.probe.stage("store"):
+            self.store.submit(batch)
         self._last_value[batch.point_idx] = batch.value
         self._last_quality[batch.point_idx] = batch.quality
         if self.metrics is not None:
@@ -342,13 +347,16 @@ class Runtime:
             self.scoring.readings_waiting = self._backlog.readings
             self.scoring.readings_unscored = self._backlog.dropped
         elif self.detector is not None:
-            self._score(scored)
+            with self.probe.stage("score"):
+                self._score(scored)
         if self.mqtt is not None:
             try:
-                self.mqtt.publish_values(batch)
+                with self.probe.stage("mqtt"):
+                    self.mqtt.publish_values(batch)
             except Exception:
                 log.exception(kv("mqtt_values_failed"))
         self._scoring_lag = time.perf_counter() - t0
+        self.probe.record("batch", self._scoring_lag)
         if self.watchdog is not None:
             self.watchdog.beat("scorer")
 
@@ -747,6 +755,7 @@ class Runtime:
     async def _housekeeping(self) -> None:
         # the first state save comes at once: after it, each save rewrites only the slots that changed
         last_status = last_fleet_check = last_state_save = 0.0
+        last_stall_report = time.monotonic()
         withheld_for: list[str] | None = None
         while not self._stop.is_set():
             now = time.monotonic()
@@ -789,6 +798,9 @@ class Runtime:
             if now - last_state_save >= self.cfg.storage.state_save_interval:
                 last_state_save = now
                 self.save_scorer_state()
+            if now - last_stall_report >= STALL_REPORT_INTERVAL:
+                last_stall_report = now
+                log.info(kv("loop_stall", **self.probe.report()))
             if now - last_fleet_check >= 60.0:
                 last_fleet_check = now
                 self.apply_fleet_models()
@@ -926,6 +938,7 @@ class Runtime:
                         )
                 tg.create_task(self._housekeeping(), name="housekeeping")
                 tg.create_task(self._wake_pauses_on_stop(), name="wake-pauses")
+                tg.create_task(self.probe.run(self._stop), name="loop-probe")
                 if self._pending_detector is not None:
                     tg.create_task(self._join_scoring(), name="scoring-join")
                 else:
