@@ -179,15 +179,13 @@ def test_births_aliases_ddata_seq_rebirth_and_refused_writes(tmp_path, broker) -
 def test_ndeath_is_the_will_and_bdseq_counts_sessions(tmp_path) -> None:
     broker = Broker(tmp_path / "broker").start()
     col = Collector(broker.port, ["spBv1.0/#"]).start()
-    proc = BridgeProcess(
-        {
-            "site": SITE,
-            "db": str(tmp_path / "g.db"),
-            "points": SPECS,
-            "mqtt": {"port": broker.port, "values": "sparkplug", "reconnect_min": 0.05, "reconnect_max": 0.2},
-        },
-        tmp_path,
-    )
+    config = {
+        "site": SITE,
+        "db": str(tmp_path / "g.db"),
+        "points": SPECS,
+        "mqtt": {"port": broker.port, "values": "sparkplug", "reconnect_min": 0.05, "reconnect_max": 0.2},
+    }
+    proc = BridgeProcess(config, tmp_path)
     try:
         assert wait_until(lambda: len(decoded(col, "NBIRTH")) == 1, 10)
         assert metric(decoded(col, "NBIRTH")[0][1], "bdSeq").long_value == 0
@@ -208,7 +206,9 @@ def test_ndeath_is_the_will_and_bdseq_counts_sessions(tmp_path) -> None:
         reb = tahu.Payload(timestamp=1)
         reb.metrics.add(name="Node Control/Rebirth", datatype=BOOLEAN, boolean_value=True)
         publish_one(port, f"{SPB}/NCMD/{SITE}", reb.SerializeToString())
-        assert wait_until(lambda: any(metric(p, "bdSeq").long_value == 1 for _t, p in decoded(col, "NBIRTH")), 10)
+        assert wait_until(
+            lambda: any(metric(p, "bdSeq").long_value == 1 for _t, p in decoded(col, "NBIRTH")), 10
+        )
         assert metric(decoded(col, "NBIRTH")[0][1], "bdSeq").long_value == 0  # the first session
         # mosquitto sends its clients' wills when it shuts down: that NDEATH belongs to session 0
         early = [metric(nd, "bdSeq").long_value for _t, nd in decoded(col, "NDEATH")]
@@ -219,6 +219,12 @@ def test_ndeath_is_the_will_and_bdseq_counts_sessions(tmp_path) -> None:
         assert topic == f"{SPB}/NDEATH/{SITE}"
         assert metric(nd, "bdSeq").long_value == 1  # matches the NBIRTH of the session that died
         assert not nd.HasField("seq")
+        # A restarted process on the same DB goes on counting: its first session is bdSeq 2.
+        col.messages.clear()
+        proc.close()
+        proc = BridgeProcess(config, tmp_path)
+        assert wait_until(lambda: len(decoded(col, "NBIRTH")) == 1, 10)
+        assert metric(decoded(col, "NBIRTH")[0][1], "bdSeq").long_value == 2
     finally:
         proc.close()
         col.stop()

@@ -163,6 +163,22 @@ def point_policies_from_site(cfg: Any) -> dict[str, dict[str, float | None]]:
     return out
 
 
+class _MetaBdSeq:
+    """The Sparkplug node's next bdSeq in the outbox DB's ``meta`` table."""
+
+    KEY = "mqtt.sparkplug.next_bdseq"
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def load(self) -> int | None:
+        v = self._outbox.read_meta(self.KEY)
+        return int(v) if v is not None and v.isdigit() else None
+
+    def save(self, next_bdseq: int) -> None:
+        self._outbox.write_meta(self.KEY, str(next_bdseq))
+
+
 class MqttBridge:
     """The gateway's MQTT client. See the module docstring for topics and delivery."""
 
@@ -265,6 +281,7 @@ class MqttBridge:
                 slots=self._slots,
                 lock=self._values_lock,
                 client_id=self.client_id,
+                bdseq_store=_MetaBdSeq(self.outbox),
             )
         # group -> (state, score, monotonic time) last published: scores go out on change, not every cycle
         self._group_pub: dict[str, tuple[str, float | None, float]] = {}

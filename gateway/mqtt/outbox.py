@@ -252,6 +252,12 @@ class Outbox:
     def _count_drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
 
+    def read_meta(self, key: str) -> str | None:
+        """One ``meta`` value (None when absent)."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
     def write_meta(self, key: str, value: str) -> None:
         """Set one ``meta`` row (own transaction), e.g. counters a read-only ``gridedge status`` shows."""
         with self._lock, self._tx():

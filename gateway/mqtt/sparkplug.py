@@ -6,7 +6,8 @@ Sparkplug device per gridedge device (or group, ``mqtt.batch_by``):
 
 - **NDEATH** is registered as the MQTT will before every CONNECT, carrying ``bdSeq``; ``bdSeq`` counts the
   CONNECTs the broker answered (0, 1, … 255, 0; a failed TCP connect sent none) and the NBIRTH of the
-  session carries the same number. On a clean stop the
+  session carries the same number. The next number is kept in the DB (``meta``), so a restarted process
+  goes on counting instead of starting at 0 again. On a clean stop the
   node publishes its NDEATH itself.
 - **NBIRTH** (seq 0): ``bdSeq`` and ``Node Control/Rebirth``; then one **DBIRTH** per device with every
   point as a Double metric: name, alias (point index + 1), unit as the ``engUnit`` property, its newest
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -41,7 +42,7 @@ from gridedge.gateway.mqtt.connection import make_paho_client
 from gridedge.gateway.mqtt.payloads import key_of_points, runs, topic_safe
 from gridedge.gateway.mqtt.sparkplug_schema import DATATYPE, Payload
 
-__all__ = ["NAMESPACE", "REBIRTH", "SparkplugNode"]
+__all__ = ["NAMESPACE", "REBIRTH", "BdSeqStore", "SparkplugNode"]
 
 log = logging.getLogger("gridedge.mqtt")
 
@@ -60,6 +61,13 @@ def opc_quality(bits: int) -> int:
     return 0 if bits & _BAD else 64
 
 
+class BdSeqStore(Protocol):
+    """Where the next session's bdSeq survives a restart (the bridge keeps it in the DB's ``meta``)."""
+
+    def load(self) -> int | None: ...
+    def save(self, next_bdseq: int) -> None: ...
+
+
 def _ms(t: float) -> int:
     return round(t * 1000.0)
 
@@ -76,6 +84,7 @@ class SparkplugNode:
         slots: ValueSlots,
         lock: threading.Lock,
         client_id: str,
+        bdseq_store: BdSeqStore | None = None,
     ) -> None:
         sp = cfg.sparkplug
         self.cfg = cfg
@@ -95,8 +104,11 @@ class SparkplugNode:
         self._t_dbirth = [f"{base}/DBIRTH/{self.node_id}/{d}" for d in self.devices]
         self._t_ddata = [f"{base}/DDATA/{self.node_id}/{d}" for d in self.devices]
         self._alias = (np.arange(len(points), dtype=np.int64) + 1).tolist()  # 0 reads as "no alias"
-        self.bdseq = 0  # of the current (or last) session
-        self._next_bdseq = 0  # carried by the next CONNECT's will and, once it is answered, its NBIRTH
+        self._bdseq_store = bdseq_store
+        stored = bdseq_store.load() if bdseq_store is not None else None
+        # carried by the next CONNECT's will and, once it is answered, its NBIRTH; continues across restarts
+        self._next_bdseq = stored % 256 if stored is not None else 0
+        self.bdseq = self._next_bdseq  # of the current (or last) session
         self._seq = 0
         self._born = False
         self._connected = threading.Event()
@@ -168,6 +180,11 @@ class SparkplugNode:
         # sent no CONNECT and advances nothing.
         self.bdseq = self._next_bdseq
         self._next_bdseq = (self._next_bdseq + 1) % 256
+        if self._bdseq_store is not None:
+            try:
+                self._bdseq_store.save(self._next_bdseq)
+            except Exception:  # a locked DB must not keep the node from being born; the next connect retries
+                log.exception("event=sparkplug_bdseq_not_saved")
         if reason_code.is_failure:
             log.warning("event=sparkplug_connect_refused reason=%s", reason_code)
             return
