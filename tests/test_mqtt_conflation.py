@@ -130,8 +130,9 @@ def test_stalled_broker_conflates_latest_wins_and_alerts_stay_in_order(tmp_path,
     try:
         assert bridge.wait_connected(10)
         k = 0
-        for k in range(5):  # the broker keeps up: nothing waits
+        for k in range(5):  # the socket keeps up (each cycle written before the next): nothing waits
             cycle(bridge, k)
+            assert wait_until(lambda: bridge.stats()["values"]["backlog"] == 0, 5, 0.005)
         assert wait_until(lambda: received(col)[0] == 5 * DEVICES * PER_DEV, 10)
         assert bridge.stats()["values"]["conflated"] == 0
 
@@ -154,7 +155,9 @@ def test_stalled_broker_conflates_latest_wins_and_alerts_stay_in_order(tmp_path,
         last_k = k
 
         # Stalled: publishing never waited, the value path stayed bounded, values were conflated.
-        assert worst < 0.05, f"publish_values took {worst * 1000:.1f} ms while the broker was stopped"
+        # a publish that waited for the socket would take the whole 4 s stall; 0.25 s leaves room for a
+        # loaded, shared machine (the bench measured a 2 s block before hand-overs were limited)
+        assert worst < 0.25, f"publish_values took {worst * 1000:.1f} ms while the broker was stopped"
         assert during["conflated"] > 10 * DEVICES * PER_DEV  # the stall really backed the socket up
         assert max_backlog <= 16 + DEVICES  # the limit plus at most one hand-over (one message per device)
         assert during["pending"] <= len(POINTS)
@@ -215,7 +218,7 @@ def test_values_wait_while_the_broker_is_down_and_the_latest_go_out_after_reconn
         broker.stop()
         assert wait_until(lambda: not bridge.connected, 10)
         worst = max(cycle(bridge, k) for k in range(1, 21))  # 20 cycles while down
-        assert worst < 0.05
+        assert worst < 0.25  # nothing waits for a broker that is down
         down = bridge.stats()["values"]
         assert down["pending"] == len(POINTS) and down["conflated"] == 19 * DEVICES * PER_DEV
         col.messages.clear()
