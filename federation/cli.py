@@ -151,6 +151,14 @@ def _export_preview(args: argparse.Namespace) -> int:
         mode = "withheld" if site_dp else "weighted"
         arrays, metrics = site_contribution(db, g[0] if g else None, steps=args.steps, classifier=mode)
     desc = describe(arrays, metrics)
+    # what the site's privacy ledger would be charged for this reply (the ClientApp charges the same)
+    from .client_app import releases_of
+
+    charges = [
+        f"{e.what} ({'not private' if e.noise_multiplier <= 0 else f'Gaussian z={e.noise_multiplier:g}'})"
+        for e in releases_of(arrays, int(metrics["labelled"]), args.dp_round, args.noise_multiplier, None)
+    ]
+    desc["privacy_charges"] = charges
     if args.json:
         print(json.dumps(desc, indent=1))
         return EXIT_OK
@@ -161,6 +169,7 @@ def _export_preview(args: argparse.Namespace) -> int:
             f"  {name:16s} {d['dtype']:8s} {tuple(d['shape'])!s:10s} sum={float(np.sum(a)):.6g}  {d['meaning']}"
         )
     print("  metrics: " + ", ".join(f"{k}={v:g}" for k, v in metrics.items()))
+    print("  privacy ledger charge: " + (", ".join(charges) or "nothing (no information about the site)"))
     print(
         "Nothing else leaves the site (allow-list: gridedge.federation.allowlist). --json prints every value."
     )
@@ -408,6 +417,10 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="as a site with federation.dp: true (classifier withheld in non-DP rounds; implied by -c)",
     )
+    ep.add_argument(
+        "--noise-multiplier", type=float, default=0.0, metavar="Z",
+        help="with --dp-round: the round's noise multiplier, for the privacy charge shown (default 0: unknown)",
+    )  # fmt: skip
     ep.add_argument("--json", action="store_true", help="every value, as JSON")
     ep.set_defaults(func=_export_preview)
 

@@ -170,3 +170,12 @@ def test_supernode_passes_the_privacy_budget_and_refuses_a_typo(tmp_path: Path) 
     )
     with pytest.raises(SupernodeConfigError, match=r"node_config\.privacy-budget"):
         supernode_command(load_config(bad))
+
+
+def test_export_preview_shows_the_ledger_charge(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert gridedge_main(["federation", "export-preview", "--db", str(site.db)]) == 0
+    assert "privacy ledger charge: prior (not private), classifier (not private)" in capsys.readouterr().out
+    argv = ["federation", "export-preview", "--db", str(site.db), "--dp-round", "--noise-multiplier", "2", "--json"]
+    assert gridedge_main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["privacy_charges"] == ["classifier-dp (Gaussian z=2)"]
