@@ -362,7 +362,9 @@ class SparkplugConfig(_Strict):
 
     group_id: str = Field("gridedge", description="Sparkplug group id (first topic level after spBv1.0)")
     edge_node_id: str | None = Field(None, description="Sparkplug edge node id; default site.name")
-    client_id: str | None = Field(None, description="MQTT client id of the edge node; default <client_id>-spb")
+    client_id: str | None = Field(
+        None, description="MQTT client id of the edge node; default <client_id>-spb"
+    )
 
 
 class MqttSection(_Strict):
@@ -382,7 +384,8 @@ class MqttSection(_Strict):
         "values/<name>; per_point = one message per point on point/<name>; sparkplug = Sparkplug B DDATA",
     )
     batch_by: Literal["device", "group"] = Field(
-        "device", description="what one batch message (or Sparkplug device) holds: a device's or a group's points"
+        "device",
+        description="what one batch message (or Sparkplug device) holds: a device's or a group's points",
     )
     values_backlog: int = Field(
         64,
@@ -445,7 +448,9 @@ class MqttSection(_Strict):
     def _outbox_values_are_json(self) -> MqttSection:
         # the outbox replays per-point JSON messages; a Sparkplug host would never see them
         if self.values_in_outbox and self.values == "sparkplug":
-            raise ValueError("values_in_outbox queues per-point JSON values: it cannot be used with values: sparkplug")
+            raise ValueError(
+                "values_in_outbox queues per-point JSON values: it cannot be used with values: sparkplug"
+            )
         return self
 
 
