@@ -118,7 +118,8 @@ def releases_of(
     """The ledger entries of a train reply: what in it carries information about the site."""
     now = time.time()
     out = []
-    if any(k.startswith("prior.") for k in arrays) and float(np.sum(arrays.get("prior.weight", 0.0))) > 0:
+    # any non-zero prior array informs (a server may ask for prior.shape_w alone)
+    if any(k.startswith("prior.") and np.any(arrays[k]) for k in arrays):
         out.append(LedgerEntry("prior", now, 0.0, 1, round_))
     if labelled > 0 and any(k.startswith("clf.") for k in arrays):
         out.append(

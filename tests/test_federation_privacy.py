@@ -179,3 +179,12 @@ def test_export_preview_shows_the_ledger_charge(site: Site, capsys: pytest.Captu
     argv = ["federation", "export-preview", "--db", str(site.db), "--dp-round", "--noise-multiplier", "2", "--json"]
     assert gridedge_main(argv) == 0
     assert json.loads(capsys.readouterr().out)["privacy_charges"] == ["classifier-dp (Gaussian z=2)"]
+
+
+def test_any_prior_array_alone_is_charged() -> None:
+    from gridedge.federation.client_app import releases_of
+
+    shape_only = {"prior.shape_w": np.ones((168, 9))}
+    assert [e.what for e in releases_of(shape_only, 0, False, 0.0, 1)] == ["prior"]
+    empty = {k: np.zeros(ALLOWED_ARRAYS[k].shape) for k in ALLOWED_ARRAYS}  # a site with nothing yet
+    assert releases_of(empty, 0, False, 0.0, 1) == []
