@@ -214,10 +214,11 @@ def main() -> int:
         reasons = pr[-1]["rejected_by_reason"]  # type: ignore[index]
         r["rejected"] = f"{pr[-1]['rejected']} ({', '.join(f'{k} {v}' for k, v in reasons.items())})"  # type: ignore[index]
     width = max(len(label) for label, _ in rows) + 2
+    col = max(24, *(len(fmt.format(**r)) + 2 for _, fmt in rows for r in results))
     print(f"Federation at fleet scale (Flower {version('flwr')} simulation runtime, Ray; {os.cpu_count()} "
           "cores, shared with other work)")  # fmt: skip
     for label, fmt in rows:
-        print(label.ljust(width) + "".join(fmt.format(**r).rjust(24) for r in results))
+        print(label.ljust(width) + "".join(fmt.format(**r).rjust(col) for r in results))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Federation at fleet scale on Flower's simulation runtime: 200 virtual sites, the real ServerApp and
 ClientApp handlers (federation/fleet_sim.py), faults injected at the message seam.
 
-One run of 4 rounds (≈ 1 min on 2 cores): a site drops out mid-round 2, one is offline in rounds 2–3
+One run of 4 rounds (≈ 2¼ min on the shared 2-core machine): a site drops out mid-round 2, one is offline in rounds 2–3
 and comes back in round 4 with its old local model, five send what a broken or older gateway would
 (wrong shape, old array set, NaN, zero weight, absurd values). Every round must complete, count each
 of them, and the saved fleet prior must equal the count-weighted mean over exactly the healthy sites
