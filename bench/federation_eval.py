@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,12 +81,18 @@ def new_sites(n: int, n_real: int) -> list[tuple[str, object]]:
     return out
 
 
-def cold_start(modes: dict[str, dict[str, np.ndarray] | None], sites: list[tuple[str, object]]) -> None:
-    """Part 1: the new sites under each start mode; one table per site family."""
+Prior = dict[str, np.ndarray]
+
+
+def cold_start(
+    modes: dict[str, Prior | Callable[[Any], Prior | None] | None], sites: list[tuple[str, Any]]
+) -> None:
+    """Part 1: the new sites under each start mode (a prior, None, or a function of the new site giving
+    its prior); one table per site family."""
     total: dict[tuple[str, str], list[WeekScore]] = {}
     for family, sc in sites:
-        for name, pr in modes.items():
-            _, ev = run_detector(sc, pr)
+        for name, mode in modes.items():
+            _, ev = run_detector(sc, mode(sc) if callable(mode) else mode)
             w = score_new_site(sc, ev, SPANS)
             key = (family, name)
             total[key] = w if key not in total else [a + b for a, b in zip(total[key], w, strict=True)]
@@ -187,12 +195,22 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.time()
     sums, labelled = build_fleet(args.fleet, args.real_fleet, args.fleet_days)
+    types = fleet_sites.fleet_plan(args.fleet) + ["realprofile"] * args.real_fleet
+    same_type = {
+        t: prior_from_sums([s for s, ty in zip(sums, types, strict=True) if ty == t])
+        for t in dict.fromkeys(types)
+    }
     # the privacy cost of the prior: a site with a privacy budget never sends it (it is not private), so
     # a fleet where every other site holds a budget builds its prior from half the sites
     modes = {
         "observation mode (no prior)": None,
         "fleet prior (all sites)": prior_from_sums(sums),
         "prior from every 2nd site (rest on a budget)": prior_from_sums(sums[::2]),
+        # what a prior matched to the customer type would give (needs a per-point hook in scoring: the
+        # site-level match here is the bench's stand-in for it)
+        "prior from the same type of site only": lambda sc: same_type.get(
+            sc.meta.get("archetype", "realprofile")
+        ),
     }
     cold_start(modes, new_sites(args.new_sites, args.real_new))
     classifier(labelled, sums, args.rounds, args.dp_draws)
