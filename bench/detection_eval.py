@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import realprofile
 from bench.baselines import ewma_alerts, iforest_alerts, roc_alerts, threshold_alerts, zscore_alerts
 from bench.scenarios import Scenario, generate, readings
+from gridedge.config.models import ScoringSection
 from gridedge.gateway.model import Event, PointTable
 
 GRID_EVENT_KINDS = {"grid_anomaly", "feeder_trip", "feeder_restore"}
@@ -92,7 +93,10 @@ def run_gridedge(sc: Scenario) -> tuple[list[Event], dict[str, int]]:
 
     table = PointTable.from_specs(sc.points)
     pj, ts, val, q = readings(sc)
-    det = make_detector(table, timezone=sc.timezone, frequency_hz=sc.frequency_hz)
+    # the site's public holidays, as its field engineer would configure them (scoring.holidays)
+    state = sc.meta.get("state")
+    cfg = ScoringSection(holidays=[f"DE-{state}"]) if state else None
+    det = make_detector(table, timezone=sc.timezone, frequency_hz=sc.frequency_hz, config=cfg)
     res = feed(det, AlertPolicy(), ParsedReadings(pj, ts, val, q))
     decisions: dict[str, int] = defaultdict(int)
     for _, d in res:

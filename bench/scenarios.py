@@ -44,8 +44,9 @@ from scipy.signal import lfilter
 
 __all__ = ["GRID_KINDS", "SENSOR_KINDS", "Scenario", "generate", "points_spec", "readings", "to_csv"]
 
-GRID_KINDS = ("overload_trip", "overload_trip", "thermal", "frequency", "load_drop")
-SENSOR_KINDS = ("stuck", "drift", "scale", "dropout", "spike", "spike")
+GRID_KINDS = ("overload_trip", "overload_trip", "overload_trip", "thermal", "thermal", "frequency", "load_drop",
+              "load_drop")  # fmt: skip
+SENSOR_KINDS = ("stuck", "drift", "drift", "scale", "dropout", "spike", "spike")
 TRAIN_KINDS = ("load_drop", "stuck", "spike", "scale")
 
 _FEEDERS = {
@@ -280,6 +281,10 @@ def generate(
             s_at = math.hypot(p_fdr[f][tr - 1], q_fdr[f][tr - 1])
             i_at = s_at / (math.sqrt(3) * _LV_KV) * 1000.0
             factor = max(item["peak_pu"] * rating / max(i_at, 1e-6), 1.05)
+            if item.get("variant") == "relative":
+                # never reaches the rating: the rating rule cannot see it, only the baseline can
+                factor = min(item["peak_rel"], 0.97 * rating / max(i_at, 1e-6))
+                item["peak_rel"] = round(float(factor), 3)
             ramp = np.linspace(1.0, factor, tr - a)
             p_fdr[f][a:tr] *= ramp
             q_fdr[f][a:tr] *= ramp
@@ -315,12 +320,20 @@ def generate(
         tap[t] = _oltc(need, step_pct=1.25, deadband=0.8)
         r = 5.0
         extra = np.zeros(n)
+        ramp_c = np.zeros(n)
         for item in plan:
             if item["kind"] == "thermal" and item["group"] == t:
                 a, b = _i(ts, item["start"]), _i(ts, item["fail_end"])
-                extra[a:b] = item["delta_c"]
+                if item.get("variant") == "ramp":
+                    # the oil itself climbs linearly above its load model, then relaxes through τ
+                    b = min(b, a + int(18.0 / item["slope_c_min"] * spm))  # a rise of at most 18 °C
+                    up = np.arange(b - a) * step / 60.0 * item["slope_c_min"]
+                    ramp_c[a:b] += up
+                    ramp_c[b:] += up[-1] * np.exp(-np.arange(n - b) / (150 * spm))
+                else:
+                    extra[a:b] = item["delta_c"]
         theta_ss = amb + 48.0 * ((k_tr[t] ** 2 * r + 1.0) / (r + 1.0)) ** 0.8 + extra
-        oil[t] = _first_order(theta_ss, 150 * spm, float(theta_ss[: int(600 * spm)].mean()))
+        oil[t] = _first_order(theta_ss, 150 * spm, float(theta_ss[: int(600 * spm)].mean())) + ramp_c
     freq = 50.0 + _ar1(rng, n, 4 * spm, 0.018)
     # hourly market steps: a deviation at each full hour decaying over ~5 min
     hour_start = np.flatnonzero(np.diff(np.floor((ts - t0) / 3600.0)) > 0) + 1
@@ -492,6 +505,10 @@ def _slots(
             start = rng.uniform(s_lo + margin, s_lo + width - margin - ramp - out_for)
             d.update(target=f, group=f, accept=[f, _FEEDERS[f][0]], start=start, trip=start + ramp,
                      end=start + ramp + out_for, peak_pu=float(rng.uniform(1.15, 1.35)))  # fmt: skip
+            if phase == "test" and rng.random() < 0.6:
+                # below the rating: the load ramps to 1.25–1.8 × its normal for that hour, then trips
+                d["variant"] = "relative"
+                d["peak_rel"] = float(rng.uniform(1.25, 1.8))
         elif kind == "load_drop":
             f = feeders[rng.integers(len(feeders))]
             dur = rng.uniform(30, 180) * 60
@@ -499,6 +516,8 @@ def _slots(
             start = rng.uniform(s_lo + margin, s_lo + width - margin - dur)
             d.update(target=f, group=f, accept=[f, _FEEDERS[f][0]], start=start, end=start + dur,
                      depth=float(rng.uniform(0.4, 0.7)))  # fmt: skip
+            if phase == "test" and rng.random() < 0.5:
+                d["depth"] = float(rng.uniform(0.2, 0.55))  # a partial loss: to 0.45–0.8 × normal
         elif kind == "thermal":
             t = list(_TRANSFORMERS)[rng.integers(2)]
             fail = rng.uniform(2, 5) * 3600
@@ -506,6 +525,10 @@ def _slots(
             start = rng.uniform(s_lo + margin, s_lo + width - margin - fail - 3600)
             d.update(target=t, group=t, accept=[t], start=start, fail_end=start + fail,
                      end=start + fail + 3600, delta_c=float(rng.uniform(12, 25)))  # fmt: skip
+            if rng.random() < 0.5:
+                # a slow rise above what the load explains (0.08–0.3 °C/min), not a step through τ
+                d["variant"] = "ramp"
+                d["slope_c_min"] = float(rng.uniform(0.08, 0.3))
         elif kind == "frequency":
             start = rng.uniform(s_lo + margin, s_lo + width - margin - 1800)
             tau = float(rng.uniform(5, 12))
@@ -527,9 +550,12 @@ def _slots(
             d.update(target=pt, group=group, accept=[], start=start, end=start + dur)
             if kind == "drift":
                 d["drift_pu"] = float(rng.choice([-1, 1]) * rng.uniform(0.05, 0.15))
+                if rng.random() < 0.5:  # slow: 0.25–1 %/h over the fault
+                    d["drift_pu"] = float(np.sign(d["drift_pu"]) * rng.uniform(0.0025, 0.01) * dur / 3600)
             elif kind == "scale":
                 d["factor"] = float(rng.choice([10.0, 0.1]))
             elif kind == "spike":
+                d["should_alert"] = False  # a lone glitch: flagged in the history, never an operator alert
                 sign = -1.0 if (rng.random() < 0.5 and pt.endswith(("_V", "_OIL"))) else 1.0
                 d["magnitude"] = float(sign * rng.uniform(0.4, 1.0))
         out.append(d)

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from gridedge.config.units import Duration, Size
+from gridedge.gateway.calendar import resolve_holidays
 from gridedge.gateway.model import Quantity
 
 
@@ -335,6 +336,18 @@ class ScoringSection(_Strict):
     thermal_oil_exponent: float = Field(
         0.8, gt=0, le=2.0, description="transformer thermal model: top-oil exponent x (0.8 ONAN, 0.9 OF)"
     )
+    holidays: list[str] = Field(
+        default_factory=list,
+        description="public holidays scored as Sundays: ISO dates (2026-12-24) and/or region codes of the"
+        " `holidays` package (DE, DE-BY, AT, GB-SCT …); without them an office feeder on a holiday looks like"
+        " a load drop",
+    )
+
+    @field_validator("holidays")
+    @classmethod
+    def _known_holidays(cls, v: list[str]) -> list[str]:
+        resolve_holidays(v)  # raises HolidayError (a ValueError) naming the entry
+        return v
 
 
 class AlertsSection(_Strict):
@@ -343,6 +356,12 @@ class AlertsSection(_Strict):
     trip_cooldown: Duration = Field(1800.0, description="one feeder-trip alert per feeder per this period")
     trip_per_hour: int = Field(3, ge=0, description="site-wide cap on trip alerts per hour")
     sensor_cooldown: Duration = Field(3600.0, description="one sensor-fault alert per point per this period")
+    publish_lone_spikes: bool = Field(
+        False,
+        description="publish a lone one-sample spike (rule `spike`) as an alert; by default it is kept in the"
+        " event history and counted (decision `lone_spike`), not sent to operators: an RTU glitch is not"
+        " worth waking anyone",
+    )
 
 
 class MqttPointPolicy(_Strict):

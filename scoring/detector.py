@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from gridedge.gateway.calendar import day_numbers, resolve_holidays
 from gridedge.gateway.model import (
     BAD_QUALITY_MASK,
     QUALITY_DTYPE,
@@ -80,6 +81,7 @@ class ScoringDefaults:
     thermal_time_constant: float = 150 * 60.0
     thermal_loss_ratio: float = 5.0
     thermal_oil_exponent: float = 0.8
+    holidays: tuple[str, ...] = ()
 
 
 class Detector(FleetPrior, StatePersistence, EventExplainer):
@@ -98,7 +100,7 @@ class Detector(FleetPrior, StatePersistence, EventExplainer):
         self.frequency_hz = float(frequency_hz)
         self.config = config if config is not None else ScoringDefaults()
         cfg = self.config
-        self.clock = SlotClock(timezone)
+        self.clock = SlotClock(timezone, day_numbers(resolve_holidays(cfg.holidays)))
         P = len(points)
         self.group_names: list[str] = list(points.groups)
         G = len(self.group_names)
@@ -175,6 +177,14 @@ class Detector(FleetPrior, StatePersistence, EventExplainer):
         prm[K.PR_TH_DRIFT_K] = 8.0
         prm[K.PR_COH_Z] = 7.0
         prm[K.PR_REL_STICKY] = 4.0
+        prm[K.PR_TR_TF] = 600.0
+        prm[K.PR_TR_TS] = 3 * 3600.0
+        prm[K.PR_TR_TV] = 3 * 86400.0
+        prm[K.PR_TR_WARM] = 86400.0
+        prm[K.PR_TR_Z] = 4.0
+        prm[K.PR_TR_D] = 0.15
+        prm[K.PR_TR_DDROP] = 0.15
+        prm[K.PR_TR_DT] = 3.0
         self.prm = prm
         self._thr_cons = float(cfg.conservative_threshold)
         self._thr_min = float(cfg.min_threshold)
@@ -213,6 +223,8 @@ class Detector(FleetPrior, StatePersistence, EventExplainer):
             "th": self._new_th(H),
             # when a slot was last filled from the fleet prior (0 = the point's own); [168, P]
             "prior_mask": np.zeros((N_SLOTS, P), np.int32),
+            # early warning: EW variance of the fast − slow deviation per slot (kernel_trend) [168, P]
+            "tvar": np.zeros((N_SLOTS, P)),
         }
         self._open: dict[tuple[int, int], Event] = {}
         self._ended: list[Event] = []
@@ -232,7 +244,7 @@ class Detector(FleetPrior, StatePersistence, EventExplainer):
     @staticmethod
     def _new_pf(P: int) -> np.ndarray:
         pf = np.zeros((P, K.NPF))
-        for c in (K.PF_VAL, K.PF_PREV, K.PF_Z, K.PF_MEAN, K.PF_SD, K.PF_ZADJ, K.PF_REXP, K.PF_PREVSEG):
+        for c in (K.PF_VAL, K.PF_PREV, K.PF_Z, K.PF_MEAN, K.PF_SD, K.PF_ZADJ, K.PF_REXP, K.PF_PREVSEG, K.PF_TRZ):
             pf[:, c] = np.nan
         pf[:, K.PF_ZSCALE] = 1.0
         pf[:, K.PF_CMG] = 1.0
@@ -274,7 +286,7 @@ class Detector(FleetPrior, StatePersistence, EventExplainer):
         self.prm[K.PR_EMIT] = 1.0 if emit else 0.0
         return K.run_batch(
             pidx, ts, val, qual, slot, frac, start,
-            s["mean"], s["var"], s["n"], s["last"],
+            s["mean"], s["var"], s["n"], s["last"], s["tvar"],
             s["pf"], s["pi"], s["gf"], s["gi"], s["rf"], s["ri"], s["ds"], s["df"], s["sf"],
             s["cal_run"], s["cal_ep"], s["zhist"],
             self._qcode, self._weight, self._nominal, self._rating, self._floor_abs, self._floor_rel,

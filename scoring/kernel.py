@@ -45,6 +45,7 @@ from .kernel_readings import _lone_spikes, _score_readings
 from .kernel_relations import _evaluate_relations
 from .kernel_sensor import _scale_and_stuck, _sensor_faults, _staleness
 from .kernel_thermal import _thermal_segment
+from .kernel_trend import _trends
 from .kernel_trips import _breakers
 
 
@@ -76,7 +77,7 @@ def new_scratch(P: int, G: int, R: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 @njit(cache=True)
 def run_batch(
     pidx, ts, val, qual, slot, frac, start,  # the batch (sorted by ts) and where to resume
-    mean, var, n, last,  # [168, P] baselines
+    mean, var, n, last, tvar,  # [168, P] baselines; spread of the early-warning trend per slot
     pf, pi, gf, gi, rf, ri, ds, df, sf,  # state tables
     cal_run, cal_ep, zhist,  # calibration counters [G, K], [G, K], [P, K]
     qcode, weight, nominal, rating, floor_abs, floor_rel, lo, hi, gidx, didx, dev_n,  # per point
@@ -168,6 +169,7 @@ def run_batch(
         # 2c: common modes; oil temperatures with a thermal model (once warm) are scored against it instead
         cm = _common_load_mode(i, j, t, seg, pidx, pf, pi, gi, sf, qcode, floor_abs, gidx, gleaf, cm_buf)
         _temperatures_loo(i, j, t, pidx, pf, pi, qcode)
+        _trends(i, j, t, pidx, slot, pf, pi, gi, qcode, gidx, floor_abs, cm, tvar, th, th_of_pt, prm)
         if H > 0:
             _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, th_list, pf, pi, gi, gf, qcode,
                              grp_ptr, grp_pts, gparent, floor_abs, prm)  # fmt: skip

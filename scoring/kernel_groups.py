@@ -1,4 +1,4 @@
-# ruff: noqa: SIM102 - numba kernel: plain comparisons and nested ifs compile to the tightest code
+# ruff: noqa: SIM102, SIM109 - numba kernel: plain comparisons and nested ifs compile to the tightest code
 """Phase 2h: every touched group, children first — the composite score of its clean warm points, the
 grid-code rules (voltage / frequency bands, over rating), calibration counters, and the grid-anomaly state
 machine (run, active, clear) with its records."""
@@ -30,6 +30,9 @@ from .kernel_layout import (
     GI_STATE,
     K_GRID,
     PF_SUPP,
+    PF_TRF,
+    PF_TRN,
+    PF_TRZ,
     PF_VAL,
     PF_ZADJ,
     PI_COND,
@@ -46,9 +49,17 @@ from .kernel_layout import (
     PR_MINDUR,
     PR_MINN,
     PR_RESTORE_HOLD,
+    PR_TR_D,
+    PR_TR_DDROP,
+    PR_TR_DT,
+    PR_TR_WARM,
+    PR_TR_Z,
     PR_VB1,
     PR_VB2,
+    Q_CURRENT,
     Q_FREQUENCY,
+    Q_P,
+    Q_TEMP,
     Q_VOLTAGE,
     R_END,
     R_START,
@@ -59,6 +70,9 @@ from .kernel_layout import (
     RULE_COMPOSITE,
     RULE_FREQ_ALARM,
     RULE_FREQ_WARN,
+    RULE_LOAD_DROP,
+    RULE_LOAD_RISE,
+    RULE_OIL_RISE,
     RULE_OVER_RATING,
     RULE_THERMAL,
     RULE_VOLT_ALARM,
@@ -115,6 +129,16 @@ def _groups(
         peak = -1
         rpeak = -1  # the point whose grid-code rule fired (leads a rule event)
         peakz = 0.0
+        # early warning (kernel_trend): the weakest agreement of the group's load points with a rise /
+        # a drop (≥ 1: every one of them is past both the trend z and the deviation it needs)
+        tr_n = 0
+        tr_up = 1e9
+        tr_dn = 1e9
+        tr_lead = -1
+        tr_leadv = -1e9
+        tr_maxup = -1e9  # the strongest rise among them: a rising load explains a rising oil
+        oil_up = 0.0
+        oil_p = -1
         for kk in range(grp_ptr[g], grp_ptr[g + 1]):
             p = grp_pts[kk]
             qc = qcode[p]
@@ -126,6 +150,23 @@ def _groups(
                 continue
             x = pf[p, PF_VAL]
             z = pf[p, PF_ZADJ]
+            tz = pf[p, PF_TRZ]
+            if math.isfinite(tz) and pf[p, PF_TRN] >= prm[PR_TR_WARM]:
+                if qc == Q_CURRENT or qc == Q_P:
+                    tr_n += 1
+                    u = min(tz / prm[PR_TR_Z], pf[p, PF_TRF] / prm[PR_TR_D])
+                    dn = min(-tz / prm[PR_TR_Z], -pf[p, PF_TRF] / prm[PR_TR_DDROP])
+                    tr_up = min(tr_up, u)
+                    tr_dn = min(tr_dn, dn)
+                    tr_maxup = max(tr_maxup, u)
+                    if max(u, dn) > tr_leadv:
+                        tr_leadv = max(u, dn)
+                        tr_lead = p
+                elif qc == Q_TEMP:
+                    u = min(tz / prm[PR_TR_Z], pf[p, PF_TRF] / prm[PR_TR_DT])
+                    if u > oil_up:
+                        oil_up = u
+                        oil_p = p
             # a total that equals the sum of its children (satisfied sum relation) adds no
             # information of its own: the children's composites carry it
             redundant = False
@@ -204,7 +245,20 @@ def _groups(
         # incident even where a heavy-tailed history has pushed the calibrated threshold high
         coh = gleaf[g] and lc_n >= 2 and lc_big >= 2 and (lc_pos == lc_n or lc_neg == lc_n)
         comp = nwarm > 0 and (score > thr or coh) and not explained
-        exceed = comp or rlevel > 0
+        # early warning: a feeder's load departing from its normal for this hour of the week (below its
+        # rating, before any trip) or losing part of it; an oil climbing away from its normal while its
+        # own load does not (its load points show no rise: a rising load explains rising oil)
+        tr_rule = 0
+        if not explained:
+            if gleaf[g] and tr_n >= 1 and tr_up >= 1.0:
+                tr_rule = RULE_LOAD_RISE
+            elif gleaf[g] and tr_n >= 1 and tr_dn >= 1.0:
+                tr_rule = RULE_LOAD_DROP
+            elif oil_up >= 1.0 and (tr_n == 0 or tr_maxup < 0.5):
+                tr_rule = RULE_OIL_RISE
+        exceed = comp or rlevel > 0 or tr_rule > 0
+        if tr_rule > 0 and rlevel == 0 and not comp:
+            peak = oil_p if tr_rule == RULE_OIL_RISE else tr_lead
         if nwarm > 0 and not explained:
             dt_e = t - gf[g, GF_LASTEVAL]
             if gf[g, GF_LASTEVAL] > 0.0 and dt_e > 0.0:
@@ -220,7 +274,7 @@ def _groups(
         if exceed:
             if gi[g, GI_RUN] == 0:
                 gf[g, GF_START] = t
-                gi[g, GI_RULE] = rule if rlevel > 0 else RULE_COMPOSITE
+                gi[g, GI_RULE] = rule if rlevel > 0 else (RULE_COMPOSITE if comp else tr_rule)
                 # led by an oil temperature its thermal model flags as a cooling failure
                 if rlevel == 0 and peak >= 0 and th_of_pt[peak] >= 0 and th[th_of_pt[peak], TH_LATCH] > 0.0:
                     gi[g, GI_RULE] = RULE_THERMAL

@@ -37,6 +37,9 @@ RULE_DROPOUT = 15
 RULE_DEVICE_STALE = 16
 RULE_THDRIFT = 17
 RULE_THERMAL = 7
+RULE_LOAD_RISE = 8  # early warning: a feeder's load departs upwards from its hour-of-week normal
+RULE_LOAD_DROP = 9  # a feeder loses part of its load (not to zero: no trip)
+RULE_OIL_RISE = 18  # oil temperature climbs away from its normal while the load does not explain it
 RULE_TRIP = 20
 RULE_RESTORE = 21
 
@@ -72,7 +75,16 @@ PF_PRIOR = 23  # 1 when a fleet prior filled some of this point's slots
 PF_CMG = 24  # load points: gain on the site's common load mode (learned; 1 = moves with the median)
 PF_CMXX = 25  # EW mean of cm²
 PF_CMXY = 26  # EW mean of cm × own relative deviation
-NPF = 27
+# early warning (kernel_trend): the deviation from the hour-of-week expectation (loads: relative, after the
+# common mode; temperatures: °C), smoothed fast and slow; their difference is a departure developing now
+PF_TRT = 27  # time of the last trend update (0 = restart)
+PF_TRF = 28  # deviation smoothed over PR_TR_TF
+PF_TRS = 29  # deviation smoothed over PR_TR_TS (the day's own offset)
+PF_TRV = 30  # EW variance of (fast − slow) on calm data
+PF_TRN = 31  # learned time (s)
+PF_TRZ = 32  # (fast − slow) / its spread (NaN until learned)
+PF_RES = 33  # reporting resolution: the smallest non-zero step seen (0 = none yet; ~0 = not quantised)
+NPF = 34
 
 # ---- per-point int state pi[P, NPI] -------------------------------------------------------------------
 PI_STUCK = 0  # run of exactly repeated good readings
@@ -171,7 +183,15 @@ PR_TH_DRIFT = 31  # an oil residual beyond this (°C) that moved slowly is a dri
 PR_REL_STICKY = 32  # isolation: a point already drifting keeps the blame within this much cost (z²)
 PR_TH_DRIFT_K = 33  # ... and beyond this many residual std
 PR_COH_Z = 34  # a leaf group's load points all beyond this |z|, the same way: anomalous at any threshold
-NPR = 35
+PR_TR_TF = 35  # early warning: fast smoothing (s)
+PR_TR_TS = 36  # slow smoothing (s)
+PR_TR_TV = 37  # memory of the spread (s)
+PR_TR_WARM = 38  # learned time before a point's trend counts (s)
+PR_TR_Z = 39  # trend z a departure needs
+PR_TR_D = 40  # loads: relative deviation from the hour-of-week expectation it needs (rise; drop: −)
+PR_TR_DT = 41  # temperatures: deviation (°C) it needs
+PR_TR_DDROP = 42  # loads: relative deviation a drop needs
+NPR = 43
 
 # ---- thermal model per transformer th[H, NTH] (H = groups with one oil temperature and a load) ----
 TH_F = 0  # first-order filtered load factor ((k²R+1)/(R+1))^x

@@ -21,6 +21,7 @@ from .kernel_layout import (
     PF_MEAN,
     PF_PREV,
     PF_PREVSEG,
+    PF_RES,
     PF_REXP,
     PF_SD,
     PF_SPIKE_D,
@@ -128,6 +129,11 @@ def _score_readings(
         pf[p, PF_ZADJ] = pf[p, PF_Z]
         # spike: confirm the previous candidate or open a new one
         d1 = x - prev if math.isfinite(prev) else 0.0
+        if d1 != 0.0:
+            # the RTU's reporting resolution: the smallest step it ever makes (relaxing slowly, so a
+            # re-scaled point forgets an old quantum)
+            res = pf[p, PF_RES]
+            pf[p, PF_RES] = abs(d1) if (res <= 0.0 or abs(d1) < res) else res * 1.0001
         if pi[p, PI_SPIKE] == 1:
             pi[p, PI_SPIKE] = 0
             pi[p, PI_COND] &= ~B_SPIKE

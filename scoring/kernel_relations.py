@@ -18,6 +18,7 @@ from .kernel_layout import (
     B_SPIKE,
     B_STUCK,
     GI_OPEN,
+    PF_RES,
     PF_VAL,
     PI_COND,
     PI_FAULT,
@@ -139,6 +140,8 @@ def _evaluate_relations(
         tot = 0.0
         terms = 0.0
         aux = 0.0
+        q_abs = 0.0  # quantisation: half a resolution step of the totals / current / voltage, relative
+        q_pq = 0.0  # ... of P and Q (weighted into S below)
         for kk in range(rel_ptr[r], rel_ptr[r + 1]):
             q = rel_pt[kk]
             role = rel_role[kk]
@@ -159,6 +162,11 @@ def _evaluate_relations(
                 valid = False
                 break
             v = pf[q, PF_VAL]
+            hres = 0.5 * pf[q, PF_RES]
+            if role == ROLE_P or role == ROLE_Q:
+                q_pq += abs(v) * hres
+            elif role != ROLE_AUX and abs(v) > 0.0:
+                q_abs += hres / abs(v)
             if role == ROLE_P:
                 lp = v
             elif role == ROLE_Q:
@@ -202,6 +210,10 @@ def _evaluate_relations(
             ri[r] = RS_UNKNOWN
             continue
         e_raw = math.log(lhs / rhs)
+        # a light load read at the RTU's resolution: the relation cannot be trusted closer than this
+        qerr = q_abs
+        if rt == REL_SVI or rt == REL_SI:
+            qerr += q_pq / (lhs * lhs)
         state = RS_UNKNOWN
         zr = 0.0
         e = 0.0
@@ -213,7 +225,8 @@ def _evaluate_relations(
             e = e_raw - rf[r, RF_MEAN] if not is_sum else e_raw
             sdr = math.sqrt(rf[r, RF_VAR])
             if sdr <= 0.05:  # a weak relation (> 5 % spread) never accuses a sensor
-                zr = e / max(sdr, floor_r)
+                zr = e / max(sdr, floor_r, qerr)
+                ev = ev + 2.0 * qerr
                 if abs(zr) > 4.0 and abs(e) > ev:
                     state = RS_VIOL
                 elif abs(zr) > 2.5 and abs(e) > 0.5 * ev:

@@ -121,7 +121,20 @@ def _scale_and_stuck(
         if gi[g, GI_OPEN] == 0 and abs(x) > floor_abs[p]:
             rep = min(max(pf[p, PF_REP], 0.01), 0.995)
             need = max(prm[PR_STUCK_MIN], math.log(1e-6) / math.log(rep))
-            if pi[p, PI_STUCK] >= need:
+            run = pi[p, PI_STUCK]
+            if run >= need:
+                # a frozen sensor falls out of step with its peers; a light load read at the RTU's
+                # resolution repeats for minutes and still agrees with them: while every relation of the
+                # point is satisfied, only a far longer run convicts
+                n_rel = 0
+                n_sat = 0
+                for rr in range(prel_ptr[p], prel_ptr[p + 1]):
+                    n_rel += 1
+                    if ri[prel[rr]] == RS_SAT:
+                        n_sat += 1
+                if n_rel > 0 and n_sat == n_rel and run < 8 * need:
+                    run = 0
+            if run >= need:
                 pi[p, PI_COND] |= B_STUCK
             else:
                 pi[p, PI_COND] &= ~B_STUCK

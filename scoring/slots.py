@@ -8,6 +8,7 @@ finest), never once per reading; offsets are cached across batches.
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -17,15 +18,21 @@ __all__ = ["N_SLOTS", "SlotClock"]
 N_SLOTS = 168
 _BUCKET = 900.0  # seconds: every real UTC-offset change happens on a 15-minute boundary
 _EPOCH_HOW = 72  # 1970-01-01 was a Thursday: hour-of-week 72 with Monday 00:00 = 0
+_SUNDAY = 144  # first slot of Sunday
 
 
 class SlotClock:
-    """Maps UTC epoch seconds to local hour-of-week slots for one time zone."""
+    """Maps UTC epoch seconds to local hour-of-week slots for one time zone.
 
-    def __init__(self, timezone: str = "UTC") -> None:
+    ``holiday_days`` (local day numbers since 1970-01-01, see :mod:`gridedge.scoring.calendar`) take
+    Sunday's slots: a public holiday's load is a Sunday's.
+    """
+
+    def __init__(self, timezone: str = "UTC", holiday_days: Sequence[int] = ()) -> None:
         self.timezone = timezone
         self._tz = zoneinfo.ZoneInfo(timezone)
         self._cache: dict[int, float] = {}
+        self._holidays = np.array(sorted(holiday_days), np.int64)
 
     def offset(self, bucket: int) -> float:
         """UTC offset in seconds valid for the 15-minute bucket ``bucket`` (= floor(ts / 900))."""
@@ -47,7 +54,10 @@ class SlotClock:
         """:meth:`slots_frac` of one timestamp, in plain floats (the same arithmetic)."""
         local = (t + self.offset(int(np.floor(t / _BUCKET)))) / 3600.0
         local_h = np.floor(local)
-        return (int(local_h) + _EPOCH_HOW) % N_SLOTS, float(local - local_h)
+        slot = (int(local_h) + _EPOCH_HOW) % N_SLOTS
+        if self._holidays.size and int(local_h // 24) in self._holidays:
+            slot = _SUNDAY + int(local_h) % 24
+        return slot, float(local - local_h)
 
     def slots_frac(self, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slot (int16) and position within the local hour (0 ≤ frac < 1) for each timestamp."""
@@ -68,5 +78,10 @@ class SlotClock:
             offs = np.array([self.offset(int(b)) for b in ub])[inv]
         local = (ts + offs) / 3600.0
         local_h = np.floor(local)
-        slot = ((local_h.astype(np.int64) + _EPOCH_HOW) % N_SLOTS).astype(np.int16)
+        hours = local_h.astype(np.int64)
+        slot = ((hours + _EPOCH_HOW) % N_SLOTS).astype(np.int16)
+        if self._holidays.size:
+            on = np.isin(hours // 24, self._holidays)
+            if on.any():
+                slot[on] = _SUNDAY + hours[on] % 24
         return slot, local - local_h

@@ -82,6 +82,8 @@ class StatePersistence:
         ds_, dd = match(list(meta["devices"]), self.device_names)
         for k in ("mean", "var", "n", "last"):
             s[k][:, pd_] = arrays[k][:, ps]
+        if "tvar" in arrays:  # before early warning: the trend spreads start cold (a day to learn)
+            s["tvar"][:, pd_] = arrays["tvar"][:, ps]
         if "prior_mask" in arrays:
             old_mask = arrays["prior_mask"][:, ps]
             if old_mask.dtype.kind == "f":  # before gridedge-scoring/3: epoch seconds as float64

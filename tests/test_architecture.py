@@ -28,13 +28,15 @@ FOLDERS = {
 }
 
 MODEL, LOGS = "gridedge.gateway.model", "gridedge.gateway.logs"
-LEAVES = {MODEL, LOGS}
+CALENDAR = "gridedge.gateway.calendar"  # public holidays: the config validates them, the slot clock uses them
+LEAVES = {MODEL, LOGS, CALENDAR}
 #: package (longest prefix wins) → the project packages it may import besides itself.
 ALLOWED: dict[str, set[str]] = {
     MODEL: set(),  # the shared data types import nothing of the project
     LOGS: set(),  # the log-line format, shared by the daemon and its worker processes
-    "gridedge.config": {MODEL},
-    "gridedge.scoring": {MODEL},  # pure computation: no I/O, no store, no config models
+    CALENDAR: set(),
+    "gridedge.config": {MODEL, CALENDAR},
+    "gridedge.scoring": {MODEL, CALENDAR},  # pure computation: no I/O, no store, no config models
     "gridedge.protocols": LEAVES | {"gridedge.config"},  # a driver is built from its device's config section
     "gridedge.protocols.simulators": {MODEL, "gridedge.protocols.modbus_codec"},
     "gridedge.gateway.store": LEAVES,

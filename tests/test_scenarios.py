@@ -38,7 +38,7 @@ def test_points_table_and_truth_shape(sc) -> None:
     assert all(p["parent"] in ("T1", "T2") for p in sc.points if p["group"].startswith("F"))
     test = sc.test_truth()
     kinds = sorted(t["kind"] for t in test)
-    assert kinds.count("overload_trip") == 2 and kinds.count("spike") == 2 and "heat_day" in kinds
+    assert kinds.count("overload_trip") == 3 and kinds.count("spike") == 2 and "heat_day" in kinds
     assert all(sc.eval_start <= t["start"] <= t["end"] <= sc.ts[-1] for t in test)
     assert all(t["phase"] == "train" and t["end"] < sc.eval_start for t in sc.truth if t not in test)
     spans = sorted((t["start"], t["end"]) for t in sc.truth)
@@ -82,7 +82,12 @@ def test_incidents_are_in_the_data(sc) -> None:
         if t["kind"] == "overload_trip":
             tr = int(np.searchsorted(sc.ts, t["trip"]))
             g = t["group"]
-            assert np.nanmax(v[a:tr, c(f"{g}_I")]) > sc.points[c(f"{g}_I")]["rating"]
+            rating = sc.points[c(f"{g}_I")]["rating"]
+            if t.get("variant") == "relative":  # ramps to 1.25–1.8 × its normal, never to the rating
+                assert np.nanmax(v[a:tr, c(f"{g}_I")]) < rating
+                assert np.nanmax(v[tr - 3 : tr, c(f"{g}_I")]) > 1.1 * np.nanmedian(v[a - 30 : a, c(f"{g}_I")])
+            else:
+                assert np.nanmax(v[a:tr, c(f"{g}_I")]) > rating
             assert np.all(v[tr + 1 : b - 1, c(f"{g}_CB")][~np.isnan(v[tr + 1 : b - 1, c(f"{g}_CB")])] == 0)
             assert np.nanmax(v[tr + 1 : b - 1, c(f"{g}_I")]) == 0
         elif t["kind"] == "stuck":
@@ -92,7 +97,7 @@ def test_incidents_are_in_the_data(sc) -> None:
             assert np.isnan(v[a:b, c(t["target"])]).all()
         elif t["kind"] == "scale":
             ratio = np.nanmedian(v[a:b, c(t["target"])]) / np.nanmedian(v[a - 120 : a, c(t["target"])])
-            assert ratio == pytest.approx(t["factor"], rel=0.6)
+            assert 1 / 3 < ratio / t["factor"] < 3  # ×10 / ×0.1 against a load that keeps moving
         elif t["kind"] == "frequency":
             assert 50.0 - np.nanmin(v[a : a + 5, c("FREQ")]) > 0.15
 

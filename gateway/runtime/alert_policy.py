@@ -28,6 +28,7 @@ from gridedge.gateway.model import Event, EventKind
 
 __all__ = [
     "COOLDOWN",
+    "LONE_SPIKE",
     "NO_TRIP_SENT",
     "PUBLISHED",
     "RATE_LIMITED",
@@ -44,8 +45,11 @@ SUPPRESSED = "suppressed"
 COOLDOWN = "cooldown"
 RATE_LIMITED = "rate_limited"
 NO_TRIP_SENT = "no_trip_sent"
+LONE_SPIKE = "lone_spike"  # a one-sample glitch: stored and counted, not an operator alert
 
 _HOUR = 3600.0
+_SPIKE_REPEAT = _HOUR  # a point that spikes again within this is a noisy sensor, not a glitch
+_SPIKE_TOGETHER = 120.0  # spikes on two points of a group this close: the RTU or the bay, not one glitch
 
 
 class AlertPolicy:
@@ -59,6 +63,7 @@ class AlertPolicy:
         self._last: dict[str, float] = {}  # cooldown key → time of the last published alert
         self._recent: dict[str, deque[float]] = {"anomaly": deque(), "trip": deque()}
         self._trip_sent: set[str] = set()  # feeders with a published trip and no published restore yet
+        self._spikes: deque[tuple[float, str, str]] = deque()  # (start, group, point) of the last hour
         self.counts: Counter[str] = Counter()  # decisions so far (metrics)
 
     # ------------------------------------------------------------------ operator controls
@@ -100,6 +105,13 @@ class AlertPolicy:
             return SUPPRESSED
         if kind == EventKind.FEEDER_RESTORE:
             return PUBLISHED if event.group in self._trip_sent else NO_TRIP_SENT
+        if (
+            kind == EventKind.SENSOR_FAULT
+            and not self.cfg.publish_lone_spikes
+            and event.explanation.get("rule") == "spike"
+            and self._lone_spike(event)
+        ):
+            return LONE_SPIKE
         key, cooldown, cap_name, cap = self._limits(event)
         last = self._last.get(key)
         if last is not None and now - last < cooldown:
@@ -111,6 +123,19 @@ class AlertPolicy:
             if len(recent) >= cap:
                 return RATE_LIMITED
         return PUBLISHED
+
+    def _lone_spike(self, event: Event) -> bool:
+        """True for a one-sample spike with no other spike on the same point within the last hour and none
+        on another point of its group at about the same time (those are a noisy sensor or a bay glitch)."""
+        t, point = event.start, event.points[0] if event.points else ""
+        while self._spikes and t - self._spikes[0][0] > _SPIKE_REPEAT:
+            self._spikes.popleft()
+        lone = True
+        for t0, g0, p0 in self._spikes:
+            if p0 == point or (g0 == event.group and abs(t - t0) <= _SPIKE_TOGETHER):
+                lone = False
+        self._spikes.append((t, event.group, point))
+        return lone
 
     def _limits(self, event: Event) -> tuple[str, float, str | None, int]:
         """(cooldown key, cooldown s, cap bucket or None, cap per hour) for an event."""

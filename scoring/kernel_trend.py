@@ -1,0 +1,128 @@
+
+"""Phase 2c′: early warning — a departure from the hour-of-week expectation that is developing *now*.
+
+Per load point (current, active power) and temperature: the deviation from the interpolated slot
+expectation (loads relative to it and after the site's common load mode; temperatures in °C) is smoothed
+fast (``PR_TR_TF``, 10 min) and slow (``PR_TR_TS``, 3 h). The slow mean is the day's own offset (a cold
+day, a holiday), so ``fast − slow`` is what changed within the last hours; its spread is learned on calm
+data (``PR_TR_TV``, 3 days) and ``PF_TRZ`` = (fast − slow) / spread. A feeder ramping towards a trip while
+still below its rating shows as a large trend z *and* a large deviation from its normal for that hour; the
+group phase (``kernel_groups``) raises it when every clean load point of the feeder agrees.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from .kernel_layout import (
+    GI_ACTIVE,
+    GI_OPEN,
+    PF_CMG,
+    PF_GOOD,
+    PF_MEAN,
+    PF_TRF,
+    PF_TRN,
+    PF_TRS,
+    PF_TRT,
+    PF_TRV,
+    PF_TRZ,
+    PF_VAL,
+    PF_Z,
+    PI_COND,
+    PI_FAULT,
+    PR_TH_WARM,
+    PR_TR_TF,
+    PR_TR_TS,
+    PR_TR_TV,
+    PR_TR_WARM,
+    Q_CURRENT,
+    Q_P,
+    Q_TEMP,
+    TH_LT,
+)
+
+
+@njit(cache=True, inline="always")
+def _trend_floor(q):
+    """Smallest spread of ``fast − slow``: 1 % of the load, 0.3 °C (instrument resolution and class)."""
+    return 0.3 if q == Q_TEMP else 0.01
+
+
+@njit(cache=True, inline="always")
+def _trends(i, j, t, pidx, slot, pf, pi, gi, qcode, gidx, floor_abs, cm, tvar, th, th_of_pt, prm):
+    """Update the fast / slow deviations and the trend z of this segment's fresh load and temperature
+    readings."""
+    tf = prm[PR_TR_TF]
+    ts_ = prm[PR_TR_TS]
+    tv = prm[PR_TR_TV]
+    warm = prm[PR_TR_WARM]
+    for k in range(i, j):
+        p = pidx[k]
+        q = qcode[p]
+        if q != Q_CURRENT and q != Q_P and q != Q_TEMP:
+            continue
+        if pf[p, PF_GOOD] != t or not math.isfinite(pf[p, PF_Z]):
+            continue
+        g = gidx[p]
+        if gi[g, GI_OPEN] != 0:
+            pf[p, PF_TRT] = 0.0  # an open breaker: start afresh after re-closing
+            pf[p, PF_TRZ] = math.nan
+            continue
+        if pi[p, PI_COND] != 0 or pi[p, PI_FAULT] != 0:
+            continue  # a faulty reading neither moves nor teaches the trend
+        m = pf[p, PF_MEAN]
+        x = pf[p, PF_VAL]
+        if q == Q_TEMP:
+            h = th_of_pt[p]
+            if h >= 0 and th[h, TH_LT] >= prm[PR_TH_WARM]:
+                # a learned thermal model owns this oil (load, the other transformers, cooling vs sensor)
+                pf[p, PF_TRZ] = math.nan
+                continue
+            d = x - m
+        else:
+            if abs(m) <= 4.0 * floor_abs[p]:
+                continue
+            own = x / m - 1.0
+            c = pf[p, PF_CMG] * cm
+            c = min(max(c, min(own, 0.0)), max(own, 0.0))  # the common mode explains, never adds
+            d = own - c
+        last = pf[p, PF_TRT]
+        if last <= 0.0 or t - last > 3600.0:
+            pf[p, PF_TRF] = d
+            pf[p, PF_TRS] = d
+            pf[p, PF_TRT] = t
+            pf[p, PF_TRZ] = math.nan
+            continue
+        dt = t - last
+        if dt <= 0.0:
+            continue
+        pf[p, PF_TRF] += (1.0 - math.exp(-dt / tf)) * (d - pf[p, PF_TRF])
+        pf[p, PF_TRS] += (1.0 - math.exp(-dt / ts_)) * (d - pf[p, PF_TRS])
+        r = pf[p, PF_TRF] - pf[p, PF_TRS]
+        fl = _trend_floor(q)
+        v = pf[p, PF_TRV]
+        s_ = slot[k]
+        # the spread of this hour of the week: a shift change or a commercial opening hour moves the load
+        # faster than the interpolated expectation every week at the same time — that is normal there
+        vs = tvar[s_, p]
+        if vs <= 0.0:
+            vs = v  # a slot's first visit starts from the point's overall spread
+        # a ramp that comes a little earlier or later than usual (a cold morning, the week after a DST
+        # change) belongs to the neighbouring hour: its spread counts too
+        vn = max(tvar[(s_ + 167) % 168, p], tvar[(s_ + 1) % 168, p])
+        sd = math.sqrt(max(vs, vn, 0.5 * v) + fl * fl)
+        z = r / sd
+        pf[p, PF_TRZ] = z if pf[p, PF_TRN] >= warm and vs > 0.0 else math.nan
+        # the spreads learn from calm data: not while the group is in an event, each step clipped at 4 σ
+        if gi[g, GI_ACTIVE] == 0:
+            n0 = pf[p, PF_TRN]
+            a = max(1.0 - math.exp(-dt / tv), dt / (n0 + dt))  # a running mean while young
+            pf[p, PF_TRV] = v + a * (min(r * r, 16.0 * (v + fl * fl)) - v)
+            pf[p, PF_TRN] = n0 + dt
+            # per slot: an EW over ~5 h of the slot's own time (≈ 5 weekly visits)
+            if n0 >= warm:
+                a_s = 1.0 - math.exp(-dt / (5.0 * 3600.0))
+                tvar[s_, p] = vs + a_s * (min(r * r, 16.0 * sd * sd) - vs)
+        pf[p, PF_TRT] = t
