@@ -191,11 +191,11 @@ def run_batch(
         # 2e-2g: sensor checks (scale and stuck need the relation states), staleness, sensor faults
         _scale_and_stuck(
             i, j, t, pidx, mean, n, pf, pi, gi, ri, qcode, nominal, floor_abs, gidx, rel_ptr, rel_pt,
-            prel_ptr, prel, prm,
+            prel_ptr, prel, grp_ptr, grp_pts, prm,
         )  # fmt: skip
         stale_run, nrec = _staleness(t, pf, pi, ds, df, sf, qcode, didx, dev_n, prm, rec_i, rec_f, nrec)
         nrec, nsnap = _sensor_faults(
-            i, j, t, pidx, bl, pf, pi, gf, qcode, floor_abs, floor_rel, gidx, th, th_pt, th_of_pt, rel_ptr,
+            i, j, t, pidx, bl, pf, pi, gf, ri, qcode, floor_abs, floor_rel, gidx, th, th_pt, th_of_pt, rel_ptr,
             rel_pt, prel_ptr, prel, win_kind, win_idx, win_t0, win_t1, prm, out, nrec, nsnap, stale_run,
         )  # fmt: skip
         # 2h: groups (children first): composite, rules, grid anomalies

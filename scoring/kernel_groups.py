@@ -124,6 +124,7 @@ def _groups(
         lc_pos = 0
         lc_neg = 0
         lc_big = 0
+        lc_off = 0  # load points beyond |z| 2.5 (a grid incident moves a bay's current and power together)
         rule = 0
         rlevel = 0
         peak = -1
@@ -180,6 +181,8 @@ def _groups(
                 nwarm += 1
                 if _is_load(qc):
                     lc_n += 1
+                    if abs(z) > 2.5:
+                        lc_off += 1
                     if z > 0.0:
                         lc_pos += 1
                         if z > prm[PR_COH_Z]:
@@ -245,6 +248,10 @@ def _groups(
         # incident even where a heavy-tailed history has pushed the calibrated threshold high
         coh = gleaf[g] and lc_n >= 2 and lc_big >= 2 and (lc_pos == lc_n or lc_neg == lc_n)
         comp = nwarm > 0 and (score > thr or coh) and not explained
+        # one load point far off while the bay's other load points stay calm is a sensor, not the grid:
+        # the isolation and the sensor checks speak for it, the composite does not
+        if comp and not coh and lc_n >= 2 and lc_off == 1 and peak >= 0 and _is_load(qcode[peak]):
+            comp = False
         # early warning: a feeder's load departing from its normal for this hour of the week (below its
         # rating, before any trip) or losing part of it; an oil climbing away from its normal while its
         # own load does not (its load points show no rise: a rising load explains rising oil)

@@ -36,6 +36,7 @@ RULE_SPIKE = 14
 RULE_DROPOUT = 15
 RULE_DEVICE_STALE = 16
 RULE_THDRIFT = 17
+RULE_ZERO = 19
 RULE_THERMAL = 7
 RULE_LOAD_RISE = 8  # early warning: a feeder's load departs upwards from its hour-of-week normal
 RULE_LOAD_DROP = 9  # a feeder loses part of its load (not to zero: no trip)
@@ -46,6 +47,7 @@ RULE_RESTORE = 21
 # ---- condition bits of a point (PI_COND) ---------------------------------------------------------
 B_RANGE, B_SCALE, B_STUCK, B_DRIFT, B_DROPOUT, B_SPIKE, B_DEVSTALE = 1, 2, 4, 8, 16, 32, 64
 B_THDRIFT = 128  # oil temperature disagrees with its thermal model, too slowly for a cooling failure
+B_ZERO = 256  # a load point reads zero while its slot expects a load and its bay's other load points carry one
 
 # ---- per-point float state pf[P, NPF] ----------------------------------------------------------------
 PF_VAL = 0  # newest good value

@@ -17,6 +17,7 @@ from .kernel_layout import (
     B_RANGE,
     B_SPIKE,
     B_STUCK,
+    B_ZERO,
     GI_OPEN,
     PF_RES,
     PF_VAL,
@@ -150,7 +151,7 @@ def _evaluate_relations(
             if not _fresh(pf, q, t):
                 valid = False
                 break
-            if (pi[q, PI_COND] & (B_RANGE | B_STUCK | B_DROPOUT | B_DEVSTALE | B_SPIKE)) != 0:
+            if (pi[q, PI_COND] & (B_RANGE | B_STUCK | B_DROPOUT | B_DEVSTALE | B_SPIKE | B_ZERO)) != 0:
                 valid = False
                 break
             # a stuck fault blocks relations only while the value still repeats: once it moves
@@ -206,13 +207,17 @@ def _evaluate_relations(
             lhs = abs(tot)
             rhs = abs(terms)
             base = rhs
-        if rhs <= 0.0 or lhs <= 0.0 or base < 0.05 * rf[r, RF_LVL]:
+        lvl = rf[r, RF_LVL]
+        # a member reading zero with good quality while the other side carries its usual load (a broken
+        # CT lead, a transducer at its rail): as far off as a relation can be
+        zero_side = (lhs <= 0.0) != (rhs <= 0.0) and max(lhs, rhs) > 0.2 * lvl and lvl > 0.0
+        if not zero_side and (rhs <= 0.0 or lhs <= 0.0 or base < 0.05 * lvl):
             ri[r] = RS_UNKNOWN
             continue
-        e_raw = math.log(lhs / rhs)
+        e_raw = (3.0 if rhs <= 0.0 else -3.0) if zero_side else math.log(lhs / rhs)
         # a light load read at the RTU's resolution: the relation cannot be trusted closer than this
         qerr = q_abs
-        if rt == REL_SVI or rt == REL_SI:
+        if (rt == REL_SVI or rt == REL_SI) and lhs > 0.0:
             qerr += q_pq / (lhs * lhs)
         state = RS_UNKNOWN
         zr = 0.0

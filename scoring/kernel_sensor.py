@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .kernel_common import _scored, _warm_n
+from .kernel_common import _fresh, _is_load, _scored, _warm_n
 from .kernel_layout import (
     B_DEVSTALE,
     B_DRIFT,
@@ -19,6 +19,7 @@ from .kernel_layout import (
     B_SCALE,
     B_STUCK,
     B_THDRIFT,
+    B_ZERO,
     DS_ACTIVE,
     GI_ACTIVE,
     GI_OPEN,
@@ -30,6 +31,7 @@ from .kernel_layout import (
     PF_GOOD,
     PF_LVL,
     PF_LVLN,
+    PF_MEAN,
     PF_REP,
     PF_STUCK_TS,
     PF_VAL,
@@ -59,6 +61,7 @@ from .kernel_layout import (
     RULE_SCALE,
     RULE_STUCK,
     RULE_THDRIFT,
+    RULE_ZERO,
     SF_LASTSTALE,
 )
 from .kernel_records import _record, _snap, _suppressed, _th_snap
@@ -67,7 +70,7 @@ from .kernel_records import _record, _snap, _suppressed, _th_snap
 @njit(cache=True, inline="always")
 def _scale_and_stuck(
     i, j, t, pidx, mean, n, pf, pi, gi, ri, qcode, nominal, floor_abs, gidx, rel_ptr, rel_pt, prel_ptr,
-    prel, prm,
+    prel, grp_ptr, grp_pts, prm,
 ):  # fmt: skip
     """Phase 2e: ×10 / ×0.1 scale errors (unless a satisfied relation vouches for the point) and stuck runs
     that are improbable given how often the point repeats by itself."""
@@ -117,6 +120,32 @@ def _scale_and_stuck(
         else:
             pi[p, PI_SCALE] = 0
             pi[p, PI_COND] &= ~B_SCALE
+        # reads zero: a broken CT lead or a transducer at its rail reports 0 with good quality, for minutes,
+        # while the slot expects a load and the bay's other load points carry theirs (breaker closed)
+        zero = False
+        if (
+            _is_load(qc)
+            and x == 0.0
+            and pi[p, PI_STUCK] >= 9
+            and gi[g, GI_OPEN] == 0
+            and math.isfinite(ref)
+            and abs(ref) > 10.0 * floor_abs[p]
+        ):
+            n_peer = 0
+            n_loaded = 0
+            for kk in range(grp_ptr[g], grp_ptr[g + 1]):
+                q2 = grp_pts[kk]
+                if q2 == p or not _is_load(qcode[q2]) or not _fresh(pf, q2, t):
+                    continue
+                n_peer += 1
+                m2 = pf[q2, PF_MEAN]
+                if math.isfinite(m2) and abs(pf[q2, PF_VAL]) > 0.2 * abs(m2) > 0.0:
+                    n_loaded += 1
+            zero = n_peer > 0 and n_loaded == n_peer
+        if zero:
+            pi[p, PI_COND] |= B_ZERO
+        else:
+            pi[p, PI_COND] &= ~B_ZERO
         # stuck: the run must be improbable given how often this point repeats by itself
         if gi[g, GI_OPEN] == 0 and abs(x) > floor_abs[p]:
             rep = min(max(pf[p, PF_REP], 0.01), 0.995)
@@ -192,8 +221,8 @@ def _staleness(
 
 @njit(cache=True, inline="always")
 def _sensor_faults(
-    i, j, t, pidx, bl, pf, pi, gf, qcode, floor_abs, floor_rel, gidx, th, th_pt, th_of_pt, rel_ptr, rel_pt,
-    prel_ptr, prel, win_kind, win_idx, win_t0, win_t1, prm, out, nrec, nsnap, stale_run,
+    i, j, t, pidx, bl, pf, pi, gf, ri, qcode, floor_abs, floor_rel, gidx, th, th_pt, th_of_pt, rel_ptr,
+    rel_pt, prel_ptr, prel, win_kind, win_idx, win_t0, win_t1, prm, out, nrec, nsnap, stale_run,
 ):  # fmt: skip
     """Phase 2g: sensor-fault state machines of the segment's points (all points after a staleness sweep).
     Returns ``(nrec, nsnap)``."""
@@ -225,6 +254,8 @@ def _sensor_faults(
             code = RULE_RANGE
         elif c & B_SCALE and pi[p, PI_SCALE] >= 2:
             code = RULE_SCALE
+        elif c & B_ZERO:
+            code = RULE_ZERO
         elif c & B_STUCK:
             code = RULE_STUCK
         elif c & B_DRIFT:
@@ -251,8 +282,13 @@ def _sensor_faults(
                                        t, abs(zz) if math.isfinite(zz) else 0.0, 0)  # fmt: skip
                         nsnap = _snap(snap_i, snap_f, nsnap, nrec - 1, p, pf, mean, var, n, floor_abs,
                                       floor_rel, minn, pi[p, PI_SLOT])  # fmt: skip
+                        # the alert names what is involved: for a point out of step with its peers, the
+                        # members of the relations it violates; a dropout, stuck, zero, range, scale or
+                        # spike fault is the point's own (its peers only show that it is alone)
                         for rr in range(prel_ptr[p], prel_ptr[p + 1]):
                             r = prel[rr]
+                            if code != RULE_DRIFT or (ri[r] != RS_VIOL and ri[r] != RS_SOFT):
+                                continue
                             for k2 in range(rel_ptr[r], rel_ptr[r + 1]):
                                 q = rel_pt[k2]
                                 if q != p:
