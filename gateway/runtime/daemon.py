@@ -14,8 +14,10 @@ import contextlib
 import enum
 import json
 import logging
+import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +83,8 @@ log = logging.getLogger("gridedge.runtime")
 SCORER_STATE_NAME = "detector"
 #: Seconds between two ``poll_overrun`` log lines of one device (the skipped cycles are summed in each).
 OVERRUN_LOG_INTERVAL = 10.0
+#: The interpreter's GIL switch interval while the daemon runs (see _run_once); CPython's default is 5 ms.
+LOOP_SWITCH_INTERVAL = float(os.environ.get("GRIDEDGE_SWITCH_INTERVAL", "0.001"))
 #: Seconds between two ``loop_stall`` log lines (event-loop lateness, pipeline stage maxima).
 STALL_REPORT_INTERVAL = 10.0
 
@@ -610,7 +614,7 @@ class Runtime:
         Only a poll with a good reading resets the backoff, so a device that answers nothing but refusals
         or junk keeps backing off instead of reconnecting at the initial delay.
         """
-        good = self._good_points(name)
+        good = stats.good = self._good_points(name)
         new = DeviceState.UP if good == stats.points else DeviceState.DEGRADED
         old = stats.state
         failures = backoff.failures
@@ -649,8 +653,7 @@ class Runtime:
             stats.last_progress = time.monotonic()
             self.handle_batch(batch)
             # An empty batch is a report-only device's liveness check that answered: a good read too.
-            self._after_poll(dev.name, stats, backoff, good_in_poll if len(batch) else 1)
-            stats.good = self._good_points(dev.name)
+            self._after_poll(dev.name, stats, backoff, good_in_poll if len(batch) else 1)  # sets stats.good
             if self.metrics is not None:
                 self.metrics.poll_duration(dev.name, stats.last_poll_duration)
             if self.watchdog is not None:
@@ -903,6 +906,10 @@ class Runtime:
 
     async def _run_once(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # The store writer and paho's network thread run Python too; CPython makes a thread that wants the
+        # GIL wait up to the switch interval (5 ms by default) for it, which is a 5 ms stall of the loop
+        # each time it wakes while another thread computes. 1 ms keeps that wait below the 2 ms goal.
+        sys.setswitchinterval(LOOP_SWITCH_INTERVAL)
         self._stop = asyncio.Event()
         # Poll from the first second: only the poll path's kernels (≈ 2 s cold) load before the devices
         # start; scoring joins in the background (_join_scoring) unless this process loaded it already.
