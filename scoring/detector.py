@@ -177,13 +177,13 @@ class Detector(FleetPrior, StatePersistence, EventExplainer):
         prm[K.PR_TH_DRIFT_K] = 8.0
         prm[K.PR_COH_Z] = 7.0
         prm[K.PR_REL_STICKY] = 4.0
-        prm[K.PR_TR_TF] = 600.0
+        prm[K.PR_TR_TF] = 240.0
         prm[K.PR_TR_TS] = 3 * 3600.0
         prm[K.PR_TR_TV] = 3 * 86400.0
         prm[K.PR_TR_WARM] = 86400.0
         prm[K.PR_TR_Z] = 4.0
         prm[K.PR_TR_D] = 0.15
-        prm[K.PR_TR_DDROP] = 0.15
+        prm[K.PR_TR_DDROP] = 0.2
         prm[K.PR_TR_DT] = 3.0
         self.prm = prm
         self._thr_cons = float(cfg.conservative_threshold)

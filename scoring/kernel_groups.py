@@ -138,11 +138,14 @@ def _groups(
         tr_lead = -1
         tr_leadv = -1e9
         tr_maxup = -1e9  # the strongest rise among them: a rising load explains a rising oil
+        n_ip = 0  # the group's current and active-power points (clean or not)
         oil_up = 0.0
         oil_p = -1
         for kk in range(grp_ptr[g], grp_ptr[g + 1]):
             p = grp_pts[kk]
             qc = qcode[p]
+            if qc == Q_CURRENT or qc == Q_P:
+                n_ip += 1
             if not _scored(qc) or not _fresh(pf, p, t):
                 continue
             if pi[p, PI_COND] != 0 or pi[p, PI_FAULT] != 0 or pi[p, PI_INCONS] != 0:
@@ -156,7 +159,9 @@ def _groups(
                 if qc == Q_CURRENT or qc == Q_P:
                     tr_n += 1
                     u = min(tz / prm[PR_TR_Z], pf[p, PF_TRF] / prm[PR_TR_D])
-                    dn = min(-tz / prm[PR_TR_Z], -pf[p, PF_TRF] / prm[PR_TR_DDROP])
+                    # a drop needs more evidence than a rise: processes stop, shops close early —
+                    # and a rise is the one that ends in a trip
+                    dn = min(-tz / (1.25 * prm[PR_TR_Z]), -pf[p, PF_TRF] / prm[PR_TR_DDROP])
                     tr_up = min(tr_up, u)
                     tr_dn = min(tr_dn, dn)
                     tr_maxup = max(tr_maxup, u)
@@ -256,13 +261,15 @@ def _groups(
         # rating, before any trip) or losing part of it; an oil climbing away from its normal while its
         # own load does not (its load points show no rise: a rising load explains rising oil)
         tr_rule = 0
-        if not explained:
-            if gleaf[g] and tr_n >= 1 and tr_up >= 1.0:
+        # a bay with a current and a power measurement needs both to agree (one alone may be its sensor)
+        tr_need = min(2, n_ip)
+        if not explained and tr_n >= max(tr_need, 1):
+            if gleaf[g] and tr_up >= 1.0:
                 tr_rule = RULE_LOAD_RISE
-            elif gleaf[g] and tr_n >= 1 and tr_dn >= 1.0:
+            elif gleaf[g] and tr_dn >= 1.0:
                 tr_rule = RULE_LOAD_DROP
-            elif oil_up >= 1.0 and (tr_n == 0 or tr_maxup < 0.5):
-                tr_rule = RULE_OIL_RISE
+        if not explained and tr_rule == 0 and oil_up >= 1.0 and (tr_n == 0 or tr_maxup < 0.5):
+            tr_rule = RULE_OIL_RISE
         exceed = comp or rlevel > 0 or tr_rule > 0
         if tr_rule > 0 and rlevel == 0 and not comp:
             peak = oil_p if tr_rule == RULE_OIL_RISE else tr_lead
