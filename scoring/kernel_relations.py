@@ -141,8 +141,9 @@ def _evaluate_relations(
         tot = 0.0
         terms = 0.0
         aux = 0.0
-        q_abs = 0.0  # quantisation: half a resolution step of the totals / current / voltage, relative
+        q_abs = 0.0  # rounding variance of the current / voltage, relative
         q_pq = 0.0  # ... of P and Q (weighted into S below)
+        q_sum = 0.0  # ... of a sum relation's members, in their unit²
         for kk in range(rel_ptr[r], rel_ptr[r + 1]):
             q = rel_pt[kk]
             role = rel_role[kk]
@@ -163,11 +164,14 @@ def _evaluate_relations(
                 valid = False
                 break
             v = pf[q, PF_VAL]
-            hres = 0.5 * pf[q, PF_RES]
+            # rounding to a resolution step is a uniform error: variance step² / 12
+            qv = pf[q, PF_RES] * pf[q, PF_RES] / 12.0
             if role == ROLE_P or role == ROLE_Q:
-                q_pq += abs(v) * hres
+                q_pq += v * v * qv
+            elif role == ROLE_TOTAL or role == ROLE_TERM:
+                q_sum += qv  # a sum's rounding errors add up in its own unit
             elif role != ROLE_AUX and abs(v) > 0.0:
-                q_abs += hres / abs(v)
+                q_abs += qv / (v * v)
             if role == ROLE_P:
                 lp = v
             elif role == ROLE_Q:
@@ -216,9 +220,12 @@ def _evaluate_relations(
             continue
         e_raw = (3.0 if rhs <= 0.0 else -3.0) if zero_side else math.log(lhs / rhs)
         # a light load read at the RTU's resolution: the relation cannot be trusted closer than this
-        qerr = q_abs
+        qvar = q_abs
         if (rt == REL_SVI or rt == REL_SI) and lhs > 0.0:
-            qerr += q_pq / (lhs * lhs)
+            qvar += q_pq / (lhs * lhs * lhs * lhs)
+        elif is_sum and max(lhs, rhs) > 0.0:
+            qvar += q_sum / (max(lhs, rhs) * max(lhs, rhs))
+        qerr = 2.0 * math.sqrt(qvar)  # twice the std of the relation's rounding error (log ≈ relative)
         state = RS_UNKNOWN
         zr = 0.0
         e = 0.0
