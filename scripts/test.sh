@@ -14,4 +14,8 @@ if [ ! -d tests/peers/node/node_modules/modbus-serial ] \
   npm ci --prefix tests/peers/node --omit=optional --no-audit --no-fund --loglevel=error
 fi
 ruff check .
+# Fill numba's cache once, as the package's postinst does on a real install: the daemons the tests start
+# then load the kernels instead of each compiling them (the cold start itself is tested with an empty
+# NUMBA_CACHE_DIR in tests/test_runtime_startup.py).
+python -m gridedge.gateway.runtime.precompile
 exec python -m pytest -q -p no:cacheprovider --durations=15 "$@"

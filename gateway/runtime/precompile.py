@@ -16,10 +16,18 @@ specialisations a real site uses; neither the site config nor any data is needed
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import fcntl
+import hashlib
 import logging
 import os
+import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -86,6 +94,38 @@ def _warm_modbus_decode() -> None:
     dec.decode(np.zeros(dec.n_registers, np.uint16), np.zeros(dec.n_bits, np.uint8), np.zeros(2, np.uint8))
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` ends (Linux ``PR_SET_PDEATHSIG``): a daemon killed with -9 must not
+    leave its background compile running — the next start would spawn another next to it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent was gone before the signal was armed
+        raise SystemExit(0)
+
+
+@contextlib.contextmanager
+def compile_lock(cache: str) -> Iterator[None]:
+    """One compile at a time per numba cache: a second daemon (or a restart while the first compile still
+    runs) waits here, then loads what the first compiled instead of compiling it again beside it (each
+    compile peaks at ≈ 800 MiB)."""
+    key = hashlib.sha1(f"{cache}|{Path(__file__).resolve().parents[2]}".encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"gridedge-precompile-{key}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # no writable temp dir: compile unserialised rather than not at all
+        log.info(kv("precompile_lock_unavailable", path=path, error=exc))
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m gridedge.gateway.runtime.precompile``: fill numba's cache (``$NUMBA_CACHE_DIR``) and exit."""
     ap = argparse.ArgumentParser(
@@ -103,8 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="lower this process's CPU priority by N first (the daemon's background compile)",
     )
+    ap.add_argument(
+        "--parent",
+        type=int,
+        default=0,
+        metavar="PID",
+        help="end when process PID ends (the daemon passes its own PID to its background compile)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.parent:
+        die_with_parent(args.parent)
     if args.nice:
         try:
             os.nice(args.nice)
@@ -112,12 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             log.info(kv("precompile_nice_refused", error=exc))
     cache = os.environ.get("NUMBA_CACHE_DIR", "(next to the sources)")
     try:
-        if args.only == "io":
-            seconds = precompile_io_kernels()
-        elif args.only == "scoring":
-            seconds = precompile_scoring_kernels()
-        else:
-            seconds = precompile_kernels()
+        with compile_lock(cache):
+            if args.only == "io":
+                seconds = precompile_io_kernels()
+            elif args.only == "scoring":
+                seconds = precompile_scoring_kernels()
+            else:
+                seconds = precompile_kernels()
     except Exception as exc:  # a failed precompile only means the first start compiles
         log.error(kv("precompile_failed", cache=cache, error=exc))
         return 1

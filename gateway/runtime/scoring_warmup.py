@@ -17,6 +17,7 @@ import collections
 import contextlib
 import enum
 import logging
+import os
 import sys
 import threading
 import time
@@ -113,8 +114,9 @@ class ScoringBacklog:
 async def compile_in_background(load: Callable[[], float], stop: asyncio.Event) -> float | None:
     """Fill numba's cache from a niced subprocess, then run ``load`` (the in-process kernel load) in a
     daemon thread; seconds ``load`` took, or None when ``stop`` was set first (the subprocess is ended)."""
+    # --parent: the child ends with us, even after a kill -9 (no orphan compiles piling up on restarts)
     cmd = [sys.executable, "-m", "gridedge.gateway.runtime.precompile", "--only", "scoring",
-           "--nice", str(COMPILE_NICE)]  # fmt: skip
+           "--nice", str(COMPILE_NICE), "--parent", str(os.getpid())]  # fmt: skip
     try:
         proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL)
     except OSError as exc:
