@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# library modules, not scripts: the scenario generator (its __main__ takes a seed) and the comparison detectors
-LIBRARIES = {"scenarios.py", "baselines.py"}
+# library modules, not scripts: the scenario generator (its __main__ takes a seed), the comparison detectors,
+# and the fleet builders / parts that bench/federation_eval.py runs
+LIBRARIES = {"scenarios.py", "baselines.py", "fleet_sites.py", "federation_prior_eval.py",
+             "federation_classifier_eval.py"}  # fmt: skip
 SCRIPTS = sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name not in LIBRARIES)
 
 
