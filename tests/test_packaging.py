@@ -191,7 +191,10 @@ def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
     root = tmp_path / "root"
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     prefix = root / "opt/gridedge"
-    env = dict(os.environ, PIP_INDEX_URL="http://127.0.0.1:9/", PIP_FIND_LINKS="")  # no index reachable
+    # A clean environment, as postinst has: nothing a test run exported before (Python, pip or Ray
+    # variables) may steer the install; no index reachable.
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "PIP_INDEX_URL": "http://127.0.0.1:9/", "PIP_FIND_LINKS": ""}  # fmt: skip
     for _ in range(2):  # second run = reinstall/upgrade: atomic switch, previous venv kept
         subprocess.run(
             [
@@ -202,6 +205,7 @@ def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
             ],
             check=True,
             env=env,
+            cwd=tmp_path,
             timeout=900,
         )
     venvs = sorted(p.name for p in prefix.glob("venv-*"))
@@ -215,6 +219,8 @@ def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     proc = subprocess.run(
@@ -226,6 +232,8 @@ def test_full_package_installs_offline_and_runs(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.stdout.strip() == "ok", proc.stderr
     assert (prefix / "bin/flower-supernode").exists()
