@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import realprofile
 from bench.baselines import ewma_alerts, iforest_alerts, roc_alerts, threshold_alerts, zscore_alerts
-from bench.scenarios import Scenario, generate, readings
+from bench.scenarios import Scenario, generate, iso_utc, readings
 from gridedge.config.models import ScoringSection
 from gridedge.gateway.model import Event, PointTable
 
@@ -138,9 +138,10 @@ def grid_episodes(alerts: list[Event]) -> list[dict[str, Any]]:
                 cur["last"] = e.start
                 cur["groups"].add(e.group)
                 cur["points"].update(e.points)
+                cur["rules"].add(str(e.explanation.get("rule", "")))
             else:
                 cur = {"kind": kind, "start": e.start, "last": e.start, "groups": {e.group},
-                       "points": set(e.points)}  # fmt: skip
+                       "points": set(e.points), "rules": {str(e.explanation.get("rule", ""))}}  # fmt: skip
                 out.append(cur)
     out.sort(key=lambda x: x["start"])
     return out
@@ -250,6 +251,54 @@ def score(sc: Scenario, alerts: list[Event]) -> dict[str, Any]:
     }
 
 
+def listing(sc: Scenario, alerts: list[Event]) -> list[str]:
+    """What went wrong on one site, to read: missed incidents, false grid episodes (with the truth they
+    overlap: a misread), missed sensor faults and false sensor pieces, each with its rule and points."""
+    alerts = [a for a in alerts if a.start >= sc.eval_start]
+    truth = sc.test_truth()
+    eps = grid_episodes(alerts)
+    lines: list[str] = []
+
+    def near(t0: float, t1: float) -> str:
+        hit = [f"{t['kind']}:{t['target']}" for t in truth if t["start"] - SLACK <= t1 and t["end"] + SLACK >= t0]
+        return ",".join(hit) or "-"
+
+    def ep(e: dict[str, Any]) -> str:
+        return (f"{iso_utc(e['start'])} {(e['last'] - e['start']) / 60:5.0f}m {e['kind']} "
+                f"{'/'.join(sorted(e['groups']))} {'/'.join(sorted(e['rules']))} "
+                f"[{','.join(sorted(e['points']))[:60]}]")  # fmt: skip
+
+    true_eps: set[int] = set()
+    for inc in (t for t in truth if t["class"] == "grid"):
+        hits = [k for k, e in enumerate(eps) if _in_window(e["start"], inc) and e["groups"] & set(inc["accept"])]
+        true_eps.update(hits)
+        extra = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in inc.items()
+                 if k in ("levels", "groups", "peak_pu", "curve", "residual")}  # fmt: skip
+        if not hits:
+            lines.append(f"  MISSED grid {inc['kind']} {inc['target']} {iso_utc(inc['start'])} "
+                         f"{(inc['end'] - inc['start']) / 60:.0f}m {extra}")  # fmt: skip
+        elif inc["kind"] == "overload_trip":
+            lead = (inc["trip"] - min(eps[k]["start"] for k in hits)) / 60.0
+            lines.append(f"  overload {inc['target']} lead {lead:.1f} min {extra} first: {ep(eps[min(hits)])}")
+    for k, e in enumerate(eps):
+        if k not in true_eps:
+            lines.append(f"  FALSE grid {ep(e)} near {near(e['start'], e['last'])}")
+    sens = [a for a in alerts if str(a.kind) in SENSOR_EVENT_KINDS and a.points]
+    for f in (t for t in truth if t["class"] == "sensor" and t.get("should_alert", True)):
+        faulty = set(f.get("points", [f["target"]]))
+        if not any(a.points[0] in faulty and _in_window(a.start, f) for a in sens):
+            seen = [f"{a.kind!s}:{a.explanation.get('rule')}:{a.group}:{a.points[0] if a.points else ''}"
+                    for a in alerts if _in_window(a.start, f) and _names(a, faulty, f["group"])]  # fmt: skip
+            lines.append(f"  MISSED sensor {f['kind']} {f['target']} {iso_utc(f['start'])} "
+                         f"{(f['end'] - f['start']) / 60:.0f}m seen: {seen[:4]}")  # fmt: skip
+    for a in sens:
+        if not any(a.points[0] in set(f.get("points", [f["target"]])) and _in_window(a.start, f)
+                   for f in truth if f["class"] == "sensor" and f.get("should_alert", True)):  # fmt: skip
+            lines.append(f"  false sensor {iso_utc(a.start)} {a.explanation.get('rule')} {a.points[0]} "
+                         f"near {near(a.start, a.start)}")  # fmt: skip
+    return lines
+
+
 def _names(alert: Event, points: set[str], group: str) -> bool:
     """An alert that points at the fault: it lists one of its points, or it is about its group."""
     return alert.group == group or bool(points & set(alert.points))
@@ -305,7 +354,9 @@ def _aggregate_extra(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------------
-def eval_seed(seed: int, detectors: tuple[str, ...], days: int, family: str = "scenarios") -> dict[str, Any]:
+def eval_seed(
+    seed: int, detectors: tuple[str, ...], days: int, family: str = "scenarios", show: bool = False
+) -> dict[str, Any]:
     sc = FAMILIES[family]["generate"](seed, days=days)
     out: dict[str, Any] = {}
     for name in detectors:
@@ -313,6 +364,8 @@ def eval_seed(seed: int, detectors: tuple[str, ...], days: int, family: str = "s
         alerts = run_detector(name, sc)
         row = score(sc, alerts)
         row["seconds"] = time.perf_counter() - t0
+        if show:
+            row["listing"] = listing(sc, alerts)
         out[name] = row
     return out
 
@@ -435,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detectors", default=",".join(DETECTORS), help=f"any of {','.join(ALL_DETECTORS)}")
     ap.add_argument("--jobs", type=int, default=2, help="scenarios evaluated in parallel processes")
     ap.add_argument("--json", type=Path, help="write per-seed rows and aggregates here")
+    ap.add_argument("--show", action="store_true",
+                    help="also list, per site, missed incidents, false and misread episodes with their rules")  # fmt: skip
     args = ap.parse_args(argv)
     fam = FAMILIES[args.family]
     seeds = parse_seeds(args.seeds) if args.seeds else list(fam["tuning"] if args.tuning else fam["heldout"])
@@ -445,13 +500,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1 and len(seeds) > 1:
         with ProcessPoolExecutor(args.jobs) as ex:
             n = len(seeds)
-            per_seed = list(ex.map(eval_seed, seeds, [dets] * n, [days] * n, [args.family] * n))
+            per_seed = list(
+                ex.map(eval_seed, seeds, [dets] * n, [days] * n, [args.family] * n, [args.show] * n)
+            )
     else:
-        per_seed = [eval_seed(s, dets, days, args.family) for s in seeds]
+        per_seed = [eval_seed(s, dets, days, args.family, args.show) for s in seeds]
     results = {d: aggregate([r[d] for r in per_seed]) for d in dets}
     command = "python bench/detection_eval.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(render(results, seeds, days, command.strip()))
     print(render_detail(per_seed, results))
+    if args.show:
+        for r in per_seed:
+            for d in dets:
+                print(f"\n{d} site {r[d]['seed']}:")
+                print("\n".join(r[d]["listing"]))
     secs = {d: sum(r[d]["seconds"] for r in per_seed) for d in dets}
     print(f"\nwall {time.perf_counter() - t0:.0f} s; detector seconds: "
           + ", ".join(f"{d}={s:.0f}" for d, s in secs.items()))  # fmt: skip

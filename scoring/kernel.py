@@ -206,7 +206,7 @@ def run_batch(
         )  # fmt: skip
         # 3: learning
         _learn(
-            i, j, t, seg, pidx, mean, var, n, last, pf, pi, gf, gi, sf, zhist, qcode, floor_abs, gidx,
+            i, j, t, seg, pidx, frac, mean, var, n, last, pf, pi, gf, gi, sf, zhist, qcode, floor_abs, gidx,
             win_kind, win_idx, win_t0, win_t1, cal_grid, log_k0, log_step, prm,
         )  # fmt: skip
         i = j

@@ -1,5 +1,6 @@
 """Small predicates and algebra the kernel phases share: scored / load quantities, freshness of a
-point's newest good reading, the weight a slot needs before it scores, a ridge-regularised 3×3 solve."""
+point's newest good reading, the weight a slot needs before it scores, the interpolated slot mean, a
+ridge-regularised 3×3 solve."""
 
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ def _warm_n(pf, p, minn):
     if dt > 0.0:
         return max(minn, WARM_VISITS * 3600.0 / dt)
     return max(minn, 1e18)
+
+
+@njit(cache=True)
+def _interp_mean(mean, n, s, p, u, need):
+    """The slot mean interpolated with the neighbouring slot's (slot means sit at the middle of their
+    hour; ``u`` is the position within the hour): a ramp inside the hour is expected, not noise."""
+    m = mean[s, p]
+    nb = (s + 167) % 168 if u < 0.5 else (s + 1) % 168
+    wnb = 0.5 - u if u < 0.5 else u - 0.5
+    if n[s, p] >= need and n[nb, p] >= need:
+        m = (1.0 - wnb) * m + wnb * mean[nb, p]
+    return m
 
 
 @njit(cache=True)

@@ -10,7 +10,7 @@ import math
 from numba import njit
 
 from .baseline import ew_step
-from .kernel_common import _is_load, _scored, _warm_n
+from .kernel_common import _interp_mean, _is_load, _scored, _warm_n
 from .kernel_layout import (
     GF_ACT_START,
     GF_RESTORE,
@@ -25,7 +25,6 @@ from .kernel_layout import (
     PF_LVL,
     PF_LVLN,
     PF_LVLV,
-    PF_MEAN,
     PF_PREV,
     PF_REP,
     PF_SD,
@@ -51,7 +50,7 @@ from .kernel_records import _suppressed
 
 @njit(cache=True, inline="always")
 def _learn(
-    i, j, t, seg, pidx, mean, var, n, last, pf, pi, gf, gi, sf, zhist, qcode, floor_abs, gidx, win_kind,
+    i, j, t, seg, pidx, frac, mean, var, n, last, pf, pi, gf, gi, sf, zhist, qcode, floor_abs, gidx, win_kind,
     win_idx, win_t0, win_t1, cal_grid, log_k0, log_step, prm,
 ):  # fmt: skip
     """Learn the good readings ``i..j`` of segment ``seg``."""
@@ -101,7 +100,9 @@ def _learn(
         s = pi[p, PI_SLOT]
         w = n[s, p]
         xl = x
-        m = pf[p, PF_MEAN]  # the (interpolated) expectation the reading was scored against
+        # the interpolated expectation (a load is scored against an interval, kernel_readings; its
+        # spread is learned around the interpolation, as before)
+        m = _interp_mean(mean, n, s, p, frac[k], _warm_n(pf, p, minn))
         if w >= _warm_n(pf, p, minn):
             sd = pf[p, PF_SD]
             z = (x - m) / sd

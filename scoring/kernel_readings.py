@@ -9,7 +9,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .kernel_common import _scored, _warm_n
+from .kernel_common import _interp_mean, _is_load, _scored, _warm_n
 from .kernel_layout import (
     B_RANGE,
     B_SPIKE,
@@ -113,11 +113,15 @@ def _score_readings(
         wn_need = _warm_n(pf, p, minn)
         # expectation interpolated between this slot's and the neighbouring slot's mean (slot
         # means sit at the middle of their hour): a ramp inside the hour is expected, not noise
-        u = frac[k]
-        nb = (s + 167) % 168 if u < 0.5 else (s + 1) % 168
-        wnb = 0.5 - u if u < 0.5 else u - 0.5
-        if w >= wn_need and n[nb, p] >= wn_need:
-            m = (1.0 - wnb) * m + wnb * mean[nb, p]
+        mi = _interp_mean(mean, n, s, p, frac[k], wn_need)
+        m = mi
+        if _is_load(qc) and w >= wn_need:
+            # a load that steps at a fixed time (a shop opening at 7:00, a shift starting) is not a
+            # straight line between two slot means: it holds its slot's level up to the step. So a
+            # load anywhere between its own slot's mean and the interpolated value is as expected
+            # (only the distance beyond that interval scores); learning keeps the interpolated value
+            own = mean[s, p]
+            m = min(max(x, min(own, mi)), max(own, mi))
         f = floor_abs[p] + floor_rel[p] * abs(m)
         sd = math.sqrt(var[s, p] + f * f)
         pf[p, PF_MEAN] = m

@@ -112,6 +112,9 @@ def _trends(i, j, t, pidx, slot, pf, pi, gi, qcode, gidx, floor_abs, cm, tvar, t
         # a ramp that comes a little earlier or later than usual (a cold morning, the week after a DST
         # change) belongs to the neighbouring hour: its spread counts too
         vn = max(tvar[(s_ + 167) % 168, p], tvar[(s_ + 1) % 168, p])
+        # a shop or a shift opens at the same hour every working day, but one hour of the week is seen
+        # only once a week: the same hour of the day before and after is evidence of that swing too
+        vn = max(vn, tvar[(s_ + 144) % 168, p], tvar[(s_ + 24) % 168, p])
         sd = math.sqrt(max(vs, vn, 0.5 * v) + fl * fl)
         z = r / sd
         pf[p, PF_TRZ] = z if pf[p, PF_TRN] >= warm and vs > 0.0 else math.nan
