@@ -21,10 +21,46 @@ from typing import Any
 
 import numpy as np
 
+from gridedge.federation.prior import prior_from_sums, site_prior_sums
 from gridedge.gateway.model import Event, PointTable, ReadingBatch
 from gridedge.scoring.detector import Detector
 
-__all__ = ["BASELINE_KINDS", "NEW_SITE_INCIDENTS", "WeekScore", "run_detector", "score_new_site"]
+__all__ = [
+    "BASELINE_KINDS",
+    "NEW_SITE_INCIDENTS",
+    "SiteState",
+    "WeekScore",
+    "federated_prior",
+    "one_shape",
+    "run_detector",
+    "score_new_site",
+    "site_state",
+]
+
+#: What a site's contribution is computed from: its detector baselines ``mean``, ``var``, ``n`` [168, P]
+#: and its points' quantities.
+SiteState = tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]
+
+
+def site_state(det: Detector, sc: Any) -> SiteState:
+    arrays, _meta = det.state_arrays()
+    return arrays["mean"], arrays["var"], arrays["n"], [p["quantity"] for p in sc.points]
+
+
+def federated_prior(states: Sequence[SiteState], rounds: int = 10) -> dict[str, np.ndarray]:
+    """The fleet prior after ``rounds`` federation rounds: every round each site assigns its points to
+    the previous round's global centres and sends its sums; FedAvg of the ÷N sums is the sum over
+    sites, so each round is one Lloyd step of the fleet-wide k-means (round 1: the fixed first rule)."""
+    centres = None
+    for _ in range(max(1, rounds)):
+        prior = prior_from_sums([site_prior_sums(*st, centres=centres) for st in states])
+        centres = prior["centres"]
+    return prior
+
+
+def one_shape(prior: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same prior without its K centres (the one-average-shape prior of issue #19's first runs)."""
+    return {"shape": prior["shape"], "spread": prior["spread"]}
 
 #: The incidents a new site is generated with (scenarios.generate grid_kinds / sensor_kinds).
 NEW_SITE_INCIDENTS = {
