@@ -339,8 +339,8 @@ class Detector(FleetPrior, StatePersistence, EventExplainer):
                 if emit and nrec:
                     out.extend(self._events_from_records(nrec, nsnap))
             start = end
-        if self._prior is not None:
-            self._apply_pending_prior(self._prior, float(ts[-1]))
+        if self._prior_shape is not None:  # the fleet prior's hook (scoring/prior.py)
+            self._prior_step(pidx, slot, val, qual, float(ts[-1]))
         return out
 
     # ------------------------------------------------------------------------------------------------
