@@ -28,10 +28,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import federation_classifier_eval as ce
 import fleet_sites
 import realprofile
-from federation_prior_eval import BASELINE_KINDS, NEW_SITE_INCIDENTS, WeekScore, run_detector, score_new_site
+from federation_prior_eval import (
+    BASELINE_KINDS,
+    NEW_SITE_INCIDENTS,
+    SiteState,
+    WeekScore,
+    federated_prior,
+    one_shape,
+    run_detector,
+    score_new_site,
+    site_state,
+)
 
 from gridedge.federation.classifier import CLASSES, class_counts, features_matrix
-from gridedge.federation.prior import prior_from_sums, site_prior_sums
+from gridedge.federation.prior import N_CENTRES, prior_from_sums, site_prior_sums
 from gridedge.federation.privacy import DpSettings, composed_epsilon
 
 SPANS = ((1, 7), (8, 14))
@@ -39,9 +49,10 @@ SPANS = ((1, 7), (8, 14))
 
 def build_fleet(
     n: int, n_real: int, days: int
-) -> tuple[list[dict[str, np.ndarray]], list[tuple[list[dict], dict[str, str]]]]:
+) -> tuple[list[SiteState], list[tuple[list[dict], dict[str, str]]]]:
     """Score ``n`` mixed-type sites (fleet_sites over scenarios.py, ``days`` each) and ``n_real`` sites of
-    bench/realprofile.py (BDEW profiles, tuning seeds, 42 days) from cold: prior sums and labelled events."""
+    bench/realprofile.py (BDEW profiles, tuning seeds, 42 days) from cold: their detector baselines
+    (what the prior sums are computed from) and labelled events."""
     t0 = time.time()
     scs = [
         fleet_sites.site_scenario(2000 + k, arch, days=days, incidents_in_last_days=14)
@@ -51,9 +62,7 @@ def build_fleet(
     sums, labelled = [], []
     for sc in scs:
         det, events = run_detector(sc)
-        arrays, _meta = det.state_arrays()
-        qty = [p["quantity"] for p in sc.points]
-        sums.append(site_prior_sums(arrays["mean"], arrays["var"], arrays["n"], qty))
+        sums.append(site_state(det, sc))
         labelled.append((ce.label_events(sc, events), {p["name"]: p["quantity"] for p in sc.points}))
     plan = fleet_sites.fleet_plan(n)
     mix = ", ".join(f"{a} {plan.count(a)}" for a in fleet_sites.ARCHETYPES)
@@ -192,20 +201,26 @@ def main() -> int:
     ap.add_argument("--real-new", type=int, default=6, help="new realprofile sites (held-out seeds 8000+)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--dp-draws", type=int, default=5, help="noise draws for the DP row")
+    ap.add_argument("--prior-rounds", type=int, default=10, help="federation rounds of the K-shape prior")
+    ap.add_argument("--prior-only", action="store_true", help="part 1 only (no classifier, no privacy)")
     args = ap.parse_args()
     t0 = time.time()
-    sums, labelled = build_fleet(args.fleet, args.real_fleet, args.fleet_days)
+    states, labelled = build_fleet(args.fleet, args.real_fleet, args.fleet_days)
     types = fleet_sites.fleet_plan(args.fleet) + ["realprofile"] * args.real_fleet
+    # what the one-shape prior and the classifier's N need: the first round's sums
+    sums = [site_prior_sums(*st) for st in states]
     same_type = {
-        t: prior_from_sums([s for s, ty in zip(sums, types, strict=True) if ty == t])
+        t: one_shape(prior_from_sums([s for s, ty in zip(sums, types, strict=True) if ty == t]))
         for t in dict.fromkeys(types)
     }
+    fleet_k = federated_prior(states, args.prior_rounds)
     # the privacy cost of the prior: a site with a privacy budget never sends it (it is not private), so
     # a fleet where every other site holds a budget builds its prior from half the sites
     modes = {
         "observation mode (no prior)": None,
-        "fleet prior (all sites)": prior_from_sums(sums),
-        "prior from every 2nd site (rest on a budget)": prior_from_sums(sums[::2]),
+        "fleet prior, one shape (all sites)": one_shape(fleet_k),
+        f"fleet prior, {N_CENTRES} shapes (all sites)": fleet_k,
+        f"{N_CENTRES} shapes from every 2nd site (rest budget)": federated_prior(states[::2], args.prior_rounds),
         # what a prior matched to the customer type would give (needs a per-point hook in scoring: the
         # site-level match here is the bench's stand-in for it)
         "prior from the same type of site only": lambda sc: same_type.get(
@@ -213,7 +228,8 @@ def main() -> int:
         ),
     }
     cold_start(modes, new_sites(args.new_sites, args.real_new))
-    classifier(labelled, sums, args.rounds, args.dp_draws)
+    if not args.prior_only:
+        classifier(labelled, sums, args.rounds, args.dp_draws)
     print(f"\n({time.time() - t0:.0f}s)")
     return 0
 

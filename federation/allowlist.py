@@ -21,6 +21,7 @@ import numpy as np
 from gridedge.gateway.model import QUANTITIES
 
 from .classifier import CLASSES, FEATURE_NAMES
+from .prior import N_CENTRES
 
 __all__ = [
     "ALLOWED_ARRAYS",
@@ -60,6 +61,21 @@ ALLOWED_ARRAYS: dict[str, ArraySpec] = {
         (N_SLOTS, N_QUANTITIES), "float64", "Σ n·(slot std / |slot mean|) per slot × quantity, ÷ N"
     ),
     "prior.weight": ArraySpec((N_SLOTS, N_QUANTITIES), "float64", "Σ n (samples) per slot × quantity, ÷ N"),
+    # K candidate shapes per quantity (a federated k-means, one Lloyd step per round): the same sums per
+    # centre over the site's points nearest it — a centre only one point is nearest to carries that
+    # point's per-unit weekly profile (docs/federation.md, "What leaves a site")
+    "prior.cshape_w": ArraySpec(
+        (N_CENTRES, N_SLOTS, N_QUANTITIES), "float64",
+        "Σ n·(slot mean / point level) per centre × slot × quantity over the points nearest that centre, ÷ N",
+    ),
+    "prior.cspread_w": ArraySpec(
+        (N_CENTRES, N_SLOTS, N_QUANTITIES), "float64",
+        "Σ n·(slot std / |slot mean|) per centre × slot × quantity over the points nearest that centre, ÷ N",
+    ),
+    "prior.cweight": ArraySpec(
+        (N_CENTRES, N_SLOTS, N_QUANTITIES), "float64",
+        "Σ n (samples) per centre × slot × quantity over the points nearest that centre, ÷ N",
+    ),
     "clf.coef_w": ArraySpec((_C, _F), "float64", "classifier coefficients × labelled events, ÷ N"),
     "clf.intercept_w": ArraySpec((_C,), "float64", "classifier intercepts × labelled events, ÷ N"),
     "clf.weight": ArraySpec((1,), "float64", "labelled events, ÷ N"),

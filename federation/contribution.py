@@ -16,7 +16,7 @@ import numpy as np
 from .allowlist import ALLOWED_ARRAYS, check_arrays, check_metrics
 from .classifier import CLASSES, FEATURE_NAMES, LOCAL_STEPS, class_weights, features_matrix, train_local
 from .classifier import class_counts as _class_counts
-from .prior import site_prior_sums
+from .prior import global_centres, site_prior_sums
 from .reader import open_site, read_detector_state, read_labelled_events, read_points
 
 __all__ = [
@@ -131,6 +131,9 @@ def contribution_from(
             "prior.shape_w": sums["shape_sum"] / N,
             "prior.spread_w": sums["spread_sum"] / N,
             "prior.weight": sums["weight"] / N,
+            "prior.cshape_w": sums["cluster_shape_sum"] / N,
+            "prior.cspread_w": sums["cluster_spread_sum"] / N,
+            "prior.cweight": sums["cluster_weight"] / N,
             "clf.coef_w": coef * label_weight / N,
             "clf.intercept_w": intercept * label_weight / N,
             "clf.weight": np.array([label_weight / N]),
@@ -160,13 +163,17 @@ def site_contribution(
         events = read_labelled_events(conn)
     finally:
         conn.close()
-    Q = ALLOWED_ARRAYS["prior.weight"].shape
-    sums = {"shape_sum": np.zeros(Q), "spread_sum": np.zeros(Q), "weight": np.zeros(Q)}
+    Q, KQ = ALLOWED_ARRAYS["prior.weight"].shape, ALLOWED_ARRAYS["prior.cweight"].shape
+    sums = {k: np.zeros(Q) for k in ("shape_sum", "spread_sum", "weight")}
+    sums |= {k: np.zeros(KQ) for k in ("cluster_shape_sum", "cluster_spread_sum", "cluster_weight")}
     if state is not None:
         arrays, meta = state
         names = list(meta["points"])
         quantities = [pts.get(n, {}).get("quantity", "") for n in names]
-        sums = site_prior_sums(arrays["mean"], arrays["var"], arrays["n"], quantities)
+        # each point joins the centre of the global model nearest it (one Lloyd step per round)
+        sums = site_prior_sums(
+            arrays["mean"], arrays["var"], arrays["n"], quantities, centres=global_centres(global_arrays)
+        )
     X, y = features_matrix(events, {n: d["quantity"] for n, d in pts.items()})
     out, metrics = contribution_from(
         sums, X, y, global_arrays, steps=steps, classifier=classifier, points=len(pts)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .allowlist import ALLOWED_ARRAYS, ExportRefused, check_arrays
 from .contribution import global_classifier
-from .prior import finalise_prior
+from .prior import finalise_centres, finalise_prior
 
 __all__ = [
     "dp_releases",
@@ -117,7 +117,8 @@ def latest_global(model_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[st
 
 
 def load_latest_model(model_dir: str | Path) -> tuple[dict[str, np.ndarray], str] | None:
-    """The newest fleet prior as ``({"shape": [168, Q], "spread": [168, Q]}, version)`` for
+    """The newest fleet prior as ``({"shape": [168, Q], "spread": [168, Q]}, version)`` (with
+    ``centres``, ``centre_spread``, ``centre_weight`` [K, 168, Q] once the fleet has them) for
     :meth:`Detector.apply_prior`, or None when there is no model (or it holds no prior yet)."""
     g = latest_global(model_dir)
     if g is None:
@@ -125,9 +126,10 @@ def load_latest_model(model_dir: str | Path) -> tuple[dict[str, np.ndarray], str
     arrays, info = g
     if not is_current_format(arrays) or float(np.sum(arrays["prior.weight"])) <= 0:
         return None
-    return finalise_prior(arrays["prior.shape_w"], arrays["prior.spread_w"], arrays["prior.weight"]), str(
-        info["version"]
-    )
+    prior = finalise_prior(arrays["prior.shape_w"], arrays["prior.spread_w"], arrays["prior.weight"])
+    if float(np.sum(arrays["prior.cweight"])) > 0:  # the K candidate shapes (Detector.apply_prior)
+        prior |= finalise_centres(arrays["prior.cshape_w"], arrays["prior.cspread_w"], arrays["prior.cweight"])
+    return prior, str(info["version"])
 
 
 def load_latest_classifier(model_dir: str | Path) -> tuple[dict[str, np.ndarray], str] | None:

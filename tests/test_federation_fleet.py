@@ -62,13 +62,17 @@ def test_every_round_completes_and_counts_each_fault(fleet: Path) -> None:
         assert r["aggregated"] == N_SITES - dropped[m["round"]] - len(BROKEN) == m["sites"]
 
 
-def _expected_prior(fleet: Path, sites: list[int]) -> dict[str, np.ndarray]:
-    """FedAvg of the prior arrays over ``sites``, longhand: Σ N·x / Σ N (the prior does not depend on
-    the global model the round starts from)."""
+def _expected_prior(fleet: Path, sites: list[int], round_: int) -> dict[str, np.ndarray]:
+    """FedAvg of the prior arrays over ``sites``, longhand: Σ N·x / Σ N. The one-shape sums do not depend
+    on the global model the round starts from; the K-centre sums do (each point joins the nearest
+    centre of the model the server sent, the previous round's)."""
+    prev = next(m for m in _models(fleet) if m["round"] == round_ - 1)
+    with np.load(prev["path"]) as npz:
+        sent = {k: npz[k] for k in npz.files}
     num: dict[str, np.ndarray] = {}
     total = 0.0
     for i in sites:
-        arrays, metrics = site_contribution(site_db(fleet, i))
+        arrays, metrics = site_contribution(site_db(fleet, i), sent)
         n = float(metrics["num-examples"])
         total += n
         for k, v in arrays.items():
@@ -83,7 +87,7 @@ def test_fleet_prior_is_the_mean_of_the_healthy_sites_only(fleet: Path, round_: 
     with np.load(info["path"]) as npz:
         got = {k: npz[k] for k in npz.files}
     excluded = set(BROKEN) | ({DROPOUT, RETURNING} if round_ == 2 else set())
-    want = _expected_prior(fleet, [i for i in range(N_SITES) if i not in excluded])
+    want = _expected_prior(fleet, [i for i in range(N_SITES) if i not in excluded], round_)
     for k, v in want.items():
         np.testing.assert_allclose(got[k], v, rtol=1e-9, atol=1e-15, err_msg=k)
     # nothing absurd reached the fleet model
