@@ -63,7 +63,7 @@ def _site(shapes: list[np.ndarray], levels: list[float], weeks: float, seed: int
     """Detector-state-like baselines of one site whose current points follow ``shapes``."""
     rng = np.random.default_rng(seed)
     P = len(shapes)
-    mean = np.stack([lv * s * (1 + rng.normal(0, 0.02, N_SLOTS)) for s, lv in zip(shapes, levels)], axis=1)
+    mean = np.stack([lv * s * (1 + rng.normal(0, 0.02, N_SLOTS)) for s, lv in zip(shapes, levels, strict=True)], axis=1)
     var = (0.05 * mean) ** 2
     n = np.full((N_SLOTS, P), 60.0 * weeks)
     return mean, var, n, ["current"] * P
