@@ -79,6 +79,9 @@ ALLOWED_ARRAYS: dict[str, ArraySpec] = {
     "clf.coef_w": ArraySpec((_C, _F), "float64", "classifier coefficients × labelled events, ÷ N"),
     "clf.intercept_w": ArraySpec((_C,), "float64", "classifier intercepts × labelled events, ÷ N"),
     "clf.weight": ArraySpec((1,), "float64", "labelled events, ÷ N"),
+    # the fleet's class counts come back in the global model, so every site balances its classes with
+    # the same weights (classifier.class_weights) and FedAvg stays one step on the pooled balanced loss
+    "clf.class_w": ArraySpec((_C,), "float64", "labelled events per class, ÷ N"),
 }
 
 #: Metric names a reply may carry (all plain counts or ratios).

@@ -45,8 +45,8 @@ DP_KEYS: tuple[str, ...] = ("clf.coef_w", "clf.intercept_w")
 
 
 #: The array that carries a site's class counts (÷ N) so the fleet's counts come back in the global
-#: model. It leaves only once the allow-list (federation/allowlist.py) lists it as float64[C]; until then
-#: each site balances its classes with the counts it has (its own, or the fleet's given explicitly).
+#: model (FedAvg of counts ÷ N is the fleet's counts ÷ ΣN: relative counts, all class_weights needs).
+#: Before the first aggregated round the global model holds zeros and each site balances with its own.
 CLASS_COUNTS_KEY = "clf.class_w"
 
 
@@ -138,8 +138,9 @@ def contribution_from(
             "clf.intercept_w": intercept * label_weight / N,
             "clf.weight": np.array([label_weight / N]),
         }
-        if CLASS_COUNTS_KEY in ALLOWED_ARRAYS:
-            out[CLASS_COUNTS_KEY] = _class_counts(y) / N
+        # a site that withholds its classifier withholds its label counts too
+        counts_out = np.zeros(len(CLASSES)) if classifier == "withheld" else _class_counts(y)
+        out[CLASS_COUNTS_KEY] = counts_out / N
         metrics = {"num-examples": N, "labelled": labelled, "points": points}
     out = {k: np.ascontiguousarray(v, np.float64) for k, v in out.items()}
     check_arrays(out)

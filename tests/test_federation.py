@@ -208,9 +208,15 @@ def test_fleet_rounds_weighted_mean_and_nothing_raw_crosses(sites: list[Site], t
         < np.nanmax(prior["shape"][:, QUANTITIES.index("current")])
     )  # a real daily shape, not a flat line
 
-    # -- the global classifier equals the label-weight-weighted mean of the sites' round-2 models ----
-    # (a site's weight is the class-balanced weight of its labels; a site without labels weighs 0)
+    # -- the fleet's class counts came back (clf.class_w): the sites' labels counted independently ---
     round1 = np.load(models[0]["path"])
+    labels = [lab for s in sites for lab in s.labels]
+    counts = np.array([labels.count(c) for c in ("incident", "sensor_fault", "false_alarm")], np.float64)
+    np.testing.assert_allclose(round1["clf.class_w"] / round1["clf.class_w"].sum(), counts / counts.sum())
+
+    # -- the global classifier equals the label-weight-weighted mean of the sites' round-2 models ----
+    # (a site's weight is the class-balanced weight of its labels, from those fleet counts; a site
+    # without labels weighs 0)
     contribs = [site_contribution(s.db, dict(round1)) for s in sites]
     weights = np.array([float(a["clf.weight"][0]) * m["num-examples"] for a, m in contribs])
     assert weights[0] > 0 and weights[-1] == 0.0 and sum(m["labelled"] for _, m in contribs) == 20

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
+from gridedge.federation.allowlist import ALLOWED_ARRAYS, ExportRefused, check_arrays
 from gridedge.federation.classifier import (
     CLASSES,
     FEATURE_NAMES,
@@ -14,8 +18,16 @@ from gridedge.federation.classifier import (
     probabilities,
     train_local,
 )
-from gridedge.federation.contribution import contribution_from, fedavg, global_classifier
+from gridedge.federation.contribution import (
+    CLASS_COUNTS_KEY,
+    contribution_from,
+    fedavg,
+    fleet_class_counts,
+    global_classifier,
+)
 from gridedge.federation.prior import N_SLOTS
+from gridedge.federation.records import to_record
+from gridedge.federation.server_app import _reply_problem
 
 
 def _skewed_sites(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -86,3 +98,55 @@ def test_unsure_when_no_class_is_likely_enough() -> None:
     assert verdict == UNSURE
     np.testing.assert_allclose(list(p.values()), [1 / 3] * 3)
     assert classify(coef, np.zeros(len(CLASSES)), x_flat, unsure_below=0.3)[0] in CLASSES
+
+
+def test_fleet_class_counts_travel_in_the_global_model() -> None:
+    """``clf.class_w`` leaves every site and comes back as the fleet's relative class counts, so from
+    round 2 on every site balances with the same weights without being told the counts: FedAvg is then
+    exactly one central balanced step per round (round 1 balances each site with its own counts)."""
+    sites = _skewed_sites(2)
+    fleet = sum(class_counts(y) for _, y in sites)
+    g = fedavg([contribution_from(_empty_sums(), X, y, {}) for X, y in sites])
+    got = fleet_class_counts(g)
+    assert got is not None
+    np.testing.assert_allclose(got / got.sum(), fleet / fleet.sum(), rtol=1e-12)
+    Xall = np.vstack([X for X, _ in sites])
+    yall = np.concatenate([y for _, y in sites])
+    coef, icpt = global_classifier(g)
+    for _ in range(4):
+        g = fedavg([contribution_from(_empty_sums(), X, y, g) for X, y in sites])
+        coef, icpt = train_local(Xall, yall, coef, icpt, class_weight=class_weights(fleet))
+    fc, fi = global_classifier(g)
+    np.testing.assert_allclose(fc, coef, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fi, icpt, rtol=1e-9, atol=1e-12)
+    # a site that withholds its classifier (its node config demands DP) withholds its counts as well
+    X, y = sites[0]
+    withheld, _ = contribution_from(_empty_sums(), X, y, g, classifier="withheld")
+    assert not withheld[CLASS_COUNTS_KEY].any()
+
+
+def _train_reply(arrays: dict[str, np.ndarray], n: float) -> Message:
+    """A site's train reply as the ClientApp builds it (a Flower Message answering a train instruction)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1  # as inside a ClientApp
+    ins = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train")
+    return Message(
+        content=RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord({"num-examples": n})}),
+        reply_to=ins,
+    )
+
+
+def test_class_counts_pass_the_allow_list_only_as_float64_per_class() -> None:
+    X, y = _skewed_sites(3)[1]
+    arrays, metrics = contribution_from(_empty_sums(), X, y, {})
+    assert ALLOWED_ARRAYS[CLASS_COUNTS_KEY].shape == (len(CLASSES),)
+    np.testing.assert_allclose(arrays[CLASS_COUNTS_KEY] * metrics["num-examples"], class_counts(y))
+    keys = frozenset(arrays)
+    # the server's check of every train reply: the site's reply passes ...
+    assert _reply_problem(_train_reply(arrays, metrics["num-examples"]), keys, "num-examples") is None
+    # ... counts of another class set (an older or foreign release) or another dtype do not
+    for bad in (np.append(arrays[CLASS_COUNTS_KEY], 0.0), arrays[CLASS_COUNTS_KEY].astype(np.float32)):
+        wrong = {**arrays, CLASS_COUNTS_KEY: bad}
+        problem = _reply_problem(_train_reply(wrong, metrics["num-examples"]), keys, "num-examples")
+        assert problem is not None and problem[0] == "allowlist", problem
+        with pytest.raises(ExportRefused, match=CLASS_COUNTS_KEY.replace(".", r"\.")):
+            check_arrays(wrong)  # and the site's own last gate refuses to send them
