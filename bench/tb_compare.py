@@ -59,6 +59,7 @@ sys.path.insert(0, str(REPO))
 
 POLL = 0.1
 TB_VERSION = "3.8.5"
+STALL_REPORT = 10.0  # gridedge's loop_stall line interval (runtime.daemon.STALL_REPORT_INTERVAL)
 TB_RPC_REQUEST = "v1/devices/me/rpc/request/"
 TB_RPC_RESPONSE = "v1/devices/me/rpc/response/"
 #: What a ThingsBoard server answers to the gateway's getSessionLimits: its default payload limit, no rate
@@ -356,6 +357,8 @@ class Result:
     sub_pct: float = 0.0  # the subscriber's
     conflated: float | None = None
     window: float = 0.0
+    rss_series: list[tuple[float, int]] | None = None  # (seconds into the window, RSS bytes) every --sample s
+    stalls_over_2ms: int | None = None  # loop-probe samples later than 2 ms, summed over the window
 
 
 def _stall_from_log(text: str, t0: float, t1: float) -> tuple[float | None, str]:
@@ -387,6 +390,33 @@ def _stall_from_log(text: str, t0: float, t1: float) -> tuple[float | None, str]
             stages["p99"] = max(stages.get("p99", 0.0), float(kv["p99_ms"]))
     stage = " ".join(f"{k} {v:.1f}" for k, v in stages.items())
     return best, stage
+
+
+def _stalls_over_2ms(text: str, t0: float, t1: float) -> int:
+    """Sum of ``over_2ms`` of gridedge's loop_stall lines logged in [t0, t1 + 10] (each covers 10 s)."""
+    import datetime as _dt
+
+    total = 0
+    for line in text.splitlines():
+        if "event=loop_stall" not in line:
+            continue
+        m = re.match(r"(\S+) .*over_2ms=(\d+)", line)
+        if m is None:
+            continue
+        with contextlib.suppress(ValueError):
+            ts = _dt.datetime.fromisoformat(m.group(1)).replace(tzinfo=_dt.UTC).timestamp()
+            if t0 + STALL_REPORT <= ts <= t1 + STALL_REPORT:  # the line at t reports [t - 10 s, t]
+                total += int(m.group(2))
+    return total
+
+
+def rss_slope(series: list[tuple[float, int]]) -> float:
+    """Least-squares slope of RSS over the window, MiB per minute."""
+    import numpy as np
+
+    t = np.array([s for s, _ in series]) / 60.0
+    r = np.array([b for _, b in series]) / 2**20
+    return float(np.polyfit(t, r, 1)[0]) if len(series) >= 2 else float("nan")
 
 
 def _conflated(metrics_port: int) -> float:
@@ -448,7 +478,14 @@ def measure(gateway: str, rate: int, rep: int, srv: ModbusServer, broker_port: i
 
             args.profile.mkdir(parents=True, exist_ok=True)
             prof = _start_profiler(pid, window, args.profile / f"{gateway}-{rate}.txt")
-        time.sleep(window)
+        series: list[tuple[float, int]] | None = None
+        if args.sample:
+            series = [(0.0, r0)]
+            while (left := w0 + window - time.time()) > 0:
+                time.sleep(min(args.sample, left))
+                series.append((time.time() - w0, cpu_rss(pid)[1]))
+        else:
+            time.sleep(window)
         c1, r1 = cpu_rss(pid)
         srv1, sub1 = cpu_rss(srv.proc.pid)[0], cpu_rss(sub.proc.pid)[0]
         w1 = time.time()
@@ -469,11 +506,16 @@ def measure(gateway: str, rate: int, rep: int, srv: ModbusServer, broker_port: i
         if daemon is not None:
             time.sleep(0)
             res.stall_ms, res.stall_stage = _stall_from_log(daemon.log_text(), w0, w1)
+            res.stalls_over_2ms = _stalls_over_2ms(daemon.log_text(), w0, w1)
+            res.rss_series = series
             res.conflated = (conf1 - conf0) / dt if conf0 is not None and conf1 is not None else None
         return res
     finally:
         if daemon is not None:
             daemon.stop()
+            if args.log_dir is not None:  # the run directory goes with the temporary directory
+                args.log_dir.mkdir(parents=True, exist_ok=True)
+                (args.log_dir / f"{gateway}-{rate}-{rep}.log").write_text(daemon.log_text())
         if proc is not None:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)
@@ -557,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
         help="gridedge's GIL switch interval (GRIDEDGE_SWITCH_INTERVAL; CPython's default 0.005)",
     )
     ap.add_argument("--numba-cache", type=Path, default=Path("/work/tmp/tb_compare_numba"))
+    ap.add_argument("--sample", type=float, default=0.0, metavar="S",
+                    help="gridedge's RSS every S s inside the window (printed with its slope; for --soak)")
+    ap.add_argument("--log-dir", type=Path, default=None, help="keep each gridedge run's log here")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--subscribe", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -601,6 +646,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# poll {POLL * 1000:g} ms, window {args.window:g} s after {args.warmup:g} s warm-up; "
           f"* = soak {args.soak:g} s; {os.cpu_count()} cores, shared", flush=True)  # fmt: skip
     print(fmt_table(results))
+    for r in results:
+        if r.stalls_over_2ms is not None:
+            print(f"# {r.gateway} {r.rate}/s run {r.rep + 1}: loop-probe samples > 2 ms: {r.stalls_over_2ms}")
+        if r.rss_series:
+            mib = [round(b / 2**20) for _, b in r.rss_series]
+            print(f"# {r.gateway} {r.rate}/s run {r.rep + 1}: RSS MiB every {args.sample:g} s: {mib}; "
+                  f"slope {rss_slope(r.rss_series):+.2f} MiB/min, min {min(mib)}, max {max(mib)}")
     if args.profile is not None:
         from pipeline_bench import summarize_profile
 

@@ -47,6 +47,7 @@ from gridedge.gateway.runtime.alert_policy import AlertPolicy
 from gridedge.gateway.runtime.clock_check import ClockCheck
 from gridedge.gateway.runtime.loop_probe import LoopProbe
 from gridedge.gateway.runtime.malloc_tuning import page_out_library
+from gridedge.gateway.runtime.memory_probe import from_environment as memory_probe_from_environment
 from gridedge.gateway.runtime.metrics import Metrics
 from gridedge.gateway.runtime.ports import EventPublisher, GatewayStore
 from gridedge.gateway.runtime.precompile import (
@@ -946,6 +947,8 @@ class Runtime:
                 tg.create_task(self._housekeeping(), name="housekeeping")
                 tg.create_task(self._wake_pauses_on_stop(), name="wake-pauses")
                 tg.create_task(self.probe.run(self._stop), name="loop-probe")
+                if (memory_probe := memory_probe_from_environment()) is not None:  # a diagnostic, off by default
+                    tg.create_task(memory_probe.run(self._stop), name="memory-probe")
                 if self._pending_detector is not None:
                     tg.create_task(self._join_scoring(), name="scoring-join")
                 else:
