@@ -224,6 +224,10 @@ class MqttBridge:
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
         self._wake = threading.Event()
         self._pump_thread: threading.Thread | None = None
+        # Device status rows wait here for the pump thread to commit them: an outbox put on the event loop
+        # waited for the store writer's transaction and the fsync (FULL) — 10 devices × every 5 s were the
+        # daemon's loop stalls of tens to hundreds of ms. Order is kept (one consumer, FIFO).
+        self._status_puts: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self._values_lock = threading.Lock()
         self._init_value_state()
         self._client = self._make_client()
@@ -370,6 +374,10 @@ class MqttBridge:
         self._client.loop_stop()
         if self._pump_thread is not None:
             self._pump_thread.join(timeout=2.0)
+        try:
+            self._commit_status_puts()  # still durable: replayed by the next process
+        except sqlite3.Error:
+            log.exception("event=mqtt_status_not_queued pending=%d", len(self._status_puts))
         self._drain_acks()
         try:
             self._persist_value_stats()
@@ -394,7 +402,7 @@ class MqttBridge:
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until the outbox is empty (True) or ``timeout`` passed (False)."""
         deadline = time.monotonic() + timeout
-        while self.outbox.depth() > 0:
+        while self._status_puts or self.outbox.depth() > 0:
             if time.monotonic() >= deadline:
                 return False
             self._wake.set()
@@ -580,6 +588,7 @@ class MqttBridge:
             self._wake.wait(timeout=0.5)
             self._wake.clear()
             try:
+                self._commit_status_puts()
                 self._drain_acks()
                 if self._connected.is_set() and len(self._inflight) < self.window:
                     self._send_batch()
@@ -591,6 +600,13 @@ class MqttBridge:
             except Exception:  # the pump must outlive a bad row or a locked DB; the row stays queued
                 log.exception("event=mqtt_pump_error")
                 time.sleep(0.5)
+
+    def _commit_status_puts(self) -> None:
+        """Commit the queued device status messages to the outbox (pump thread; stop after the pump)."""
+        while self._status_puts:
+            topic, body = self._status_puts[0]
+            self.outbox.put("status", topic, lambda seq, b=body: _dumps({**b, "seq": seq}), qos=1, retain=True)
+            self._status_puts.popleft()  # only once committed: a failed put is retried on the next wake
 
     def _send_batch(self) -> None:
         if self._inflight and time.monotonic() < self._resend_until:
@@ -799,7 +815,8 @@ class MqttBridge:
     def publish_device_status(
         self, name: str, *, state: str, last_error: str | None, backoff: float | None
     ) -> None:
-        """Queue ``device/<name>/status`` (retained, QoS 1, via the outbox)."""
+        """Queue ``device/<name>/status`` (retained, QoS 1, via the outbox; committed by the pump thread,
+        so the caller — the event loop — never waits for SQLite)."""
         if state not in DEVICE_STATES:
             raise ValueError(f"device state must be one of {', '.join(DEVICE_STATES)}")
         body = {
@@ -809,13 +826,7 @@ class MqttBridge:
             "backoff": backoff,
             "ts": time.time(),
         }
-        self.outbox.put(
-            "status",
-            f"{self.root}/device/{topic_safe(name)}/status",
-            lambda seq: _dumps({**body, "seq": seq}),
-            qos=1,
-            retain=True,
-        )
+        self._status_puts.append((f"{self.root}/device/{topic_safe(name)}/status", body))
         self._wake.set()
 
     # --------------------------------------------------------------------------------------- commands
