@@ -76,6 +76,17 @@ _RULE_FAMILIES = (
 )  # fmt: skip
 _LEAD_Q = ("voltage", "current", "frequency", "active_power", "reactive_power", "temperature")
 
+#: Features that separate false alarms (issue #19): from the event's own figures and from the site's
+#: earlier events (the detector's history, not only the labelled ones).
+_CONTEXT = (
+    "z_sign",  # signed coherence of the z pattern: a bay rising together (heat) vs one point falling
+    "log_rel_dev_baseline",  # value against the slot's own mean
+    "log_expected_shift",  # what peers imply against the slot's mean: the whole bay moved
+    "log_groups_alerting_3h",  # other groups with an alert in the 3 h before: a fleet-wide cause
+    "log_repeats_24h",  # earlier alerts led by the same point in 24 h: a lone glitch repeats rarely
+    "since_group_alert",  # time since the group's previous alert (log, 1 = none within a day)
+)
+
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"kind={k}" for k in _KINDS),
     *(f"rule={r}" for r in _RULE_FAMILIES),
@@ -93,6 +104,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     # duration per rule family: a short block of stuck registers is an RTU glitch (a false alarm), a
     # long one a frozen sensor — a linear model needs the interaction to tell them apart
     *(f"log_duration|rule={r}" for r in _RULE_FAMILIES),
+    *_CONTEXT,
+    # each context feature per rule family: a repeat means a real fault for a spike but little for a
+    # breaker, alerts on other feeders at once mean a heat day for a composite (issue #19: +1.2 points)
+    *(f"{c}|rule={r}" for r in _RULE_FAMILIES for c in _CONTEXT),
 )
 
 
@@ -106,11 +121,58 @@ def _clip_log(x: float, cap: float = 1e6) -> float:
     return math.log1p(min(max(float(x), 0.0), cap))
 
 
-def event_features(event: Mapping[str, Any], quantity_of: Mapping[str, str]) -> np.ndarray:
+def _context(
+    event: Mapping[str, Any],
+    figs: list[Mapping[str, Any]],
+    zs: np.ndarray,
+    history: Sequence[Mapping[str, Any]],
+) -> list[float]:
+    """The :data:`_CONTEXT` features of one event; ``history``: the site's events before it (any order)."""
+    sz = float(np.sum(np.abs(zs))) if zs.size else 0.0
+    z_sign = float(np.sum(zs)) / sz if sz > 0 else 0.0
+
+    def rel(a: str, b: str) -> float:
+        r = [
+            abs(float(v[a]) - float(v[b])) / max(abs(float(v[b])), 1e-6)
+            for v in figs
+            if v.get(a) is not None and v.get(b) is not None
+        ]
+        return _clip_log(max(r), cap=100.0) / _LOG_SCALE["rel"] if r else 0.0
+
+    t = float(event.get("start") or 0.0)
+    group = event.get("group")
+    pts = list(event.get("points") or [])
+    lead = pts[0] if pts else None
+    earlier = [h for h in history if t - 86400.0 <= float(h.get("start") or 0.0) < t]
+    others = {
+        h.get("group") for h in earlier if float(h["start"]) >= t - 3 * 3600.0 and h.get("group") != group
+    }
+    repeats = sum(
+        1 for h in earlier if lead is not None and (list(h.get("points") or []) or [None])[0] == lead
+    )
+    last = max((float(h["start"]) for h in earlier if h.get("group") == group), default=None)
+    day = math.log1p(1440.0)
+    since = 1.0 if last is None else _clip_log((t - last) / 60.0, cap=1440.0) / day
+    return [
+        z_sign,
+        rel("value", "baseline_mean"),
+        rel("expected", "baseline_mean"),
+        _clip_log(len(others)) / _LOG_SCALE["points"],
+        _clip_log(repeats) / 3.0,
+        since,
+    ]
+
+
+def event_features(
+    event: Mapping[str, Any],
+    quantity_of: Mapping[str, str],
+    history: Sequence[Mapping[str, Any]] = (),
+) -> np.ndarray:
     """Feature vector (float64[F], order :data:`FEATURE_NAMES`) of one event row.
 
-    ``event``: ``kind``, ``points``, ``start``, ``end``, ``score``, ``explanation`` (as stored);
-    ``quantity_of``: point name → quantity.
+    ``event``: ``kind``, ``group``, ``points``, ``start``, ``end``, ``score``, ``explanation`` (as stored);
+    ``quantity_of``: point name → quantity; ``history``: the site's events of the day before it (labelled
+    or not; only those that started before it count), for the repeat / concurrency features.
     """
     f = np.zeros(len(FEATURE_NAMES))
     i = 0
@@ -157,19 +219,34 @@ def event_features(event: Mapping[str, Any], quantity_of: Mapping[str, str]) -> 
         f[i + 9] = 1.0 if int(slot) // 24 >= 5 else 0.0
     if fam is not None:
         f[i + 10 + _RULE_FAMILIES.index(fam)] = f[i + 1]
+    i += 10 + len(_RULE_FAMILIES)
+    ctx = _context(event, figs, zs, history)
+    f[i : i + len(_CONTEXT)] = ctx
+    i += len(_CONTEXT)
+    if fam is not None:
+        j = i + _RULE_FAMILIES.index(fam) * len(_CONTEXT)
+        f[j : j + len(_CONTEXT)] = ctx
     return f
 
 
 def features_matrix(
-    events: Sequence[Mapping[str, Any]], quantity_of: Mapping[str, str]
+    events: Sequence[Mapping[str, Any]],
+    quantity_of: Mapping[str, str],
+    history: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``X`` [N, F] and class indices ``y`` [N] of the labelled events (unknown labels skipped)."""
+    """``X`` [N, F] and class indices ``y`` [N] of the labelled events (unknown labels skipped).
+
+    ``history``: all the site's events (labelled or not) for the context features; None: ``events``."""
     rows, ys = [], []
+    hist = sorted(events if history is None else history, key=lambda h: float(h.get("start") or 0.0))
+    starts = np.array([float(h.get("start") or 0.0) for h in hist])
     for e in events:
         lab = LABEL_ALIASES.get(str(e.get("label")), str(e.get("label")))
         if lab not in CLASSES:
             continue
-        rows.append(event_features(e, quantity_of))
+        t = float(e.get("start") or 0.0)
+        a, b = np.searchsorted(starts, [t - 86400.0, t])  # the day before it
+        rows.append(event_features(e, quantity_of, hist[int(a) : int(b)]))
         ys.append(CLASSES.index(lab))
     X = np.array(rows, np.float64).reshape(len(rows), len(FEATURE_NAMES))
     return X, np.array(ys, np.int64)
@@ -179,7 +256,7 @@ def features_matrix(
 #: the central reference (bench/federation_eval.py), so "federated vs central" compares like with like.
 LOCAL_STEPS = 1
 LEARNING_RATE = 1.0
-L2 = 3e-2
+L2 = 3e-3
 
 
 def class_counts(y: np.ndarray) -> np.ndarray:

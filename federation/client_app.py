@@ -43,7 +43,7 @@ from .classifier import decision, features_matrix
 from .contribution import DP_KEYS, global_classifier, site_contribution
 from .models import model_version, save_global
 from .privacy import LedgerEntry, locked_ledger
-from .reader import open_site, read_labelled_events, read_points
+from .reader import open_site, read_history, read_labelled_events, read_points
 from .records import from_record, to_record
 
 __all__ = ["app", "dp_clipping_mod", "node_wants_dp", "releases_of"]
@@ -184,7 +184,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     conn = open_site(str(context.node_config["db"]))
     try:
         pts = read_points(conn)
-        X, y = features_matrix(read_labelled_events(conn), {n: d["quantity"] for n, d in pts.items()})
+        qmap = {n: d["quantity"] for n, d in pts.items()}
+        X, y = features_matrix(read_labelled_events(conn), qmap, read_history(conn))
     finally:
         conn.close()
     clf = global_classifier(arrays)

@@ -17,7 +17,7 @@ from .allowlist import ALLOWED_ARRAYS, check_arrays, check_metrics
 from .classifier import CLASSES, FEATURE_NAMES, LOCAL_STEPS, class_weights, features_matrix, train_local
 from .classifier import class_counts as _class_counts
 from .prior import global_centres, site_prior_sums
-from .reader import open_site, read_detector_state, read_labelled_events, read_points
+from .reader import open_site, read_detector_state, read_history, read_labelled_events, read_points
 
 __all__ = [
     "CLASS_COUNTS_KEY",
@@ -162,6 +162,7 @@ def site_contribution(
         pts = read_points(conn)
         state = read_detector_state(conn)
         events = read_labelled_events(conn)
+        history = read_history(conn)
     finally:
         conn.close()
     Q, KQ = ALLOWED_ARRAYS["prior.weight"].shape, ALLOWED_ARRAYS["prior.cweight"].shape
@@ -175,7 +176,7 @@ def site_contribution(
         sums = site_prior_sums(
             arrays["mean"], arrays["var"], arrays["n"], quantities, centres=global_centres(global_arrays)
         )
-    X, y = features_matrix(events, {n: d["quantity"] for n, d in pts.items()})
+    X, y = features_matrix(events, {n: d["quantity"] for n, d in pts.items()}, history)
     out, metrics = contribution_from(
         sums, X, y, global_arrays, steps=steps, classifier=classifier, points=len(pts)
     )

@@ -15,7 +15,7 @@ import numpy as np
 
 from gridedge.gateway.store.scorer_state import read_state
 
-__all__ = ["open_site", "read_detector_state", "read_labelled_events", "read_points"]
+__all__ = ["open_site", "read_detector_state", "read_history", "read_labelled_events", "read_points"]
 
 
 def open_site(path: str | Path) -> sqlite3.Connection:
@@ -48,9 +48,23 @@ def read_detector_state(
 
 def read_labelled_events(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Events an operator labelled (via ``cmd/label``), oldest first."""
+    return _events(conn, "WHERE label IS NOT NULL")
+
+
+def read_history(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every event from a day before the first labelled one on (labelled or not), oldest first: the
+    classifier's context features (repeats, other groups alerting) count the detector's events, not
+    only those an operator happened to label."""
+    return _events(
+        conn,
+        "WHERE start >= (SELECT COALESCE(MIN(start), 1e300) - 86400 FROM events WHERE label IS NOT NULL)",
+    )
+
+
+def _events(conn: sqlite3.Connection, where: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT id, kind, grp, points, start, end, score, explanation, label FROM events "
-        "WHERE label IS NOT NULL ORDER BY start"
+        f"{where} ORDER BY start"
     ).fetchall()
     out = []
     for r in rows:

@@ -15,6 +15,7 @@ from gridedge.federation.classifier import (
     class_counts,
     class_weights,
     classify,
+    features_matrix,
     probabilities,
     train_local,
 )
@@ -25,7 +26,7 @@ from gridedge.federation.contribution import (
     fleet_class_counts,
     global_classifier,
 )
-from gridedge.federation.prior import N_SLOTS
+from gridedge.federation.prior import N_SLOTS, site_prior_sums
 from gridedge.federation.records import to_record
 from gridedge.federation.server_app import _reply_problem
 
@@ -44,8 +45,9 @@ def _skewed_sites(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _empty_sums() -> dict[str, np.ndarray]:
-    z = np.zeros((N_SLOTS, 9))
-    return {"shape_sum": z, "spread_sum": z, "weight": z}
+    """The prior sums of a site without baselines yet (whatever arrays the prior currently sends)."""
+    none = np.zeros((N_SLOTS, 0))
+    return site_prior_sums(none, none, none, [])
 
 
 def test_class_weights_balance_the_counts() -> None:
@@ -74,6 +76,7 @@ def test_fedavg_with_fleet_counts_is_one_central_balanced_step() -> None:
 def test_balanced_training_finds_the_rare_class() -> None:
     sites = _skewed_sites(1)
     X = np.vstack([x for x, _ in sites])
+    X[:, 4:] = 0.0  # few informative features: classes overlap, so the majority can crowd out the rare one
     y = np.concatenate([t for _, t in sites])
     rare = int(np.argmin(class_counts(y)))
     plain = train_local(X, y, steps=60)
@@ -128,7 +131,9 @@ def test_fleet_class_counts_travel_in_the_global_model() -> None:
 def _train_reply(arrays: dict[str, np.ndarray], n: float) -> Message:
     """A site's train reply as the ClientApp builds it (a Flower Message answering a train instruction)."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1  # as inside a ClientApp
-    ins = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train")
+    ins = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train"
+    )
     return Message(
         content=RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord({"num-examples": n})}),
         reply_to=ins,
@@ -150,3 +155,43 @@ def test_class_counts_pass_the_allow_list_only_as_float64_per_class() -> None:
         assert problem is not None and problem[0] == "allowlist", problem
         with pytest.raises(ExportRefused, match=CLASS_COUNTS_KEY.replace(".", r"\.")):
             check_arrays(wrong)  # and the site's own last gate refuses to send them
+
+
+def _event(group: str, lead: str, start: float, rule: str = "spike", label: str | None = None) -> dict:
+    return {
+        "kind": "sensor_fault", "group": group, "points": [lead], "start": start, "end": start + 60.0,
+        "score": 9.0, "label": label,
+        "explanation": {"rule": rule, "slot": 10, "points": {lead: {"value": 2.0, "expected": 1.0,
+                                                                    "baseline_mean": 1.0, "z": 9.0}}},
+    }  # fmt: skip
+
+
+def test_context_features_count_only_the_day_before() -> None:
+    """Repeats on the same point and other groups alerting come from the site's earlier events (labelled
+    or not), within the day before; a later event never leaks into an earlier one's features."""
+    names = list(FEATURE_NAMES)
+    rep, others, since = (
+        names.index(n) for n in ("log_repeats_24h", "log_groups_alerting_3h", "since_group_alert")
+    )
+    t = 1_000_000.0
+    unlabelled = [
+        _event("F1", "F1_P", t - 2 * 86400),
+        _event("F1", "F1_P", t - 3600),
+        _event("F2", "F2_I", t - 600),
+    ]
+    labelled = [
+        _event("F1", "F1_P", t, label="sensor_fault"),
+        _event("F3", "F3_I", t + 60, label="false_alarm"),
+    ]
+    X, y = features_matrix(labelled, {}, unlabelled + labelled)
+    assert y.tolist() == [1, 2]
+    # F1_P alerted once in the day before (the one 2 days back does not count), F2 alerted 10 min before
+    assert X[0, rep] == pytest.approx(np.log1p(1) / 3.0) and X[0, others] == pytest.approx(np.log1p(1) / 2.0)
+    assert 0 < X[0, since] < 1  # F1's previous alert an hour before
+    # F3 had no alert of its own: "none within a day"; two other groups (F1, F2) alerted in the 3 h before
+    assert X[1, rep] == 0.0 and X[1, since] == 1.0 and X[1, others] == pytest.approx(np.log1p(2) / 2.0)
+    # the same family cross carries the context (rule=spike)
+    assert X[0, names.index("log_repeats_24h|rule=spike")] == X[0, rep]
+    # without the unlabelled history only the labelled events count: the repeat is gone
+    X2, _ = features_matrix(labelled, {})
+    assert X2[0, rep] == 0.0 and X2[0, since] == 1.0
