@@ -111,3 +111,32 @@ def test_page_out_releases_file_pages_and_compiled_code_keeps_working(tmp_path) 
     assert llvm_advised > 0
     assert llvm_before > 20_000  # KiB: the compile touched LLVM's code
     assert llvm_after < llvm_before / 4
+
+
+TRIM_PROBE = """
+import ctypes
+from gridedge.gateway.runtime.malloc_tuning import pin_mmap_threshold, trim_heap
+pin_mmap_threshold()
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
+malloc, free = ctypes.CDLL(None).malloc, ctypes.CDLL(None).free
+malloc.restype, malloc.argtypes, free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+blocks = [malloc(64 * 1024) for _ in range(3000)]     # 190 MiB of heap chunks below the mmap threshold
+for b in blocks:
+    ctypes.memset(b, 1, 64 * 1024)
+keep = malloc(64)                                      # a live chunk at the top: free() alone cannot shrink
+for b in blocks:
+    free(b)
+before = rss()
+ok = trim_heap()
+print(int(ok), before, rss())
+"""
+
+
+@pytest.mark.skipif(not pin_mmap_threshold(), reason="not glibc")
+def test_trim_heap_returns_free_heap_pages() -> None:
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    ok, before, after = (int(x) for x in out.stdout.split())
+    assert ok == 1
+    assert before - after >= 150  # MiB: the freed chunks held inside the heap left the process
