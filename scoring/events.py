@@ -237,6 +237,7 @@ class EventExplainer:
             "stuck": "has reported exactly the same value far longer than chance allows",
             "peer_drift": "has drifted away from what its correlated peers imply",
             "spike": "showed a lone one-sample spike its peers did not share",
+            "multi_spike": "jumped for a few readings and came back to where it was, its peers did not move",
             "dropout": "stopped delivering good readings while its device still reports",
         }.get(rule, rule)
         return f"sensor {name} {text}{ve}"

@@ -52,7 +52,13 @@ def _common_load_mode(
                     ncm += 1
     cm = 0.0
     if ncm >= 4:
-        cm = np.median(cm_buf[:ncm])
+        # only what more than half of the readings share: of the two middle values the one nearer zero
+        # (0 when they straddle it). A plain median of four feeders is the mean of the middle two, so
+        # two feeders dropping pulled the "common mode" half-way down and it absorbed their drop
+        srt = np.sort(cm_buf[:ncm])
+        lo = srt[(ncm - 1) // 2]
+        hi = srt[ncm // 2]
+        cm = lo if lo > 0.0 else (hi if hi < 0.0 else 0.0)
         if abs(cm) > 0.6:
             cm = 0.0
     sf[SF_CM] = cm

@@ -11,6 +11,8 @@ from numba import njit
 
 from .kernel_common import _fresh, _is_load, _scored
 from .kernel_layout import (
+    B_ERRATIC,
+    B_SPIKE,
     GF_ACT_START,
     GF_CALT,
     GF_EVSCORE,
@@ -39,6 +41,7 @@ from .kernel_layout import (
     PI_FAULT,
     PI_INCONS,
     PI_SLOT,
+    PI_SPIKE,
     PR_CLEARN,
     PR_COH_Z,
     PR_EMIT,
@@ -149,6 +152,14 @@ def _groups(
             if not _scored(qc) or not _fresh(pf, p, t):
                 continue
             if pi[p, PI_COND] != 0 or pi[p, PI_FAULT] != 0 or pi[p, PI_INCONS] != 0:
+                # a reading held as a possible multi-sample spike (kernel_readings) is no witness for
+                # the composite, but an overcurrent alarm is never postponed for a possible glitch
+                held = pi[p, PI_SPIKE] >= 2 and (pi[p, PI_COND] & ~(B_SPIKE | B_ERRATIC)) == 0
+                if held and pi[p, PI_FAULT] == 0 and math.isfinite(rating[p]) and rating[p] > 0.0:
+                    if (qc == Q_CURRENT or qc == Q_P) and abs(pf[p, PF_VAL]) > rating[p] and rlevel < 2:
+                        rlevel = 2
+                        rule = RULE_OVER_RATING
+                        rpeak = p
                 continue
             if pf[p, PF_SUPP] > t:
                 continue

@@ -37,6 +37,7 @@ RULE_DROPOUT = 15
 RULE_DEVICE_STALE = 16
 RULE_THDRIFT = 17
 RULE_ZERO = 19
+RULE_MULTISPIKE = 22  # a point off for 2–10 readings that comes back to where it was, alone
 RULE_THERMAL = 7
 RULE_LOAD_RISE = 8  # early warning: a feeder's load departs upwards from its hour-of-week normal
 RULE_LOAD_DROP = 9  # a feeder loses part of its load (not to zero: no trip)
@@ -48,6 +49,7 @@ RULE_RESTORE = 21
 B_RANGE, B_SCALE, B_STUCK, B_DRIFT, B_DROPOUT, B_SPIKE, B_DEVSTALE = 1, 2, 4, 8, 16, 32, 64
 B_THDRIFT = 128  # oil temperature disagrees with its thermal model, too slowly for a cooling failure
 B_ZERO = 256  # a load point reads zero while its slot expects a load and its bay's other load points carry one
+B_ERRATIC = 512  # the point spiked lately (PF_SPKU): its readings are no evidence of a grid incident meanwhile
 
 # ---- per-point float state pf[P, NPF] ----------------------------------------------------------------
 PF_VAL = 0  # newest good value
@@ -86,7 +88,10 @@ PF_TRV = 30  # EW variance of (fast − slow) on calm data
 PF_TRN = 31  # learned time (s)
 PF_TRZ = 32  # (fast − slow) / its spread (NaN until learned)
 PF_RES = 33  # reporting resolution: the smallest non-zero step seen (0 = none yet; ~0 = not quantised)
-NPF = 34
+PF_SPKT = 34  # time of the last confirmed spike (0 = none)
+PF_SPKU = 35  # erratic until (B_ERRATIC): 10 min after a spike, an hour after a repeated one
+PF_SPKB = 36  # value before the open spike candidate's jump
+NPF = 37
 
 # ---- per-point int state pi[P, NPI] -------------------------------------------------------------------
 PI_STUCK = 0  # run of exactly repeated good readings
@@ -95,7 +100,7 @@ PI_FAULT = 2  # rule code of the active sensor fault (0 = none)
 PI_FRUN = 3  # consecutive evaluations with a condition
 PI_FCLR = 4  # consecutive evaluations without one (while a fault is active)
 PI_SEG = 5  # segment id of the newest reading
-PI_SPIKE = 6  # 1 while the newest reading is a spike candidate
+PI_SPIKE = 6  # readings of the open spike candidate (1 = the newest reading jumped; 0 = none)
 PI_DRIFT = 7  # consecutive relation evaluations that pin a violation on this point
 PI_INCONS = 8  # 1 while the point is (softly) inconsistent with its peers
 PI_NGOOD = 9  # good readings seen (capped)

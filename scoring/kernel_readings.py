@@ -11,6 +11,7 @@ from numba import njit
 
 from .kernel_common import _interp_mean, _is_load, _scored, _warm_n
 from .kernel_layout import (
+    B_ERRATIC,
     B_RANGE,
     B_SPIKE,
     GI_OPEN,
@@ -27,6 +28,9 @@ from .kernel_layout import (
     PF_SPIKE_D,
     PF_SPIKE_TS,
     PF_SPIKE_Z,
+    PF_SPKB,
+    PF_SPKT,
+    PF_SPKU,
     PF_STUCK_TS,
     PF_TS,
     PF_VAL,
@@ -47,6 +51,7 @@ from .kernel_layout import (
     PR_SPIKE_K,
     Q_FREQUENCY,
     R_INSTANT,
+    RULE_MULTISPIKE,
     RULE_SPIKE,
 )
 from .kernel_records import _record, _suppressed
@@ -101,6 +106,8 @@ def _score_readings(
         pf[p, PF_REXP] = np.nan
         if not _scored(qc):
             continue
+        if pi[p, PI_COND] & B_ERRATIC and t > pf[p, PF_SPKU]:
+            pi[p, PI_COND] &= ~B_ERRATIC
         # stuck run
         if math.isfinite(prev) and x == prev:
             pi[p, PI_STUCK] += 1
@@ -138,15 +145,24 @@ def _score_readings(
             # re-scaled point forgets an old quantum)
             res = pf[p, PF_RES]
             pf[p, PF_RES] = abs(d1) if (res <= 0.0 or abs(d1) < res) else res * 1.0001
-        if pi[p, PI_SPIKE] == 1:
+        nspk = pi[p, PI_SPIKE]
+        if nspk >= 1:
             pi[p, PI_SPIKE] = 0
             pi[p, PI_COND] &= ~B_SPIKE
             dj = pf[p, PF_SPIKE_D]
-            before = prev - dj  # value before the jump
-            if d1 * dj < 0.0 and abs(d1) > 0.5 * abs(dj) and abs(x - before) < 0.35 * abs(dj):
+            before = pf[p, PF_SPKB]  # value before the jump
+            off = x - before
+            if d1 * dj < 0.0 and abs(d1) > 0.5 * abs(dj) and abs(off) < 0.35 * abs(dj):
+                # a point that just spiked is no witness for a while (a failing card, a noisy
+                # transducer, a frequency meter throwing garbage): out of composites, grid rules,
+                # relations and learning for 10 min — an hour once it spikes again within the hour
+                hold = 3600.0 if t - pf[p, PF_SPKT] < 3600.0 else 600.0
+                pf[p, PF_SPKU] = max(pf[p, PF_SPKU], t + hold)
+                pf[p, PF_SPKT] = t
+                pi[p, PI_COND] |= B_ERRATIC
                 if emit and not _suppressed(t, 2, p, gidx, prm, gf, pf, win_kind, win_idx, win_t0, win_t1):
                     nrec = _record(
-                        rec_i, rec_f, nrec, K_SENSOR, R_INSTANT, p, RULE_SPIKE,
+                        rec_i, rec_f, nrec, K_SENSOR, R_INSTANT, p, RULE_SPIKE if nspk == 1 else RULE_MULTISPIKE,
                         pf[p, PF_SPIKE_TS], t, abs(pf[p, PF_SPIKE_Z]), 0,
                     )  # fmt: skip
                     # explanation figures of the spike reading itself
@@ -154,14 +170,21 @@ def _score_readings(
                         snap_i[nsnap, 0] = nrec - 1
                         snap_i[nsnap, 1] = p
                         snap_i[nsnap, 2] = s
-                        snap_f[nsnap, 0] = prev
+                        snap_f[nsnap, 0] = before + dj
                         snap_f[nsnap, 1] = before
                         snap_f[nsnap, 2] = m
                         snap_f[nsnap, 3] = sd
                         snap_f[nsnap, 4] = pf[p, PF_SPIKE_Z]
                         nsnap += 1
                 d1 = 0.0  # the return step is not a new candidate
-            elif qc == Q_FREQUENCY:
+            elif off * dj > 0.0 and abs(off) > 0.5 * abs(dj) and nspk < 10 and qc != Q_FREQUENCY:
+                # still off on the side it jumped to: a multi-sample spike (a transducer throwing a few
+                # bad readings) if it comes back within 10 readings, else a real change. Meanwhile the
+                # point stays a candidate: no witness for composites, grid rules or relations
+                pi[p, PI_SPIKE] = nspk + 1
+                pi[p, PI_COND] |= B_SPIKE
+                d1 = 0.0
+            elif qc == Q_FREQUENCY and nspk == 1:
                 dc = prev - prm[PR_F0]  # the candidate's deviation
                 dn = x - prm[PR_F0]
                 inside = lo[p] <= prev <= hi[p] and lo[p] <= x <= hi[p]  # not a scale / range fault
@@ -186,6 +209,7 @@ def _score_readings(
             pi[p, PI_COND] |= B_SPIKE
             pf[p, PF_SPIKE_TS] = t
             pf[p, PF_SPIKE_D] = d1
+            pf[p, PF_SPKB] = prev
             zz = pf[p, PF_Z]
             pf[p, PF_SPIKE_Z] = zz if math.isfinite(zz) else abs(d1) / da
         # physical range

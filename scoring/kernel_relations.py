@@ -14,6 +14,7 @@ from .kernel_common import _fresh, _ridge3_solve
 from .kernel_layout import (
     B_DEVSTALE,
     B_DROPOUT,
+    B_ERRATIC,
     B_RANGE,
     B_SPIKE,
     B_STUCK,
@@ -152,7 +153,7 @@ def _evaluate_relations(
             if not _fresh(pf, q, t):
                 valid = False
                 break
-            if (pi[q, PI_COND] & (B_RANGE | B_STUCK | B_DROPOUT | B_DEVSTALE | B_SPIKE | B_ZERO)) != 0:
+            if (pi[q, PI_COND] & (B_RANGE | B_STUCK | B_DROPOUT | B_DEVSTALE | B_SPIKE | B_ZERO | B_ERRATIC)) != 0:
                 valid = False
                 break
             # a stuck fault blocks relations only while the value still repeats: once it moves

@@ -37,6 +37,7 @@ RULE_NAMES: dict[int, str] = {
     K.RULE_OIL_RISE: "oil_rise",
     K.RULE_THDRIFT: "thermal_model_drift",
     K.RULE_ZERO: "reads_zero",
+    K.RULE_MULTISPIKE: "multi_spike",
     K.RULE_TRIP: "breaker_open_under_load",
     K.RULE_RESTORE: "breaker_closed",
 }
