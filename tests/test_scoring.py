@@ -223,6 +223,8 @@ def _inject(kind: str, v: np.ndarray, j: int, a: int, b: int) -> None:
         v[a:b, j] = v[a - 1, j]
     elif kind == "spike":
         v[a, j] = v[a, j] * 1.8
+    elif kind == "multi_spike":  # four bad readings, then back where it was
+        v[a : a + 4, j] = v[a : a + 4, j] * 1.8
     elif kind == "scale":
         v[a:b, j] *= 10.0
     elif kind == "scale_down":
@@ -242,6 +244,7 @@ def _inject(kind: str, v: np.ndarray, j: int, a: int, b: int) -> None:
     [
         ("stuck", "F1_P", "stuck"),
         ("spike", "F2_I", "spike"),
+        ("multi_spike", "F1_P", "multi_spike"),
         ("scale", "F1_I", "scale_error"),
         ("scale_down", "F3_P", "scale_error"),
         ("range", "BUS_V", "out_of_range"),
