@@ -392,6 +392,11 @@ def main(grid: Grid, context: Context) -> None:
             initial_arrays=to_record({"clf.coef_w": coef, "clf.intercept_w": icpt}),
             num_rounds=num_rounds,
             timeout=timeout,
-            train_config=ConfigRecord({"keys": ",".join(DP_KEYS)}),
+            # the noise multiplier travels with the round (the clipping norm is added by Flower's
+            # wrapper): every site accounts the noise actually added, not a node-config value that may
+            # have drifted from the control centre's setting
+            train_config=ConfigRecord(
+                {"keys": ",".join(DP_KEYS), "dp-noise-multiplier": dp.noise_multiplier}
+            ),
         )
     log.info("event=federation_done rounds=%d last_version=%s", len(strategy.history), strategy.last_version)

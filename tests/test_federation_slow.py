@@ -24,7 +24,7 @@ from gridedge.federation.allowlist import ALLOWED_ARRAYS
 from gridedge.federation.cli import OFFLINE_ENV, supernode_command
 from gridedge.federation.contribution import DP_KEYS, site_contribution
 from gridedge.federation.models import list_models
-from gridedge.federation.privacy import gaussian_epsilon
+from gridedge.federation.privacy import LEDGER_FILE, PrivacyLedger, gaussian_epsilon
 from gridedge.gateway.cli.main import main as gridedge_main
 
 pytestmark = pytest.mark.slow
@@ -165,6 +165,14 @@ def test_dp_run_adds_the_noise_its_settings_imply(
     assert gridedge_main(["federation", "status", "--model-dir", str(models_dir), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["dp"]["releases"] == 1 and status["last_round"] == 2
+    # the sites were told z by the server (their node configs name none): each ledger holds the DP
+    # release at the noise actually added, so its epsilon is finite and equals the server's
+    for s in sites:
+        dp_entries = [e for e in PrivacyLedger.load(s.model_dir / LEDGER_FILE).entries if e.what == "classifier-dp"]
+        if s.labels:
+            assert [e.noise_multiplier for e in dp_entries] == [z]
+        else:
+            assert dp_entries == []  # a site without labels releases nothing about them
 
 
 def _ec_keypair(d: Path, name: str) -> tuple[Path, Path]:
