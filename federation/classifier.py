@@ -61,6 +61,7 @@ _RULES = {
     "thermal_model": "composite",  # a cooling failure: the transformer's own oil against its load
     "thermal_model_drift": "drift",  # an oil sensor creeping away from the thermal model
     "spike": "spike",
+    "multi_spike": "spike",  # a point off for 2-10 readings that comes back (scoring f7008ae): a spike too
     "dropout": "dropout",
     "breaker_open_under_load": "breaker",
     "breaker_closed": "breaker",
