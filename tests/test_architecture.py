@@ -30,11 +30,13 @@ FOLDERS = {
 MODEL, LOGS = "gridedge.gateway.model", "gridedge.gateway.logs"
 CALENDAR = "gridedge.gateway.calendar"  # public holidays: the config validates them, the slot clock uses them
 LEAVES = {MODEL, LOGS, CALENDAR}
+READINGS_CSV = "gridedge.gateway.readings_csv"  # replay's numba CSV scanner; precompile warms it at install
 #: package (longest prefix wins) → the project packages it may import besides itself.
 ALLOWED: dict[str, set[str]] = {
     MODEL: set(),  # the shared data types import nothing of the project
     LOGS: set(),  # the log-line format, shared by the daemon and its worker processes
     CALENDAR: set(),
+    READINGS_CSV: {MODEL},
     "gridedge.config": {MODEL, CALENDAR},
     "gridedge.scoring": {MODEL, CALENDAR},  # pure computation: no I/O, no store, no config models
     "gridedge.protocols": LEAVES | {"gridedge.config"},  # a driver is built from its device's config section
@@ -52,6 +54,7 @@ ALLOWED: dict[str, set[str]] = {
         "gridedge.scoring",
         "gridedge.federation.classifier",
         "gridedge.federation.models",
+        READINGS_CSV,
     },
     "gridedge.gateway.cli": {"gridedge"},  # the composition root for commands may use anything
 }

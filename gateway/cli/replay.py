@@ -49,6 +49,7 @@ from rich.progress import (
 
 from gridedge.config.models import AlertsSection, ScoringSection
 from gridedge.gateway.model import QUALITY_DTYPE, Event, PointTable, ReadingBatch
+from gridedge.gateway.readings_csv import parse_fast
 from gridedge.gateway.runtime.alert_policy import PUBLISHED, AlertPolicy
 from gridedge.scoring.detector import Detector
 
@@ -129,7 +130,26 @@ class ParsedReadings:
         return len(self.ts)
 
 
-def parse_readings(path: Path, points: PointTable) -> ParsedReadings:
+def parse_readings(path: Path, points: PointTable, *, fast: bool = True) -> ParsedReadings:
+    """Read READINGS.csv: the numba scanner for the usual shape (``gateway/readings_csv.py``), pandas for everything else.
+
+    Both give identical arrays on the files both read; pandas also explains what is wrong with a bad file.
+    ``fast=False`` skips the scanner (the bench's side-by-side and the equivalence tests).
+    """
+    if fast:
+        try:
+            got = parse_fast(Path(path), points)
+        except FileNotFoundError as exc:
+            raise ReplayError(f"{path}: no such file") from exc
+        except (OSError, ValueError) as exc:  # unreadable, or empty (mmap of 0 bytes): pandas says which
+            got = f"cannot map the file ({exc})"
+        if not isinstance(got, str):
+            return ParsedReadings(*got)
+        log.info("replay_parse path=pandas reason=%r", got)
+    return _parse_readings_pandas(path, points)
+
+
+def _parse_readings_pandas(path: Path, points: PointTable) -> ParsedReadings:
     """Read READINGS.csv vectorised (pandas C engine; names and timestamps parsed once per distinct value)."""
     import pandas as pd
 
