@@ -281,27 +281,26 @@ def _number(b, s, e, pow10):
     sig = 0  # significant digits taken (leading zeros are not)
     exp10 = 0
     seen = 0
-    while i < e and 48 <= b[i] <= 57:
-        seen += 1
-        if mant > 0 or b[i] != 48:
-            sig += 1
-            if sig <= 15:
-                mant = mant * 10 + (b[i] - 48)
-            else:
-                exp10 += 1
-        i += 1
-    if i < e and b[i] == 46:
-        i += 1
-        while i < e and 48 <= b[i] <= 57:
+    frac = False  # past the decimal point: each digit taken scales the mantissa down
+    while i < e:
+        c = b[i]
+        if c == 46 and not frac:
+            frac = True
+        elif 48 <= c <= 57:
             seen += 1
-            if mant > 0 or b[i] != 48:
+            if mant > 0 or c != 48:
                 sig += 1
                 if sig <= 15:
-                    mant = mant * 10 + (b[i] - 48)
-                    exp10 -= 1
-            else:
+                    mant = mant * 10 + (c - 48)
+                    if frac:
+                        exp10 -= 1
+                elif not frac:  # beyond 15 digits the value takes the slow path; keep the magnitude anyway
+                    exp10 += 1
+            elif frac:  # a zero right after the point, before any significant digit
                 exp10 -= 1
-            i += 1
+        else:
+            break
+        i += 1
     if seen == 0:
         return 2, 0.0
     if i < e and (b[i] == 101 or b[i] == 69):
