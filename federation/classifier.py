@@ -24,6 +24,7 @@ __all__ = [
     "LABEL_ALIASES",
     "UNSURE",
     "UNSURE_BELOW",
+    "EventHistory",
     "class_counts",
     "class_weights",
     "classify",
@@ -370,3 +371,34 @@ def classify(
     best = int(np.argmax(p))
     verdict = CLASSES[best] if p[best] >= unsure_below else UNSURE
     return verdict, {c: float(v) for c, v in zip(CLASSES, p, strict=True)}
+
+
+class EventHistory:
+    """The site's recent events (a bounded day), for the context features of the next one.
+
+    The daemon classifies an event when it is dispatched; training (``features_matrix``) sees the day of
+    events before each labelled one. Keeping the same day here gives the live classifier the same
+    repeat / concurrency / time-since features instead of zeros (a train/serve skew otherwise)."""
+
+    def __init__(self, window_s: float = 86400.0, max_events: int = 10_000) -> None:
+        self.window_s = window_s
+        self.max_events = max_events
+        self._rows: list[dict[str, Any]] = []
+
+    def before(self, start: float) -> list[dict[str, Any]]:
+        """The kept events that started in the day before ``start`` (oldest first)."""
+        return [r for r in self._rows if start - self.window_s <= r["start"] < start]
+
+    def add(self, event: Mapping[str, Any]) -> None:
+        """Remember an event (only what the context features read); drop what left the window."""
+        start = float(event.get("start") or 0.0)
+        self._rows.append(
+            {"start": start, "group": event.get("group"), "points": list(event.get("points") or [])[:1]}
+        )
+        self._rows.sort(key=lambda r: r["start"])
+        horizon = self._rows[-1]["start"] - self.window_s
+        keep = [r for r in self._rows if r["start"] >= horizon]
+        self._rows = keep[-self.max_events :]
+
+    def __len__(self) -> int:
+        return len(self._rows)

@@ -195,3 +195,16 @@ def test_context_features_count_only_the_day_before() -> None:
     # without the unlabelled history only the labelled events count: the repeat is gone
     X2, _ = features_matrix(labelled, {})
     assert X2[0, rep] == 0.0 and X2[0, since] == 1.0
+
+
+def test_event_history_keeps_one_day_and_only_earlier_events() -> None:
+    from gridedge.federation.classifier import EventHistory
+
+    h = EventHistory(window_s=3600.0, max_events=3)
+    for t in (0.0, 1800.0, 3000.0, 3500.0):
+        h.add({"start": t, "group": "F1", "points": ["F1_I", "F1_P"]})
+    assert len(h) == 3  # max_events bounds it
+    assert [r["start"] for r in h.before(3500.0)] == [1800.0, 3000.0]  # not itself, nothing later
+    h.add({"start": 9000.0, "group": "F2", "points": ["F2_I"]})
+    assert [r["start"] for r in h.before(9001.0)] == [9000.0]  # the window dropped the old day
+    assert h.before(9001.0)[0]["points"] == ["F2_I"]

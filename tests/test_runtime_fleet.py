@@ -12,6 +12,7 @@ from fixtures_runtime import site_yaml
 
 from gridedge.config.loader import validate_text
 from gridedge.federation.allowlist import ALLOWED_ARRAYS
+from gridedge.federation.classifier import event_features, features_matrix
 from gridedge.federation.models import save_global
 from gridedge.gateway.model import Event, EventKind
 from gridedge.gateway.runtime.daemon import Runtime
@@ -38,6 +39,7 @@ def test_runtime_applies_pulled_fleet_models_and_annotates_events(tmp_path: Path
         "t.yaml",
     )
     rt = Runtime(cfg)
+    quantity_of = {"F1_I": "current", "F1_P": "active_power"}
 
     async def main() -> None:
         rt._loop = asyncio.get_running_loop()
@@ -51,6 +53,18 @@ def test_runtime_applies_pulled_fleet_models_and_annotates_events(tmp_path: Path
         rt._dispatch_event(ev)
         assert ev.explanation["classifier"]["model_version"] == version
         assert ev.explanation["classifier"]["label"] in ("incident", "sensor_fault", "false_alarm", "unsure")
+        # a second event an hour later led by the same point: the live features see the first one, as
+        # training's features_matrix does (repeat count, time since the group's last alert)
+        ev2 = Event(EventKind.GRID_ANOMALY, "F1", ["F1_I"], start=1.7e9 + 3600.0, score=7.0,
+                    explanation={"rule": "composite", "points": {"F1_I": {"z": 7.0}}})  # fmt: skip
+        live = event_features(ev2.to_dict(), quantity_of, rt._event_history.before(ev2.start))
+        rt._dispatch_event(ev2)
+        rows = [dict(e.to_dict(), label="incident") for e in (ev, ev2)]
+        trained, _ = features_matrix(rows, quantity_of)
+        np.testing.assert_allclose(live, trained[1])
+        alone = event_features(ev2.to_dict(), quantity_of)
+        assert not np.allclose(live, alone)  # the history changed the context features
+        assert len(rt._event_history) == 2
         rt._shutdown_components()
 
     asyncio.run(main())

@@ -30,7 +30,7 @@ import numpy as np
 
 from gridedge.config.loader import ConfigError, build_point_table, load_config
 from gridedge.config.models import SiteConfig
-from gridedge.federation.classifier import classify, event_features
+from gridedge.federation.classifier import EventHistory, classify, event_features
 from gridedge.federation.models import load_latest_classifier, load_latest_model
 from gridedge.gateway.logs import kv
 from gridedge.gateway.model import (
@@ -228,6 +228,8 @@ class Runtime:
         self._dev_idx: dict[str, np.ndarray] = {}
         self._prior_version: str | None = None
         self._classifier: tuple[dict[str, np.ndarray], str] | None = None
+        self._quantity_of: dict[str, str] | None = None
+        self._event_history = EventHistory()
         self._stop = asyncio.Event()
         self._pauses: set[asyncio.Future[None]] = set()  # poll loops sleeping until their next cycle
         self._reload_requested = False
@@ -448,18 +450,23 @@ class Runtime:
 
     def _annotate(self, ev: Event) -> None:
         """The fleet's event classifier ranks the event (incident / sensor fault / false alarm)."""
-        if self._classifier is None:
-            return
-        arrays, version = self._classifier
-        try:
-            quantity_of = {p.name: str(p.quantity) for p in self.points}
-            label, probs = classify(
-                arrays["coef"], arrays["intercept"], event_features(ev.to_dict(), quantity_of)
-            )
-            ev.explanation["classifier"] = {"label": label, "probabilities": probs, "model_version": version}
-            ev.model_version = ev.model_version or version
-        except Exception as exc:  # a model that does not fit this site must not stop alerting
-            log.error(kv("classifier_failed", version=version, error=exc))
+        row = ev.to_dict()
+        if self._classifier is not None:
+            arrays, version = self._classifier
+            try:
+                if self._quantity_of is None:  # built once: 10,000 points per event was a loop stall
+                    self._quantity_of = {p.name: str(p.quantity) for p in self.points}
+                features = event_features(row, self._quantity_of, self._event_history.before(ev.start))
+                label, probs = classify(arrays["coef"], arrays["intercept"], features)
+                ev.explanation["classifier"] = {
+                    "label": label,
+                    "probabilities": probs,
+                    "model_version": version,
+                }
+                ev.model_version = ev.model_version or version
+            except Exception as exc:  # a model that does not fit this site must not stop alerting
+                log.error(kv("classifier_failed", version=version, error=exc))
+        self._event_history.add(row)  # kept without a model too: ready when the first one arrives
 
     def _dispatch_event(self, ev: Event) -> None:
         self._annotate(ev)
