@@ -34,7 +34,13 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     kinds = {k for (k,) in con.execute("SELECT DISTINCT kind FROM events")}
     explained = con.execute("SELECT explanation FROM events WHERE policy = 'published' LIMIT 1").fetchone()
+    # events that lasted (not instants: spikes, restores) get their end written when they close
+    lasting_ended = con.execute(
+        "SELECT count(*) FROM events WHERE end IS NOT NULL AND kind != 'feeder_restore' "
+        "AND json_extract(explanation, '$.rule') NOT IN ('spike', 'multi_spike')"
+    ).fetchone()[0]
     con.close()
+    assert lasting_ended >= 1
     # Within the first minute a newcomer sees explained grid alerts and sensor-fault alerts.
     assert {"grid_anomaly", "sensor_fault"} <= kinds, kinds
     assert explained is not None and json.loads(explained[0]).get("summary")

@@ -381,7 +381,12 @@ class Runtime:
             events = []
         for ev in events:
             self._dispatch_event(ev)
-        for ev in self.detector.ended_events():
+        ended = self.detector.ended_events()
+        if ended and self.store is not None:
+            # the end time into the store (an upsert by id): `events.end` stayed NULL otherwise, so the
+            # operators' history and the classifier's training rows had no durations
+            self.store.add_events(ended)
+        for ev in ended:
             if ev.id in self._open_alerts:
                 self._open_alerts.discard(ev.id)
                 if self.mqtt is not None:
