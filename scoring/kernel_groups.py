@@ -142,6 +142,7 @@ def _groups(
         tr_leadv = -1e9
         tr_maxup = -1e9  # the strongest rise among them: a rising load explains a rising oil
         n_ip = 0  # the group's current and active-power points (clean or not)
+        n_load = 0  # the group's load points (I, P, Q; clean or not)
         oil_up = 0.0
         oil_p = -1
         for kk in range(grp_ptr[g], grp_ptr[g + 1]):
@@ -149,6 +150,8 @@ def _groups(
             qc = qcode[p]
             if qc == Q_CURRENT or qc == Q_P:
                 n_ip += 1
+            if _is_load(qc):
+                n_load += 1
             if not _scored(qc) or not _fresh(pf, p, t):
                 continue
             if pi[p, PI_COND] != 0 or pi[p, PI_FAULT] != 0 or pi[p, PI_INCONS] != 0:
@@ -265,8 +268,9 @@ def _groups(
         coh = gleaf[g] and lc_n >= 2 and lc_big >= 2 and (lc_pos == lc_n or lc_neg == lc_n)
         comp = nwarm > 0 and (score > thr or coh) and not explained
         # one load point far off while the bay's other load points stay calm is a sensor, not the grid:
-        # the isolation and the sensor checks speak for it, the composite does not
-        if comp and not coh and lc_n >= 2 and lc_off == 1 and peak >= 0 and _is_load(qcode[peak]):
+        # the isolation and the sensor checks speak for it, the composite does not. The same when the
+        # others are no witnesses at the moment (held, erratic, pinned): a grid incident involves the bay
+        if comp and not coh and n_load >= 2 and lc_off <= 1 and peak >= 0 and _is_load(qcode[peak]):
             comp = False
         # early warning: a feeder's load departing from its normal for this hour of the week (below its
         # rating, before any trip) or losing part of it; an oil climbing away from its normal while its
