@@ -67,6 +67,7 @@ cp "$REPO/packaging/install-venv" "$SRC/"
 mkdir -p "$SRC/systemd" "$SRC/etc" "$SRC/examples/systemd" "$SRC/docs"
 cp "$REPO"/systemd/gridedge.service "$REPO"/systemd/gridedge-federation.service "$REPO"/systemd/gridedge-superlink.service "$SRC/systemd/"
 cp "$REPO"/systemd/examples/*.conf "$SRC/examples/systemd/"
+mkdir -p "$SRC/nginx" && cp "$REPO/packaging/nginx/gridedge-fleet-proxy.conf" "$SRC/nginx/"
 cp "$REPO/config/site.example.yaml" "$SRC/etc/site.yaml"
 cp "$REPO/docs/operations.md" "$SRC/docs/"
 EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)}

@@ -2,9 +2,11 @@
 # The whole test suite, slow durability tests included. Installs what it needs (Debian packages, venv).
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"` for a quick run.
 source "$(dirname "$0")/_env.sh"
-# e2fsprogs + util-linux: the power-cut test (mkfs.ext4, losetup, fsfreeze); python3.11: the real-systemd test
+# e2fsprogs + util-linux: the power-cut test (mkfs.ext4, losetup, fsfreeze); python3.11: the real-systemd test;
+# nginx-light: the control centre's Fleet API proxy (tests/test_federation_fleet_proxy.py)
 apt_install mosquitto:/usr/sbin/mosquitto socat:socat systemd:systemd-analyze dpkg-dev:dpkg-buildpackage \
-  debhelper:dh fakeroot:fakeroot e2fsprogs:mkfs.ext4 util-linux:fsfreeze python3.11:/usr/bin/python3.11
+  debhelper:dh fakeroot:fakeroot e2fsprogs:mkfs.ext4 util-linux:fsfreeze python3.11:/usr/bin/python3.11 \
+  nginx-light:/usr/sbin/nginx
 # The independent Modbus peers (tests/test_modbus_interop.py): a libmodbus C server built with gcc, and
 # npm modbus-serial (pinned in tests/peers/node/package-lock.json, installed into its git-ignored
 # node_modules).
