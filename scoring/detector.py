@@ -248,6 +248,7 @@ class Detector(FleetPrior, StatePersistence, EventExplainer):
             pf[:, c] = np.nan
         pf[:, K.PF_ZSCALE] = 1.0
         pf[:, K.PF_CMG] = 1.0
+        pf[:, K.PF_HKR : K.PF_HK0 + 3] = 1.0  # no hour-change spread until learned
         return pf
 
     @staticmethod

@@ -91,7 +91,11 @@ PF_RES = 33  # reporting resolution: the smallest non-zero step seen (0 = none y
 PF_SPKT = 34  # time of the last confirmed spike (0 = none)
 PF_SPKU = 35  # erratic until (B_ERRATIC): 10 min after a spike, an hour after a repeated one
 PF_SPKB = 36  # value before the open spike candidate's jump
-NPF = 37
+# the full hour's own spread (schedule changes kick the frequency, loads step): EW of z² (before this
+# spread) in the first minutes after the full hour vs the rest of the hour (1 = no hour effect)
+PF_HKR = 37  # z² outside the first HOUR_CHANGE_MIN minutes
+PF_HK0 = 38  # z² in minutes 0–4 after the full hour (PF_HK0 + 1: 4–8, PF_HK0 + 2: 8–15)
+NPF = 41
 
 # ---- per-point int state pi[P, NPI] -------------------------------------------------------------------
 PI_STUCK = 0  # run of exactly repeated good readings

@@ -19,6 +19,8 @@ from .kernel_layout import (
     PF_DABS,
     PF_DT,
     PF_GOOD,
+    PF_HK0,
+    PF_HKR,
     PF_MEAN,
     PF_PREV,
     PF_PREVSEG,
@@ -38,6 +40,7 @@ from .kernel_layout import (
     PF_ZADJ,
     PF_ZSCALE,
     PI_COND,
+    PI_FAULT,
     PI_NGOOD,
     PI_SEG,
     PI_SLOT,
@@ -55,6 +58,28 @@ from .kernel_layout import (
     RULE_SPIKE,
 )
 from .kernel_records import _record, _suppressed
+
+
+@njit(cache=True, inline="always")
+def _hour_change_sd(pf, pi, p, x, m, sd, u):
+    """The slot spread widened by the full hour's own spread, learned per point. Schedule changes at
+    the full hour kick the frequency (and step loads) every hour with a random sign: the slot mean cannot
+    expect them and the hour's spread averages them away, so each kick looked like an incident. Learns
+    z² in three bands of minutes after the hour against the rest of the hour (clean readings only,
+    clipped at 25: an incident teaches little); returns the widened spread."""
+    mins = u * 60.0
+    b = 0 if mins < 4.0 else (1 if mins < 8.0 else (2 if mins < 15.0 else -1))
+    z2 = min(((x - m) / sd) ** 2, 25.0)
+    clean = pi[p, PI_COND] == 0 and pi[p, PI_FAULT] == 0
+    if b < 0:
+        if clean:
+            pf[p, PF_HKR] += 0.002 * (z2 - pf[p, PF_HKR])  # ~45 readings an hour: about a day
+        return sd
+    c = PF_HK0 + b
+    ratio = pf[p, c] / max(pf[p, PF_HKR], 0.05)
+    if clean:
+        pf[p, c] += 0.01 * (z2 - pf[p, c])  # 4–7 readings an hour: about a day
+    return sd * math.sqrt(min(max(ratio, 1.0), 16.0))
 
 
 @njit(cache=True, inline="always")
@@ -131,6 +156,8 @@ def _score_readings(
             m = min(max(x, min(own, mi)), max(own, mi))
         f = floor_abs[p] + floor_rel[p] * abs(m)
         sd = math.sqrt(var[s, p] + f * f)
+        if w >= wn_need:
+            sd = _hour_change_sd(pf, pi, p, x, m, sd, frac[k])
         pf[p, PF_MEAN] = m
         pf[p, PF_SD] = sd
         if w >= wn_need:
