@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import enrolment
+from . import enrolment, fleet_round
 
 __all__ = [
     "OFFLINE_ENV",
@@ -445,3 +445,4 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     sn.add_argument("extra", nargs="*", metavar="-- ARG", help="extra flower-supernode arguments (after --)")
     sn.set_defaults(func=_supernode)
     enrolment.add_subcommands(sub)  # control centre: enrol, revoke, nodes (federation/enrolment.py)
+    fleet_round.add_subcommand(sub)  # control centre: round (federation/fleet_round.py)
