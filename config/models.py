@@ -509,10 +509,18 @@ class FederationSection(_Strict):
         description="this site's event classifier leaves only in differentially private rounds "
         "(clipped here, noised by the server); other rounds get the prior only",
     )
+    share_centre_shapes: bool = Field(
+        True,
+        description="send this site's sums per candidate shape of the prior (prior.cshape_w, cspread_w, "
+        "cweight: a centre only one of its points is nearest to carries that point's weekly profile); "
+        "false sends zeros there, the fleet-average prior still leaves and the fleet's prior, centres "
+        "included, still arrives",
+    )
     node_config: Annotated[dict[str, str], BeforeValidator(_node_config_strings)] = Field(
         default_factory=dict,
         description="extra Flower node config for the ClientApp (db defaults to storage.path, "
-        "model-dir to federation.model_dir, dp to federation.dp)",
+        "model-dir to federation.model_dir, dp to federation.dp, centre-shapes to "
+        "federation.share_centre_shapes)",
     )
 
     @field_validator("auth_private_key", "root_certificates")

@@ -133,11 +133,12 @@ def _export_preview(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     model_dir = args.model_dir or mdir
     g = latest_global(model_dir) if model_dir else None
-    site_dp = args.site_dp
-    if args.config and not site_dp:
+    site_dp, centres = args.site_dp, not args.no_centre_shapes
+    if args.config:
         from gridedge.config.loader import load_config
 
-        site_dp = load_config(args.config).federation.dp
+        fed = load_config(args.config).federation
+        site_dp, centres = site_dp or fed.dp, centres and fed.share_centre_shapes
     if args.dp_round:
         # a DP round: the local coefficients (the SuperNode additionally clips the update to the
         # server's norm before sending; that needs the norm from the round's message)
@@ -149,7 +150,9 @@ def _export_preview(args: argparse.Namespace) -> int:
         arrays = {k: arrays[k] for k in DP_KEYS}
     else:
         mode = "withheld" if site_dp else "weighted"
-        arrays, metrics = site_contribution(db, g[0] if g else None, steps=args.steps, classifier=mode)
+        arrays, metrics = site_contribution(
+            db, g[0] if g else None, steps=args.steps, classifier=mode, centre_shapes=centres
+        )
     desc = describe(arrays, metrics)
     # what the site's privacy ledger would be charged for this reply (the ClientApp charges the same)
     from .client_app import releases_of
@@ -227,7 +230,8 @@ def supernode_command(
 
     File references (CA, node key) are checked here, when the SuperNode is about to start: a missing or
     unreadable file is a :class:`SupernodeConfigError` naming the key. The node config carries
-    ``db`` (default: ``storage.path``), ``model-dir`` (``federation.model_dir``), ``dp`` and the
+    ``db`` (default: ``storage.path``), ``model-dir`` (``federation.model_dir``), ``dp``, ``centre-shapes``
+    (``federation.share_centre_shapes``) and the
     section's ``node_config`` entries (which may override those).
     """
     fed = cfg.federation
@@ -253,6 +257,7 @@ def supernode_command(
         "db": str(cfg.storage.path),
         "model-dir": str(fed.model_dir),
         "dp": "true" if fed.dp else "false",
+        "centre-shapes": "true" if fed.share_centre_shapes else "false",
     }
     node.update(fed.node_config)
     for key in ("privacy-budget", "privacy-delta", "dp-noise-multiplier"):
@@ -416,6 +421,11 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
         "--site-dp",
         action="store_true",
         help="as a site with federation.dp: true (classifier withheld in non-DP rounds; implied by -c)",
+    )
+    ep.add_argument(
+        "--no-centre-shapes",
+        action="store_true",
+        help="as a site with federation.share_centre_shapes: false (per-centre prior sums sent as zeros; implied by -c)",
     )
     ep.add_argument(
         "--noise-multiplier", type=float, default=0.0, metavar="Z",

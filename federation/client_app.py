@@ -9,7 +9,8 @@ SuperNode node config keys: ``db`` (path of the site database, required), ``mode
 global models and the privacy ledger; default: the database's directory), ``steps`` (local gradient
 steps per round, default 1), ``dp`` (``true``: this site's classifier leaves only in differentially
 private rounds, clipped by Flower's ``fixedclipping_mod``; in other rounds the site sends the prior and
-withholds the classifier), ``privacy-budget`` (ε: a reply that would spend more is refused),
+withholds the classifier), ``centre-shapes`` (``false``: the prior's per-centre sums leave as zeros,
+the site's ``federation.share_centre_shapes``; default true), ``privacy-budget`` (ε: a reply that would spend more is refused),
 ``privacy-delta`` (δ, default 1e-5), ``dp-noise-multiplier`` (the noise multiplier of the control
 centre's DP rounds, as agreed with it; a DP round's train config ``dp-noise-multiplier`` overrides it).
 
@@ -46,7 +47,7 @@ from .privacy import LedgerEntry, locked_ledger
 from .reader import open_site, read_history, read_labelled_events, read_points
 from .records import from_record, to_record
 
-__all__ = ["app", "dp_clipping_mod", "node_wants_dp", "releases_of"]
+__all__ = ["app", "dp_clipping_mod", "node_shares_centres", "node_wants_dp", "releases_of"]
 
 log = logging.getLogger("gridedge.federation")
 
@@ -62,6 +63,12 @@ def _is_dp_round(msg: Message) -> bool:
 def node_wants_dp(context: Context) -> bool:
     """The site's node config ``dp`` (true/false; default false)."""
     return str(context.node_config.get("dp", "false")).strip().lower() in ("1", "true", "yes", "on")
+
+
+def node_shares_centres(context: Context) -> bool:
+    """The site's node config ``centre-shapes`` (true/false; default true)."""
+    value = str(context.node_config.get("centre-shapes", "true")).strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -148,8 +155,9 @@ def train(msg: Message, context: Context) -> Message:
         raise ExportRefused(f"a DP round may ask for {', '.join(DP_KEYS)} only, not {requested}")
     mode = "uniform" if dp_round else ("withheld" if node_wants_dp(context) else "weighted")
     arrays, metrics = site_contribution(
-        db, _global_arrays(msg), steps=int(context.node_config.get("steps", 1)), classifier=mode
-    )
+        db, _global_arrays(msg), steps=int(context.node_config.get("steps", 1)), classifier=mode,
+        centre_shapes=node_shares_centres(context),
+    )  # fmt: skip
     if requested:
         arrays = {k: arrays[k] for k in requested}
     check_arrays(arrays)  # last gate before the reply is built

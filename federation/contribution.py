@@ -20,6 +20,7 @@ from .prior import global_centres, site_prior_sums
 from .reader import open_site, read_detector_state, read_history, read_labelled_events, read_points
 
 __all__ = [
+    "CENTRE_KEYS",
     "CLASS_COUNTS_KEY",
     "DP_KEYS",
     "ClassifierMode",
@@ -39,6 +40,9 @@ log = logging.getLogger("gridedge.federation")
 #: calibration assumes equal weights), ``withheld`` (the site sends the prior but no classifier: its
 #: node config demands DP and the round is not a DP round).
 ClassifierMode = Literal["weighted", "uniform", "withheld"]
+
+#: The prior's per-centre sums (the K candidate shapes): zeros from a site that does not share them.
+CENTRE_KEYS: tuple[str, ...] = ("prior.cshape_w", "prior.cspread_w", "prior.cweight")
 
 #: The arrays of a DP classifier round (the only ones fixedclipping_mod clips: a model *update*).
 DP_KEYS: tuple[str, ...] = ("clf.coef_w", "clf.intercept_w")
@@ -93,12 +97,16 @@ def contribution_from(
     classifier: ClassifierMode = "weighted",
     points: int = 0,
     class_counts: np.ndarray | None = None,
+    centre_shapes: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
     """The arithmetic of a contribution from prior sums and labelled features (no I/O; the bench uses it).
 
     ``global_arrays``: the current global model as received (its classifier is the starting point of
     the local gradient steps; its fleet class counts, if it carries them, weight the classes).
-    ``class_counts``: the fleet's class counts, overriding the global model's. Raises
+    ``class_counts``: the fleet's class counts, overriding the global model's. ``centre_shapes``
+    False (the site's ``federation.share_centre_shapes``): the per-centre sums :data:`CENTRE_KEYS` leave
+    as zeros, so the fleet's centres are the other sites' (FedAvg of zeros adds nothing to a centre's
+    sums, and each centre is a ratio of two of them). Raises
     :class:`~gridedge.federation.allowlist.ExportRefused` if anything outside the allow-list would leave.
     """
     g = global_classifier(global_arrays or {})
@@ -138,6 +146,9 @@ def contribution_from(
             "clf.intercept_w": intercept * label_weight / N,
             "clf.weight": np.array([label_weight / N]),
         }
+        if not centre_shapes:
+            for k in CENTRE_KEYS:
+                out[k] = np.zeros_like(out[k])
         # a site that withholds its classifier withholds its label counts too
         counts_out = np.zeros(len(CLASSES)) if classifier == "withheld" else _class_counts(y)
         out[CLASS_COUNTS_KEY] = counts_out / N
@@ -154,6 +165,7 @@ def site_contribution(
     *,
     steps: int = LOCAL_STEPS,
     classifier: ClassifierMode = "weighted",
+    centre_shapes: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
     """Arrays (allow-listed names only) and metrics this site returns for one round, from its store
     (opened read-only). See :func:`contribution_from`."""
@@ -178,11 +190,12 @@ def site_contribution(
         )
     X, y = features_matrix(events, {n: d["quantity"] for n, d in pts.items()}, history)
     out, metrics = contribution_from(
-        sums, X, y, global_arrays, steps=steps, classifier=classifier, points=len(pts)
-    )
+        sums, X, y, global_arrays, steps=steps, classifier=classifier, points=len(pts),
+        centre_shapes=centre_shapes,
+    )  # fmt: skip
     log.info(
-        "event=contribution samples=%.0f labelled=%d points=%d classifier=%s",
-        float(sums["weight"].sum()), len(y), len(pts), classifier,
+        "event=contribution samples=%.0f labelled=%d points=%d classifier=%s centre_shapes=%s",
+        float(sums["weight"].sum()), len(y), len(pts), classifier, "sent" if centre_shapes else "withheld",
     )  # fmt: skip
     return out, metrics
 
