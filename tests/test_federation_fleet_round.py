@@ -11,14 +11,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sysconfig
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 from fixtures_federation import APP_DIR, FlowerFleet, _free_port, build_sites
-from test_federation_control_centre import _make_ca
+from fixtures_systemd import SystemdNamespace, SystemdUnavailable, ns_available
+from test_federation_control_centre import _cli, _ec_keypair, _listening, _make_ca
+from test_systemd_real import _service_python
 from test_systemd_units import _ensure_systemd_analyze, exposure, last, parse_unit
 
 from gridedge.federation.fleet_round import connection_config
@@ -182,3 +187,100 @@ def test_round_stops_an_overrunning_run_and_completes_with_a_site(
     assert second["run-id"] != first["run-id"]
     statuses = {int(r["run-id"]): r["status"] for r in json.loads(ls.stdout)["runs"]}
     assert statuses == {first["run-id"]: "finished:stopped", second["run-id"]: "finished:completed"}, statuses
+
+
+# --------------------------------------------------------------------------------------------------
+# Both units under a real systemd (PID 1 in a namespace, tests/fixtures_systemd.py)
+# --------------------------------------------------------------------------------------------------
+#: the entry points the .deb's venv has in /opt/gridedge/bin (gridedge itself comes with install_dev_venv)
+_ENTRY_POINTS = {
+    "flower-superlink": ("flwr.superlink.cli", "flower_superlink"),
+    "flower-superexec": ("flwr.supercore.cli", "flower_superexec"),
+    "flwr-serverapp": ("flwr.superlink.cli", "flwr_serverapp"),
+    "flwr": ("flwr.cli.app", "app"),
+}
+
+
+@pytest.mark.slow
+def test_round_unit_completes_a_run_under_systemd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shipped units as systemd runs them: the SuperLink unit, a SuperNode outside (enrolled), and
+    ``systemctl start gridedge-fleet-round.service`` — the command under the round unit's hardening
+    (user gridedge, PrivateUsers, IPAddressDeny except localhost, MemoryDenyWriteExecute) submits the
+    run, the ServerApp writes the model into the SuperLink's StateDirectory, the unit succeeds."""
+    reason = ns_available()
+    if reason:
+        pytest.skip(f"no systemd namespace here: {reason}")
+    python = _service_python()
+    if python is None:
+        pytest.skip("no interpreter outside /root and /home for the service")
+    sites = build_sites(tmp_path / "sites")[:1]
+    port = _free_port()
+    tls = _make_ca(tmp_path / "pki")
+    ns = SystemdNamespace()
+    fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites, tls=tls, port=port)
+    try:
+        _, gid = ns.add_system_user("gridedge")
+        ns.install_dev_venv(Path(sysconfig.get_paths()["purelib"]), python=python)
+        opt = ns.base / "opt-up" / "gridedge"
+        for exe, (mod, fn) in _ENTRY_POINTS.items():
+            (opt / "bin" / exe).write_text(
+                f"#!/opt/gridedge/venv/bin/python\nimport sys\nfrom {mod} import {fn}\nsys.exit({fn}())\n"
+            )
+            (opt / "bin" / exe).chmod(0o755)
+        # /usr is the host's in the namespace: the app goes where the test may write (/opt)
+        (opt / "fleet-app").mkdir()
+        (opt / "fleet-app" / "pyproject.toml").write_text((APP_DIR / "pyproject.toml").read_text())
+        for name, mode in (("ca", 0o644), ("cert", 0o644), ("key", 0o640)):
+            ns.write_etc(f"gridedge-fleet/tls/{tls[name].name}", tls[name].read_text(), mode, gid)
+        os.chown(ns.etc / "gridedge-fleet" / "tls", 0, gid)
+        (ns.etc / "gridedge-fleet" / "tls").chmod(0o750)
+        ns.add_unit(SUPERLINK.name, SUPERLINK.read_text().replace("--port 9092", f"--port {port}"))
+        round_unit = (SERVICE.read_text().replace("127.0.0.1:9092", f"127.0.0.1:{port}")
+                      .replace("/usr/share/gridedge/fleet-app", "/opt/gridedge/fleet-app")
+                      .replace("--timeout 4h", "--timeout 5min").replace("min-nodes=2", "min-nodes=1"))  # fmt: skip
+        assert round_unit.count(f"127.0.0.1:{port}") == 1 and "--timeout 5min" in round_unit
+        ns.add_unit(SERVICE.name, round_unit)
+        ns.add_unit(TIMER.name, TIMER.read_text())
+        try:
+            ns.start()
+        except SystemdUnavailable as exc:
+            pytest.skip(f"systemd does not run as PID 1 in a namespace here: {exc}")
+        ns.systemctl("start", "--no-block", SUPERLINK.name)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _listening(port):
+            time.sleep(0.5)
+        assert _listening(port), ns.journal(SUPERLINK.name)[-4000:]
+        # a site enrolled at the control centre and its SuperNode (outside the namespace, same loopback)
+        priv, pub = _ec_keypair(tmp_path / "pki", "site0")
+        fleet.write_connection()
+        monkeypatch.setenv("FLWR_HOME", str(fleet.home))
+        rc, out = _cli(capsys, "enrol", "site0", "--key", str(pub), "--connection", "gridedge",
+                       "--registry", str(tmp_path / "registry"))  # fmt: skip
+        assert rc == 0, out
+        fleet.start_supernode(0, extra_args=("--auth-supernode-private-key", str(priv)))
+        timer_ok = ns.systemctl("is-enabled", TIMER.name, check=False).stdout.strip()
+        started = ns.systemctl("start", SERVICE.name, check=False, timeout=400)
+        props = ns.show(SERVICE.name, "Result", "ExecMainStatus", "ActiveState")
+        journal = ns.journal(SERVICE.name)
+        models = ns.host_path("/var/lib/gridedge-fleet/models")
+        written = sorted(p.name for p in models.glob("*.json")) if models.is_dir() else []
+    except Exception:
+        print(fleet.log_text())
+        raise
+    finally:
+        fleet.stop_all()
+        try:
+            if ns.pid is not None:
+                print(ns.journal(SERVICE.name)[-3000:])
+                print(ns.journal(SUPERLINK.name)[-3000:])
+        finally:
+            ns.stop()
+            ns.cleanup()
+    assert timer_ok == "disabled"  # shipped, not enabled
+    assert started.returncode == 0, started.stderr + journal[-3000:]
+    assert props["Result"] == "success" and props["ExecMainStatus"] == "0", props
+    assert "finished:completed" in journal, journal[-3000:]
+    assert len(written) == 1, written  # the ServerApp's model of round 1, in the SuperLink's state
+    assert "Traceback" not in journal, journal[-3000:]
