@@ -74,7 +74,9 @@ def new_scratch(P: int, G: int, R: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     )
 
 
-@njit(cache=True)
+# nogil: the daemon scores on its own thread (gateway/runtime/scoring_thread.py); the event loop keeps
+# polling while a batch is in here
+@njit(cache=True, nogil=True)
 def run_batch(
     pidx, ts, val, qual, slot, frac, start,  # the batch (sorted by ts) and where to resume
     mean, var, n, last, tvar,  # [168, P] baselines; spread of the early-warning trend per slot

@@ -72,6 +72,10 @@ __all__ = [
 
 log = logging.getLogger("gridedge.mqtt")
 
+#: Batches of chosen values waiting for the pump thread at most; beyond, publish_values puts them into the
+#: slots itself (latest value wins, counted) — ≈ 1 s of 10 devices at 10 polls/s.
+HANDOVER_BATCHES = 100
+
 #: what Detector.group_status() reports; "open" is a feeder whose breaker is open (no load to score)
 GROUP_STATES = ("normal", "elevated", "anomaly", "observing", "open")
 SEVERITIES = ("info", "warning", "critical")
@@ -229,6 +233,16 @@ class MqttBridge:
         # daemon's loop stalls of tens to hundreds of ms. Order is kept (one consumer, FIFO).
         self._status_puts: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self._values_lock = threading.Lock()
+        # One drain at a time (the pump thread; stop): the encoding and paho's publish run outside the
+        # values lock, so publish_values on the event loop never waits for them.
+        self._drain_lock = threading.Lock()
+        # The readings publish_values chose, per batch in arrival order, until the pump offers each batch
+        # to the slots and drains them, as publish_values itself did before: a batch reaches the socket as
+        # its own message(s), not conflated with the next one of the same points by the hand-off.
+        self._handover: collections.deque[tuple[np.ndarray, ...]] = collections.deque()
+        # The deadband's last-published state (select_changed) has its own lock: publish_values and a
+        # reconnect's reset only, so the loop never waits for a drain holding the values lock.
+        self._select_lock = threading.Lock()
         self._init_value_state()
         self._client = self._make_client()
 
@@ -357,6 +371,8 @@ class MqttBridge:
         if self.state is ConnState.STOPPED:
             return
         deadline = time.monotonic() + timeout
+        # the last polls' values, if the pump has not handed them over yet (into the slots when offline)
+        self._drain_values()
         if self._connected.is_set():
             self.flush(timeout=max(0.0, (deadline - time.monotonic()) * 0.8))
             info = self._client.publish(
@@ -451,13 +467,18 @@ class MqttBridge:
         s = self._slots
         backlog = self._sparkplug.backlog if self._sparkplug is not None else self._backlog
         with self._values_lock:  # depth() retires written messages: one thread at a time
-            depth = backlog.depth()
+            # Batches still waiting for the pump thread count as offered and pending (chosen, not sent)
+            # and as backlog (not at the socket yet either).
+            handover = list(self._handover)
+            depth = backlog.depth() + len(handover)
+            offered, pending = s.offered, s.n_pending
+        waiting = sum(len(a[0]) for a in handover)
         out: dict[str, Any] = {
             "mode": "outbox" if self.cfg.values_in_outbox else self.cfg.values,
-            "offered": s.offered,
+            "offered": offered + waiting,
             "sent": s.taken,
             "conflated": s.conflated,
-            "pending": s.n_pending,
+            "pending": pending + waiting,
             "messages": self._value_messages,
             "backlog": depth,
             "lost": backlog.readings_lost,
@@ -508,8 +529,9 @@ class MqttBridge:
         self.state = ConnState.CONNECTED
         client.publish(f"{self.root}/status", self._status_payload("online", "connected"), qos=1, retain=True)
         client.subscribe(f"{self.root}/cmd/#", options=SubscribeOptions(qos=1, noLocal=True))
-        with self._values_lock:
+        with self._select_lock:
             self._last_pub[:] = -np.inf  # a fresh connection gets every point once
+        with self._values_lock:
             self._group_pub.clear()  # ... and every group's score
         # paho calls on_connect *before* it re-sends the messages that were in flight at the drop: new
         # rows published now would overtake them (seen: 1 inversion in 24k). Hold new rows until those
@@ -592,9 +614,8 @@ class MqttBridge:
                 self._drain_acks()
                 if self._connected.is_set() and len(self._inflight) < self.window:
                     self._send_batch()
-                if self._slots.n_pending:  # values waited for the socket: the latest go out on resume
-                    with self._values_lock:
-                        self._drain_values()
+                if self._handover or self._slots.n_pending:  # new values, or values that waited
+                    self._drain_values()
                 if time.monotonic() >= self._value_stats_due:
                     self._persist_value_stats()
             except Exception:  # the pump must outlive a bad row or a locked DB; the row stays queued
@@ -637,10 +658,11 @@ class MqttBridge:
     def publish_values(self, batch: ReadingBatch) -> None:
         """Hand the readings that passed deadband / quality change / integrity period to the socket (QoS 0).
 
-        Never waits: the chosen readings go into their points' slots and out at once while the socket
-        keeps up; otherwise they wait there, the newest replacing the older (counted as conflated), until
-        the backlog drains (here on the next batch, or from the pump thread). When a batch holds a point
-        more than once, only its newest reading is considered.
+        Never waits: the chosen readings go into their points' slots and the pump thread encodes them
+        and hands them to the socket while it keeps up (the encoding and paho's publish were 5–10 ms of
+        the event loop per 1,000-value batch under load); otherwise they wait there, the newest replacing
+        the older (counted as conflated), until the backlog drains. When a batch holds a point more than
+        once, only its newest reading is considered.
         """
         if not self.cfg.publish_values or len(batch) == 0:
             return
@@ -655,15 +677,26 @@ class MqttBridge:
             self._publish_values_outbox(idx, v, q, ts, gw)
             return
         out = np.empty(len(idx), np.int64)
-        with self._values_lock:
+        with self._select_lock:
             m = select_changed(
                 idx, v, q, gw, self._last_val, self._last_q, self._last_pub,
                 self._ref, self._db_abs, self._db_pct, self._integrity, True, out,
             )  # fmt: skip
-            if m:
-                chosen = out[:m]
-                self._slots.offer(idx[chosen], v[chosen], q[chosen], ts[chosen], gw[chosen])
-            self._drain_values()
+        if m:
+            chosen = out[:m]
+            arrays = (idx[chosen], v[chosen], q[chosen], ts[chosen], gw[chosen])
+            if self._connected.is_set() and len(self._handover) < HANDOVER_BATCHES:
+                self._handover.append(arrays)
+            else:  # no socket to hand them to (or the pump is far behind): wait in the slots, bounded
+                with self._values_lock:
+                    self._offer_handover()
+                    self._slots.offer(*arrays)
+            self._wake.set()
+
+    def _offer_handover(self) -> None:
+        """Every handed-over batch into the slots, oldest first (caller holds the values lock)."""
+        while self._handover:
+            self._slots.offer(*self._handover.popleft())
 
     def _values_sink_ready(self) -> bool:
         if self._sparkplug is not None:
@@ -671,17 +704,32 @@ class MqttBridge:
         return self._connected.is_set() and self._backlog.depth() < self.cfg.values_backlog
 
     def _drain_values(self) -> None:
-        """Hand every waiting value to the socket if it keeps up (caller holds the values lock)."""
-        if self._slots.n_pending == 0 or not self._values_sink_ready():
-            return
-        # One message per point: hand over only what fits in the backlog, so one drain (under the values
-        # lock that publish_values waits for) stays short even with 10k points waiting. Batch messages are
-        # one per device: a whole take is a few messages.
-        room = self.cfg.values_backlog - self._backlog.depth() if self._encoder is self._per_point else None
-        vals = self._slots.take(room)
-        if self._sparkplug is not None:
-            n = self._sparkplug.send(vals)
-        else:
+        """Offer the handed-over batches one by one, each followed by a drain (pump thread, and stop)."""
+        with self._drain_lock:
+            while True:
+                with self._values_lock:
+                    if self._handover:
+                        self._slots.offer(*self._handover.popleft())
+                    more = bool(self._handover)
+                self._drain_slots()
+                if not more:
+                    return
+
+    def _drain_slots(self) -> None:
+        """Hand every waiting value to the socket if it keeps up (caller holds the drain lock)."""
+        with self._values_lock:
+            if self._slots.n_pending == 0 or not self._values_sink_ready():
+                return
+            # One message per point: hand over only what fits in the backlog, so one drain stays short
+            # even with 10k points waiting. Batch messages are one per device: a take is a few messages.
+            per_point = self._encoder is self._per_point
+            room = self.cfg.values_backlog - self._backlog.depth() if per_point else None
+            vals = self._slots.take(room)
+            if self._sparkplug is not None:  # its seq and births are kept under the values lock
+                n = self._sparkplug.send(vals)
+        if self._sparkplug is None:
+            # Outside the values lock: the slots are not touched here, and only this (drain-locked)
+            # code appends to the backlog, whose depth() retires from the other end.
             n = 0
             publish, add = self._client.publish, self._backlog.add
             for topic, body, readings in self._encoder.encode(vals):
@@ -696,7 +744,7 @@ class MqttBridge:
         """``mqtt.values_in_outbox``: per-point messages committed to the outbox (kept across outages,
         in order, no conflation)."""
         out = np.empty(len(idx), np.int64)
-        with self._values_lock:
+        with self._select_lock:
             m = select_changed(
                 idx, v, q, gw, self._last_val, self._last_q, self._last_pub,
                 self._ref, self._db_abs, self._db_pct, self._integrity, True, out,

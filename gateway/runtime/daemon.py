@@ -56,6 +56,7 @@ from gridedge.gateway.runtime.precompile import (
     precompile_kernels,
     precompile_scoring_kernels,
 )
+from gridedge.gateway.runtime.scoring_thread import ScoringThread
 from gridedge.gateway.runtime.scoring_warmup import (
     ScoringBacklog,
     ScoringGap,
@@ -243,6 +244,9 @@ class Runtime:
         self._backlog: ScoringBacklog | None = None
         self.scoring = ScoringGap(ScoringState.READY if cfg.scoring.enabled else ScoringState.DISABLED)
         self.probe = LoopProbe()  # event-loop stalls and pipeline stage maxima, logged every 10 s
+        # The detector's thread while run() runs (scoring_thread.py); without it (prepare-only use: the
+        # demo's warm-up, tests) handle_batch scores inline as before.
+        self._scorer: ScoringThread | None = None
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, *, defer_scoring: bool = False) -> None:
@@ -345,6 +349,7 @@ class Runtime:
             raise RuntimeError("handle_batch before prepare()")
         # time-tagged readings far from the gateway's clock get CLOCK_SKEW; scoring orders them by arrival
         batch, scored = self.clock.check(batch)
+        handed = False
         with self.probe.stage("store"):
             self.store.submit(batch)
         self._last_value[batch.point_idx] = batch.value
@@ -357,18 +362,51 @@ class Runtime:
             self.scoring.readings_waiting = self._backlog.readings
             self.scoring.readings_unscored = self._backlog.dropped
         elif self.detector is not None:
-            with self.probe.stage("score"):
-                self._score(scored)
+            with self.probe.stage("score"):  # the hand-over (the scorer thread times its own stage)
+                handed = self._hand_to_scorer(scored)
         if self.mqtt is not None:
             try:
                 with self.probe.stage("mqtt"):
                     self.mqtt.publish_values(batch)
             except Exception:
                 log.exception(kv("mqtt_values_failed"))
-        self._scoring_lag = time.perf_counter() - t0
-        self.probe.record("batch", self._scoring_lag)
+        self.probe.record("batch", time.perf_counter() - t0)
+        if self.watchdog is not None and not handed:  # the scorer thread beats for the batches it scores
+            self.watchdog.beat("scorer")
+
+    def _hand_to_scorer(self, scored: ReadingBatch) -> bool:
+        """Queue the batch on the scorer thread (True), or score it here when there is none (False)."""
+        scorer = self._scorer
+        if scorer is None or not scorer.alive:
+            t0 = time.perf_counter()
+            self._score(scored)
+            self._scoring_lag = time.perf_counter() - t0
+            return False
+        if not scorer.submit(scored):  # the scorer is 2.5 s behind: stored, not scored (counted)
+            self.scoring.readings_unscored += len(scored)
+        return True
+
+    def _scored(self, seconds: float) -> None:
+        """The scorer thread finished a batch (called on that thread)."""
+        self._scoring_lag = seconds
+        self.probe.record("scorer", seconds)
         if self.watchdog is not None:
             self.watchdog.beat("scorer")
+
+    def _on_scorer(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (it touches the detector or the policy) on the scorer thread between two batches
+        and wait for it; at once when there is no scorer thread or this is it."""
+        scorer = self._scorer
+        if scorer is None:
+            return fn()
+        return scorer.run_sync(fn)
+
+    async def _on_scorer_async(self, fn: Callable[[], Any]) -> Any:
+        """:meth:`_on_scorer` for the event loop: the loop goes on while ``fn`` waits for its turn."""
+        scorer = self._scorer
+        if scorer is None or not scorer.alive:
+            return fn()
+        return await asyncio.wrap_future(scorer.call(fn))
 
     def _score(self, scored: ReadingBatch) -> None:
         """Scoring, alert policy and clears for one batch (the detector is loaded)."""
@@ -419,9 +457,8 @@ class Runtime:
         self._release_compiler_pages()
         self.apply_fleet_models()
         while (batch := self._backlog.pop()) is not None:
-            t0 = time.perf_counter()
-            self._score(batch)
-            self._scoring_lag = time.perf_counter() - t0
+            # on the scorer thread, one batch at a time: new polls join the backlog's end meanwhile
+            await self._on_scorer_async(lambda b=batch: self._score(b))  # type: ignore[misc]
             self.scoring.readings_scored_late += len(batch)
             self.scoring.readings_waiting = self._backlog.readings
             await asyncio.sleep(0)
@@ -515,9 +552,11 @@ class Runtime:
     def _command_from_thread(self, cmd: Any) -> dict:
         """paho calls this on its network thread: run the command on the event loop, which owns the
         detector and policy, and wait for its result (errors propagate to the bridge's error reply)."""
-        if cmd.verb in ("ack", "label"):
+        scorer = self._scorer
+        if cmd.verb in ("ack", "label") or (scorer is not None and scorer.alive):
             # Store-only commands: the store is thread-safe and these wait for their commit, which must
-            # not hold up the event loop.
+            # not hold up the event loop; suppress and silence wait for the scorer thread, which owns
+            # the detector and the policy, not for the loop.
             return self.handle_command(cmd)
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -548,14 +587,18 @@ class Runtime:
             if target != "*" and target not in self.points.by_name and target not in self.points.groups:
                 raise ValueError(f"unknown group or point {target!r}")
             until = time.time() + float(args["duration"])
-            detector = self.detector or self._pending_detector
-            if detector is not None:
-                detector.suppress(target, until, args.get("reason", ""))
-            self.policy.suppress(target, until, args.get("reason", ""))
+
+            def suppress() -> None:  # the detector and the policy belong to the scorer thread
+                detector = self.detector or self._pending_detector
+                if detector is not None:
+                    detector.suppress(target, until, args.get("reason", ""))
+                self.policy.suppress(target, until, args.get("reason", ""))
+
+            self._on_scorer(suppress)
             return {"suppressed": target, "until": until}
         if verb == "silence":
             until = time.time() + float(args["duration"])
-            self.policy.silence(until)
+            self._on_scorer(lambda: self.policy.silence(until))
             return {"silenced_until": until}
         raise ValueError(f"unknown command {verb!r}")
 
@@ -816,22 +859,26 @@ class Runtime:
                 if self.notifier is not None and self.notifier.enabled:
                     self.notifier.status(self.health_line())
                 if self.mqtt is not None and self.detector is not None:
-                    with contextlib.suppress(Exception):
-                        self.mqtt.publish_group_scores(self.detector.group_status())
+                    with contextlib.suppress(Exception):  # thousands of groups: not on the loop
+                        await self._on_scorer_async(self._publish_group_scores)
             if now - last_state_save >= self.cfg.storage.state_save_interval:
                 last_state_save = now
-                self.save_scorer_state()
+                await self._on_scorer_async(self.save_scorer_state)
             if now - last_stall_report >= STALL_REPORT_INTERVAL:
                 last_stall_report = now
                 log.info(kv("loop_stall", **self.probe.report()))
             if now - last_fleet_check >= 60.0:
                 last_fleet_check = now
-                self.apply_fleet_models()
+                await self._on_scorer_async(self.apply_fleet_models)
             if now - last_trim >= HEAP_TRIM_INTERVAL:
                 last_trim = now
                 await asyncio.to_thread(trim_heap)  # the GIL is released inside: polls go on
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+
+    def _publish_group_scores(self) -> None:
+        if self.mqtt is not None and self.detector is not None:
+            self.mqtt.publish_group_scores(self.detector.group_status())
 
     def _update_metrics(self) -> None:
         m = self.metrics
@@ -876,7 +923,8 @@ class Runtime:
     def save_scorer_state(self) -> None:
         if self.detector is not None and self.store is not None:
             try:
-                # serialised right here on the loop thread, before the detector runs again: no copy
+                # serialised right here on the scorer thread (or after it stopped), before the detector
+                # runs again: no copy
                 arrays, meta = self.detector.state_arrays(copy=False)
                 self.store.save_scorer_state(SCORER_STATE_NAME, arrays, meta)
             except Exception:
@@ -944,6 +992,8 @@ class Runtime:
             self._release_compiler_pages()
         self.apply_fleet_models()
         self._start_optional_services()
+        self._scorer = ScoringThread(self._score, on_scored=self._scored)
+        self._scorer.start()
         self._install_signals()
         enabled = [d for d in self.cfg.devices if d.enabled]
         for d in self.cfg.devices:
@@ -984,6 +1034,9 @@ class Runtime:
                 # Device loops and housekeeping watch _stop; give them a moment, then cancel stragglers.
                 await asyncio.sleep(0)
         finally:
+            # what is queued is scored first; afterwards the detector is this thread's again
+            if not self._scorer.stop(timeout=30.0):
+                log.error(kv("scorer_thread_stuck", waiting=self._scorer.waiting))
             if not self._reload_requested:
                 if self.notifier is not None and self.notifier.enabled:
                     self.notifier.stopping()

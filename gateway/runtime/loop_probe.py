@@ -10,13 +10,21 @@ Each sample also takes the loop thread's own CPU time over its interval (``time.
 with little CPU of ours in it was not our code running but the thread waiting — for the GIL, or for a core
 on a busy machine. ``cpu_at_max_ms`` says which of the two the longest stall was.
 
+For the samples later than 2 ms the probe also sums where the time went, from the kernel's own account
+of the loop thread (``/proc/thread-self/schedstat``: time on a CPU, time runnable but waiting for one):
+``late2_ms`` the lateness, ``late2_cpu_ms`` our CPU, ``late2_runq_ms`` waiting for a core, over the whole
+sample (interval plus lateness); what is left of a sample's wall time was sleeping — the intended 20 ms,
+or the GIL, a lock, I/O.
+
 ``report()`` returns the figures since the last report and starts a new window; the daemon logs them as
-``event=loop_stall`` every 10 s (what ``bench/tb_compare.py`` reads).
+``event=loop_stall`` every 10 s (what ``bench/tb_compare.py`` reads). ``record`` may be called from other
+threads (the scorer thread times its batches here).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +32,18 @@ from contextlib import contextmanager
 import numpy as np
 
 __all__ = ["LoopProbe"]
+
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def _sched_ns() -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for a CPU) of the calling thread; zeros where unknown."""
+    try:
+        with open(_SCHEDSTAT, "rb") as f:
+            run, wait = f.read().split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
+        return 0, 0
 
 
 class LoopProbe:
@@ -35,6 +55,8 @@ class LoopProbe:
         self._cpu: list[float] = []  # the loop thread's CPU seconds over each sample's interval
         self._stage_max: dict[str, float] = {}
         self._stage_sum: dict[str, float] = {}
+        self._late2 = [0, 0.0, 0.0, 0.0]  # samples > 2 ms: count, lateness, CPU, run-queue wait (s)
+        self._lock = threading.Lock()  # record() comes from the scorer thread too
 
     async def run(self, stop: asyncio.Event) -> None:
         """The sampling task: until ``stop``."""
@@ -42,9 +64,19 @@ class LoopProbe:
         while not stop.is_set():
             due = loop.time() + self.interval
             cpu0 = time.thread_time()
+            run0, wait0 = _sched_ns()
             await asyncio.sleep(self.interval)
-            self._late.append(max(0.0, loop.time() - due))
-            self._cpu.append(time.thread_time() - cpu0)
+            late = max(0.0, loop.time() - due)
+            cpu = time.thread_time() - cpu0
+            self._late.append(late)
+            self._cpu.append(cpu)
+            if late > 0.002:
+                run1, wait1 = _sched_ns()
+                acc = self._late2
+                acc[0] += 1
+                acc[1] += late
+                acc[2] += (run1 - run0) / 1e9 if run1 else cpu
+                acc[3] += (wait1 - wait0) / 1e9
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -56,9 +88,10 @@ class LoopProbe:
             self.record(name, time.perf_counter() - t0)
 
     def record(self, name: str, seconds: float) -> None:
-        if seconds > self._stage_max.get(name, 0.0):
-            self._stage_max[name] = seconds
-        self._stage_sum[name] = self._stage_sum.get(name, 0.0) + seconds
+        with self._lock:
+            if seconds > self._stage_max.get(name, 0.0):
+                self._stage_max[name] = seconds
+            self._stage_sum[name] = self._stage_sum.get(name, 0.0) + seconds
 
     def report(self) -> dict[str, float | int]:
         """Figures since the last call (milliseconds; ``samples`` timer firings), then a new window."""
@@ -69,8 +102,14 @@ class LoopProbe:
             out |= {"max_ms": round(float(late[worst]), 2), "p99_ms": round(float(np.percentile(late, 99)), 2),
                     "over_2ms": int(np.count_nonzero(late > 2.0)), "cpu_at_max_ms": round(float(cpu[worst]), 2),
                     "cpu_max_ms": round(float(cpu.max()), 2)}  # fmt: skip
-        for name, v in self._stage_max.items():
+        n2, late2, cpu2, runq2 = self._late2
+        if n2:
+            out |= {"late2_ms": round(late2 * 1e3, 1), "late2_cpu_ms": round(cpu2 * 1e3, 1),
+                    "late2_runq_ms": round(runq2 * 1e3, 1)}  # fmt: skip
+        with self._lock:
+            stage_max, stage_sum, self._stage_max, self._stage_sum = self._stage_max, self._stage_sum, {}, {}
+        for name, v in stage_max.items():
             out[f"{name}_max_ms"] = round(v * 1e3, 2)
-            out[f"{name}_total_ms"] = round(self._stage_sum[name] * 1e3, 1)
-        self._late, self._cpu, self._stage_max, self._stage_sum = [], [], {}, {}
+            out[f"{name}_total_ms"] = round(stage_sum[name] * 1e3, 1)
+        self._late, self._cpu, self._late2 = [], [], [0, 0.0, 0.0, 0.0]
         return out
