@@ -8,9 +8,16 @@ recalls, so always guessing the majority class scores 1/C) and per-class recall.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import itertools
+import pickle
+import sys
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,11 +30,12 @@ from gridedge.federation.classifier import (
     UNSURE_BELOW,
     class_counts,
     class_weights,
+    features_matrix,
     probabilities,
     train_local,
 )
 from gridedge.federation.contribution import DP_KEYS, contribution_from, fedavg, global_classifier
-from gridedge.federation.privacy import DpSettings
+from gridedge.federation.privacy import DpSettings, composed_epsilon
 
 __all__ = [
     "Split",
@@ -37,26 +45,52 @@ __all__ = [
     "federated",
     "fit_sklearn",
     "label_events",
+    "label_rows",
+    "operating_points",
     "split_by_time",
 ]
 
+#: (z, C) of the privacy operating points table: the clipping norm C bounds one site's update per round
+#: (update = −LEARNING_RATE·gradient: at step 3.0 typical updates are ~3× those at the old step 1.0)
+DP_POINTS: tuple[tuple[float, float], ...] = (
+    (0.0, 1.0), (0.0, 3.0), (1.0, 1.0), (1.0, 3.0), (2.0, 1.0), (2.0, 3.0), (4.0, 3.0), (8.0, 3.0),
+)  # fmt: skip
+
 
 def label_events(sc: Any, events: Sequence[Any]) -> list[dict[str, Any]]:
-    """Operator verdicts from the scenario truth: incident / sensor_fault / false_alarm. A sensor fault the
-    truth marks ``should_alert: False`` (realprofile's lone one-sample spikes) is a false alarm."""
-    out = []
+    """The detector's events as stored rows (``Event.to_dict``) with the operator's verdict (:func:`label_rows`)."""
+    rows = []
     for e in events:
-        end = e.end if e.end is not None else e.start
-        lab = "false_alarm"
-        for t in sc.truth:
-            if t["start"] - 600 <= end and e.start <= t.get("end", t["start"]) + 1800:
-                if t["class"] == "grid" and e.group in t.get("accept", [t["group"]]):
-                    lab = "incident"
-                elif t["class"] == "sensor" and t["target"] in e.points:
-                    lab = "sensor_fault" if t.get("should_alert", True) else "false_alarm"
         d = e.to_dict()
         d["kind"] = str(e.kind)
+        rows.append(d)
+    return label_rows(sc.truth, rows)
+
+
+def label_rows(truth: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Operator verdicts from the scenario truth: incident / sensor_fault / false_alarm. A sensor fault the
+    truth marks ``should_alert: False`` (realprofile's lone one-sample spikes) is a false alarm. A fault
+    on several points (realprofile's ``glitch``: a failing analog card, ``points``) is a sensor fault on
+    each of them, not only on its ``target`` (until issue #19 part 2 its other points' alerts were
+    labelled false alarms)."""
+    out = []
+    for row in rows:
+        start = float(row["start"])
+        end = float(row["end"]) if row.get("end") is not None else start
+        pts = list(row.get("points") or [])
+        lab, why = "false_alarm", "none"
+        for t in truth:
+            if t["start"] - 600 <= end and start <= t.get("end", t["start"]) + 1800:
+                if t["class"] == "grid" and row.get("group") in t.get("accept", [t["group"]]):
+                    lab, why = "incident", t["kind"]
+                elif t["class"] == "sensor" and any(p in pts for p in t.get("points", [t["target"]])):
+                    lab = "sensor_fault" if t.get("should_alert", True) else "false_alarm"
+                    why = t["kind"]
+                elif t["class"] == "benign" and lab == "false_alarm":
+                    why = t["kind"]
+        d = dict(row)
         d["label"] = lab
+        d["truth_kind"] = why  # for the bench's diagnostics only: no feature reads it
         out.append(d)
     return out
 
@@ -227,3 +261,206 @@ def site_alone_probabilities(splits: Sequence[Split]) -> np.ndarray:
         else:
             out.append(model_probabilities(model, s.Xte))
     return np.vstack(out)
+
+
+# --- the classifier alone, from the command line -------------------------------------------------------
+
+
+def _source_digest() -> str:
+    """What the labelled events depend on: the detector and the scenario generators (for the cache key)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in sorted([*(root / "scoring").glob("*.py"), *(root / "bench").glob("*.py")]):
+        if p.name in ("scenarios.py", "realprofile.py", "fleet_sites.py", "federation_prior_eval.py") or (
+            p.parent.name == "scoring"
+        ):
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+Site = tuple[list[dict[str, Any]], dict[str, str]]
+
+
+def fleet_labels(
+    n: int, n_real: int, days: int, *, mixed_seed: int, real_seed: int, plan_seed: int, cache: Path | None
+) -> list[Site]:
+    """Labelled events (every event of each site, with its operator label) and quantity maps of ``n``
+    mixed-type sites (seeds ``mixed_seed``+) and ``n_real`` realprofile sites (seeds ``real_seed``+),
+    each scored live from a cold detector; the scored events are cached per detector/generator source
+    digest (labels are applied after loading, so a change of the labelling needs no re-scoring)."""
+    import fleet_sites
+    import realprofile
+    from federation_prior_eval import run_detector
+
+    key = f"events-{n}-{n_real}-{days}-{mixed_seed}-{real_seed}-{plan_seed}-{_source_digest()}.pkl"
+    scored: list[tuple[list[dict[str, Any]], dict[str, str], list[dict[str, Any]]]]
+    if cache is not None and (cache / key).exists():
+        with open(cache / key, "rb") as fh:
+            scored = pickle.load(fh)
+    else:
+        scs = [
+            fleet_sites.site_scenario(mixed_seed + k, arch, days=days, incidents_in_last_days=14)
+            for k, arch in enumerate(fleet_sites.fleet_plan(n, seed=plan_seed))
+        ]
+        scs += [realprofile.generate(real_seed + k) for k in range(n_real)]
+        scored = []
+        for sc in scs:
+            _, events = run_detector(sc)
+            rows = [e.to_dict() | {"kind": str(e.kind)} for e in events]
+            scored.append((rows, {p["name"]: p["quantity"] for p in sc.points}, sc.truth))
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            with open(cache / key, "wb") as fh:
+                pickle.dump(scored, fh)
+    return [(label_rows(truth, rows), qmap) for rows, qmap, truth in scored]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="The event classifier alone (part 2 of bench/federation_eval.py).")
+    ap.add_argument("--fleet", type=int, default=20, help="mixed-type sites")
+    ap.add_argument("--real-fleet", type=int, default=10, help="realprofile sites")
+    ap.add_argument("--fleet-days", type=int, default=28)
+    ap.add_argument("--mixed-seed", type=int, default=2000, help="first mixed seed (tuning fleet: 3000)")
+    ap.add_argument("--real-seed", type=int, default=7000, help="first realprofile seed (tuning: 7100)")
+    ap.add_argument("--plan-seed", type=int, default=7, help="seed of the archetype plan")
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--validate", action="store_true",
+                    help="score on a validation split inside the training labels (never the test labels)")
+    ap.add_argument("--cache", type=Path, default=None, help="directory for the scored fleet's events")
+    ap.add_argument("--errors", type=int, default=0, help="print N misclassified events")
+    ap.add_argument("--dp-draws", type=int, default=0, help="privacy operating points over N noise draws")
+    ap.add_argument("--dp-rounds", type=int, nargs="*", default=[], help="rounds per DP run (default --rounds)")
+    args = ap.parse_args(argv)
+    sites = fleet_labels(args.fleet, args.real_fleet, args.fleet_days, mixed_seed=args.mixed_seed,
+                         real_seed=args.real_seed, plan_seed=args.plan_seed, cache=args.cache)  # fmt: skip
+    t0 = time.time()
+    report(sites, args.rounds, validate=args.validate, errors=args.errors, dp_draws=args.dp_draws,
+           dp_rounds=args.dp_rounds)  # fmt: skip
+    print(f"({time.time() - t0:.0f}s after the fleet)")
+    return 0
+
+
+def _splits(sites: Sequence[Site], validate: bool) -> tuple[list[Split], list[list[dict[str, Any]]]]:
+    """Per site: features split by time (70 % train / 30 % test) and the test events themselves; with
+    ``validate`` the training part is split again (70 / 30) and its later part is the "test"."""
+    splits, test_events = [], []
+    for evs, qmap in sites:
+        X, y = features_matrix(evs, qmap)
+        rows = [e for e in evs if e.get("label") in CLASSES]
+        s = split_by_time(X, y)
+        k = len(s.ytr)
+        if validate:
+            s = split_by_time(s.Xtr, s.ytr)
+            rows = rows[len(s.ytr) : k]
+        else:
+            rows = rows[k:]
+        splits.append(s)
+        test_events.append(rows)
+    return splits, test_events
+
+
+def _describe(e: dict[str, Any]) -> str:
+    ex = e.get("explanation") or {}
+    dur = ((e.get("end") or e["start"]) - e["start"]) / 60.0
+    return (f"{e['kind']:14s} {ex.get('rule', '')!s:22s} {','.join(e.get('points') or [])[:28]:28s} "
+            f"{dur:6.0f} min truth={e.get('truth_kind', '?')}")  # fmt: skip
+
+
+def report(
+    sites: Sequence[Site], rounds: int, *, validate: bool = False, errors: int = 0, dp_draws: int = 0,
+    dp_rounds: Sequence[int] = (),
+) -> dict[str, Verdicts]:
+    """The classifier table: majority, site alone, central (converged, same steps), federated; the
+    confusion matrix of the federated model and a sample of its mistakes; with ``dp_draws`` the privacy
+    operating points for DP runs of each of ``dp_rounds`` rounds."""
+    splits, test_events = _splits(sites, validate)
+    yte = np.concatenate([s.yte for s in splits])
+    Xte = np.vstack([s.Xte for s in splits])
+    counts = sum(class_counts(s.ytr) for s in splits)
+    central = central_models(splits, rounds, counts)
+    sums: list[dict[str, np.ndarray]] = [_no_prior()] * len(splits)
+    fed = federated(splits, rounds, counts, sums)
+    rows = [
+        ("majority class guess", np.tile(np.eye(len(CLASSES))[int(np.argmax(counts))], (len(yte), 1))),
+        ("site alone (own labels, own balance)", site_alone_probabilities(splits)),
+        ("central, converged (balanced)", model_probabilities(central["converged"], Xte)),
+        (f"central, same {rounds} steps (balanced)", model_probabilities(central["steps"], Xte)),
+        (f"federated, {rounds} rounds", model_probabilities(fed, Xte)),
+    ]
+    what = "validation (later training labels)" if validate else "test (held-back later labels)"
+    print(f"{int(counts.sum())} training / {len(yte)} {what} over {len(splits)} sites, train mix "
+          f"{counts.astype(int).tolist()}, scored mix {np.bincount(yte, minlength=3).tolist()}")  # fmt: skip
+    print(f"{'model':46s} {'balanced':>9s} {'recall inc/sens/false':>22s} {'confident':>10s} {'bal.conf':>9s} {'ECE':>6s}")
+    out = {}
+    for name, p in rows:
+        v = evaluate(p, yte)
+        out[name] = v
+        rec = "/".join(f"{r:.0%}" for r in v.recall)
+        print(f"{name:46s} {v.balanced:9.1%} {rec:>22s} {v.covered:10.0%} {v.balanced_confident:9.1%} {v.ece:6.3f}")
+    pred = rows[-1][1].argmax(axis=1)
+    print("confusion (rows: label, columns: federated verdict " + "/".join(CLASSES) + ")")
+    for c, name in enumerate(CLASSES):
+        print(f"  {name:13s} " + " ".join(f"{int(np.sum((yte == c) & (pred == d))):5d}" for d in range(len(CLASSES))))
+    if errors:
+        evs = [e for rows_ in test_events for e in rows_]
+        wrong = [(e, CLASSES[int(p)]) for e, p, t in zip(evs, pred, yte, strict=True) if p != t]
+        print(f"mistakes by (label, kind, rule, truth): "
+              f"{Counter((e['label'], e['kind'], (e.get('explanation') or {}).get('rule'), e.get('truth_kind')) for e, _ in wrong).most_common(12)}")  # fmt: skip
+        for e, p in wrong[:errors]:
+            print(f"  {e['label']:12s} -> {p:12s} {_describe(e)}")
+    if dp_draws:
+        for r in dp_rounds or (rounds,):
+            operating_points(splits, Xte, yte, counts, r, dp_draws, baseline=out[rows[-1][0]].balanced)
+    return out
+
+
+def operating_points(
+    splits: Sequence[Split],
+    Xte: np.ndarray,
+    yte: np.ndarray,
+    counts: np.ndarray,
+    rounds: int,
+    draws: int,
+    points: Sequence[tuple[float, float]] = DP_POINTS,
+    *,
+    baseline: float | None = None,
+) -> list[tuple[float, float, float, float]]:
+    """Part 3: ε per run and per year of DP classifier runs (one site's ledger, dp-accounting) and the
+    balanced accuracy a run reaches at that noise, mean ± std over ``draws`` noise draws, per (z, C);
+    ``baseline``: the non-DP federated figure the cost is measured against. Returns (z, C, ε/run, mean)."""
+    runs_per_year = (4, 12)
+    print(
+        f"\nPrivacy operating points (DP classifier runs of {rounds} rounds, {len(splits)} sites, delta=1e-5; "
+        f"balanced accuracy mean ± std over {draws} noise draws):"
+    )
+    cost = "" if baseline is None else f" {'vs non-DP':>10s}"
+    print(f"{'z':>4s} {'C':>5s} {'noise std':>10s} {'eps/run':>8s} " + " ".join(f"{f'eps/yr@{r}':>11s}" for r in runs_per_year) + f" {'balanced':>16s}{cost}")  # fmt: skip
+    out = []
+    for z, c in points:
+        dp = DpSettings(z, c, 1e-5)
+        acc = [
+            evaluate(model_probabilities(dp_federated(splits, rounds, dp, seed, counts), Xte), yte).balanced
+            for seed in range(draws if z > 0 else 1)
+        ]
+        eps = [composed_epsilon([(z, rounds * r)], 1e-5) for r in (1, *runs_per_year)]
+        cells = " ".join(f"{e:11.3g}" for e in eps[1:])
+        diff = "" if baseline is None else f" {(np.mean(acc) - baseline) * 100:+9.1f}p"
+        print(
+            f"{z:4g} {c:5g} {dp.noise_std(len(splits)):10.4f} {eps[0]:8.3g} {cells} {np.mean(acc):9.1%} ± {np.std(acc):4.1%}{diff}",
+            flush=True,
+        )
+        out.append((z, c, eps[0], float(np.mean(acc))))
+    return out
+
+
+def _no_prior() -> dict[str, np.ndarray]:
+    """Prior sums of a site without baselines: the classifier's FedAvg does not depend on them."""
+    from gridedge.federation.prior import N_SLOTS, site_prior_sums
+
+    none = np.zeros((N_SLOTS, 0))
+    return site_prior_sums(none, none, none, [])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -66,13 +66,23 @@ def global_classifier(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.
     """``(coef, intercept)`` of the global classifier in FedAvg's aggregated arrays (None before any labels).
 
     Without ``clf.weight`` (a DP round sends only :data:`DP_KEYS`) the arrays are the coefficients.
+    A classifier of another shape (a control centre or model file of a release with other features) is
+    ignored with a log line: the site then trains from zero, as in round 1, instead of failing the round.
     """
     if "clf.coef_w" not in arrays:
+        return None
+    coef, icpt = np.asarray(arrays["clf.coef_w"]), np.asarray(arrays.get("clf.intercept_w", ()))
+    want = ALLOWED_ARRAYS["clf.coef_w"].shape, ALLOWED_ARRAYS["clf.intercept_w"].shape
+    if (coef.shape, icpt.shape) != want:
+        log.warning(
+            "event=global_classifier_ignored coef_shape=%s intercept_shape=%s expected=%s,%s",
+            coef.shape, icpt.shape, *want,
+        )  # fmt: skip
         return None
     w = float(np.asarray(arrays["clf.weight"]).ravel()[0]) if "clf.weight" in arrays else 1.0
     if w <= 0:
         return None
-    return np.asarray(arrays["clf.coef_w"]) / w, np.asarray(arrays["clf.intercept_w"]) / w
+    return coef / w, icpt / w
 
 
 def fedavg(

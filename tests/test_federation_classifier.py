@@ -208,3 +208,79 @@ def test_event_history_keeps_one_day_and_only_earlier_events() -> None:
     h.add({"start": 9000.0, "group": "F2", "points": ["F2_I"]})
     assert [r["start"] for r in h.before(9001.0)] == [9000.0]  # the window dropped the old day
     assert h.before(9001.0)[0]["points"] == ["F2_I"]
+
+
+def test_reads_zero_and_device_stale_have_their_own_family() -> None:
+    names = list(FEATURE_NAMES)
+    for rule, fam in (("reads_zero", "zero"), ("device_stale", "stale")):
+        ev = _event("F1", "F1_P", 1_000_000.0, rule=rule, label="sensor_fault")
+        ev["end"] = ev["start"] + 600.0
+        X, _ = features_matrix([ev], {"F1_P": "active_power"})
+        assert X[0, names.index(f"rule={fam}")] == 1.0
+        assert X[0, names.index(f"log_duration|rule={fam}")] == pytest.approx(np.log1p(10.0) / 5.0)
+        others = [n for n in names if n.startswith("rule=") and n != f"rule={fam}"]
+        assert not X[0, [names.index(n) for n in others]].any()
+
+
+def test_lead_point_figures_are_signed_and_crossed_with_the_family() -> None:
+    """A ×10 scale fault reads far above the slot's mean, a point reading 0 below it; a noisy slot
+    (large std against its mean) is told from a quiet one."""
+    names = list(FEATURE_NAMES)
+    rel, noise = names.index("rel_value_baseline"), names.index("log_rel_std")
+    rows = []
+    for value, std in ((10.0, 0.01), (0.0, 0.01), (1.0, 0.5)):
+        ev = _event("F1", "F1_P", 1_000_000.0, label="sensor_fault")
+        ev["explanation"]["points"]["F1_P"] |= {"value": value, "baseline_mean": 1.0, "baseline_std": std}
+        rows.append(ev)
+    X, _ = features_matrix(rows, {})
+    np.testing.assert_allclose(X[:, rel], np.arcsinh([9.0, -1.0, 0.0]) / 3.0)
+    np.testing.assert_allclose(X[:, noise], np.log1p([0.01, 0.01, 0.5]))
+    np.testing.assert_array_equal(X[:, names.index("rel_value_baseline|rule=spike")], X[:, rel])
+    assert not X[:, names.index("rel_value_baseline|rule=stuck")].any()
+
+
+def test_centred_steps_reach_the_same_optimum_faster() -> None:
+    """Gradient descent runs in centred coordinates (classifier._CENTRE): the same model class and the
+    same (unpenalised-intercept) optimum, but with features sitting above zero, as the real ones do,
+    the raw coordinates leave it far off after the same 100 steps, at the same step or the old one."""
+    from gridedge.federation import classifier as clf
+
+    sites = _skewed_sites(4)
+    X = np.vstack([x for x, _ in sites]) * 0.1 + 2.0 * clf._CENTRE_VEC
+    y = np.concatenate([t for _, t in sites])
+    cw = class_weights(class_counts(y))
+    converged = train_local(X, y, steps=5000, class_weight=cw)
+    centred = train_local(X, y, steps=100, class_weight=cw)
+    keep = clf._CENTRE_VEC.copy()
+    try:
+        clf._CENTRE_VEC[:] = 0.0  # the raw coordinates
+        raw = [train_local(X, y, steps=100, lr=lr, class_weight=cw) for lr in (clf.LEARNING_RATE, 1.0)]
+    finally:
+        clf._CENTRE_VEC[:] = keep
+
+    def off(m: tuple[np.ndarray, np.ndarray]) -> float:
+        return float(np.abs(probabilities(*m, X) - probabilities(*converged, X)).max())
+
+    assert off(centred) < 0.02  # the model that leaves is in raw feature space: no centring to apply
+    assert all(off(m) > 2 * off(centred) for m in raw), [off(m) for m in raw]
+
+
+def test_a_global_classifier_of_another_feature_count_is_ignored_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A control centre (or model file) of a release with other features sends coefficients of another
+    shape: the site logs it, trains from zero as in round 1, and its reply still passes the allow-list."""
+    X, y = _skewed_sites(5)[0]
+    old = {
+        "clf.coef_w": np.ones((len(CLASSES), 123)),  # issue #19's previous feature count
+        "clf.intercept_w": np.zeros(len(CLASSES)),
+        "clf.weight": np.array([1.0]),
+    }
+    with caplog.at_level("WARNING", logger="gridedge.federation"):
+        assert global_classifier(old) is None
+        arrays, metrics = contribution_from(_empty_sums(), X, y, old)
+    assert "event=global_classifier_ignored" in caplog.text and "(3, 123)" in caplog.text
+    check_arrays(arrays)
+    fresh, _ = contribution_from(_empty_sums(), X, y, {})
+    np.testing.assert_array_equal(arrays["clf.coef_w"], fresh["clf.coef_w"])
+    assert metrics["labelled"] == len(y)
