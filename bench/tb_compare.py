@@ -359,6 +359,8 @@ class Result:
     window: float = 0.0
     rss_series: list[tuple[float, int]] | None = None  # (seconds into the window, RSS bytes) every --sample s
     stalls_over_2ms: int | None = None  # loop-probe samples later than 2 ms, summed over the window
+    # of those samples, summed (ms): lateness, the loop thread's own CPU, its wait for a core (run queue)
+    over_2ms_split: dict[str, float] | None = None
 
 
 def _stall_from_log(text: str, t0: float, t1: float) -> tuple[float | None, str]:
@@ -390,6 +392,25 @@ def _stall_from_log(text: str, t0: float, t1: float) -> tuple[float | None, str]
             stages["p99"] = max(stages.get("p99", 0.0), float(kv["p99_ms"]))
     stage = " ".join(f"{k} {v:.1f}" for k, v in stages.items())
     return best, stage
+
+
+def _over_2ms_split(text: str, t0: float, t1: float) -> dict[str, float]:
+    """Sums of ``late2_ms`` / ``late2_cpu_ms`` / ``late2_runq_ms`` of the loop_stall lines in the window."""
+    import datetime as _dt
+
+    out = {"late": 0.0, "cpu": 0.0, "runq": 0.0}
+    for line in text.splitlines():
+        if "event=loop_stall" not in line or "late2_ms=" not in line:
+            continue
+        with contextlib.suppress(ValueError):
+            ts = _dt.datetime.fromisoformat(line.split(" ", 1)[0]).replace(tzinfo=_dt.UTC).timestamp()
+            if not (t0 + STALL_REPORT <= ts <= t1 + STALL_REPORT):
+                continue
+            kv = dict(re.findall(r"(\w+)=(\S+)", line))
+            out["late"] += float(kv["late2_ms"])
+            out["cpu"] += float(kv["late2_cpu_ms"])
+            out["runq"] += float(kv["late2_runq_ms"])
+    return out
 
 
 def _stalls_over_2ms(text: str, t0: float, t1: float) -> int:
@@ -507,6 +528,7 @@ def measure(gateway: str, rate: int, rep: int, srv: ModbusServer, broker_port: i
             time.sleep(0)
             res.stall_ms, res.stall_stage = _stall_from_log(daemon.log_text(), w0, w1)
             res.stalls_over_2ms = _stalls_over_2ms(daemon.log_text(), w0, w1)
+            res.over_2ms_split = _over_2ms_split(daemon.log_text(), w0, w1)
             res.rss_series = series
             res.conflated = (conf1 - conf0) / dt if conf0 is not None and conf1 is not None else None
         return res
@@ -649,6 +671,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r.stalls_over_2ms is not None:
             print(f"# {r.gateway} {r.rate}/s run {r.rep + 1}: loop-probe samples > 2 ms: {r.stalls_over_2ms}")
+        if r.over_2ms_split and r.stalls_over_2ms:
+            n, sp = r.stalls_over_2ms, r.over_2ms_split
+            print(f"# {r.gateway} {r.rate}/s run {r.rep + 1}: per sample > 2 ms (mean over {n}): late "
+                  f"{sp['late'] / n:.1f} ms; in the whole sample (20 ms + late) own CPU {sp['cpu'] / n:.1f} ms, "
+                  f"waiting for a core {sp['runq'] / n:.1f} ms, the rest asleep (timer, GIL, locks)")
         if r.rss_series:
             mib = [round(b / 2**20) for _, b in r.rss_series]
             print(f"# {r.gateway} {r.rate}/s run {r.rep + 1}: RSS MiB every {args.sample:g} s: {mib}; "
