@@ -32,6 +32,7 @@ from .kernel_layout import (
     GI_STATE,
     K_GRID,
     PF_SUPP,
+    PF_TDC,
     PF_TRF,
     PF_TRN,
     PF_TRZ,
@@ -84,6 +85,7 @@ from .kernel_layout import (
     TH_LATCH,
 )
 from .kernel_records import _record, _snap, _suppressed, _th_snap
+from .kernel_trend import TREND_DROP_D, TREND_DROP_H
 
 
 @njit(cache=True, inline="always")
@@ -176,6 +178,8 @@ def _groups(
                     # a drop needs more evidence than a rise: processes stop, shops close early —
                     # and a rise is the one that ends in a trip
                     dn = min(-tz / (1.25 * prm[PR_TR_Z]), -pf[p, PF_TRF] / prm[PR_TR_DDROP])
+                    # or a smaller departure that has held (the CUSUM of kernel_trend), still ≥ 15 % down
+                    dn = max(dn, min(pf[p, PF_TDC] / TREND_DROP_H, -pf[p, PF_TRF] / TREND_DROP_D))
                     tr_up = min(tr_up, u)
                     tr_dn = min(tr_dn, dn)
                     tr_maxup = max(tr_maxup, u)

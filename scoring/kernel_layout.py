@@ -95,7 +95,8 @@ PF_SPKB = 36  # value before the open spike candidate's jump
 # spread) in the first minutes after the full hour vs the rest of the hour (1 = no hour effect)
 PF_HKR = 37  # z² outside the first HOUR_CHANGE_MIN minutes
 PF_HK0 = 38  # z² in minutes 0–4 after the full hour (PF_HK0 + 1: 4–8, PF_HK0 + 2: 8–15)
-NPF = 41
+PF_TDC = 41  # loads: CUSUM of the trend z below −TREND_DROP_K per minute (a drop that holds)
+NPF = 42
 
 # ---- per-point int state pi[P, NPI] -------------------------------------------------------------------
 PI_STUCK = 0  # run of exactly repeated good readings

@@ -22,6 +22,7 @@ from .kernel_layout import (
     PF_CMG,
     PF_GOOD,
     PF_MEAN,
+    PF_TDC,
     PF_TRF,
     PF_TRN,
     PF_TRS,
@@ -42,6 +43,10 @@ from .kernel_layout import (
     Q_TEMP,
     TH_LT,
 )
+
+TREND_DROP_K = 2.0  # trend z below which a drop accumulates (kernel_groups: TREND_DROP_H of it is a drop)
+TREND_DROP_H = 30.0  # accumulated z·minutes beyond TREND_DROP_K that make a drop (z −3.5 for 20 min)
+TREND_DROP_D = 0.15  # relative deviation below normal such a held drop still needs
 
 
 @njit(cache=True, inline="always")
@@ -69,6 +74,7 @@ def _trends(i, j, t, pidx, slot, pf, pi, gi, qcode, gidx, floor_abs, cm, tvar, t
         if gi[g, GI_OPEN] != 0:
             pf[p, PF_TRT] = 0.0  # an open breaker: start afresh after re-closing
             pf[p, PF_TRZ] = math.nan
+            pf[p, PF_TDC] = 0.0
             continue
         if pi[p, PI_COND] != 0 or pi[p, PI_FAULT] != 0:
             continue  # a faulty reading neither moves nor teaches the trend
@@ -94,6 +100,7 @@ def _trends(i, j, t, pidx, slot, pf, pi, gi, qcode, gidx, floor_abs, cm, tvar, t
             pf[p, PF_TRS] = d
             pf[p, PF_TRT] = t
             pf[p, PF_TRZ] = math.nan
+            pf[p, PF_TDC] = 0.0
             continue
         dt = t - last
         if dt <= 0.0:
@@ -118,6 +125,13 @@ def _trends(i, j, t, pidx, slot, pf, pi, gi, qcode, gidx, floor_abs, cm, tvar, t
         sd = math.sqrt(max(vs, vn, 0.5 * v) + fl * fl)
         z = r / sd
         pf[p, PF_TRZ] = z if pf[p, PF_TRN] >= warm and vs > 0.0 else math.nan
+        # a partial loss of load is a step that holds: evidence of a drop accumulates while the trend z
+        # stays below −TREND_DROP_K (a CUSUM per minute), so a drop whose z hovers at −4 for half an
+        # hour counts, while a morning ramp's brief dips do not
+        if q != Q_TEMP and math.isfinite(pf[p, PF_TRZ]):
+            pf[p, PF_TDC] = max(0.0, pf[p, PF_TDC] + (-z - TREND_DROP_K) * min(dt, 300.0) / 60.0)
+        else:
+            pf[p, PF_TDC] = 0.0
         # the spreads learn from calm data: not while the group is in an event, each step clipped at 4 σ
         if gi[g, GI_ACTIVE] == 0:
             n0 = pf[p, PF_TRN]
