@@ -42,7 +42,7 @@ from federation_prior_eval import (
 
 from gridedge.federation.classifier import CLASSES, class_counts, features_matrix
 from gridedge.federation.prior import N_CENTRES, prior_from_sums, site_prior_sums
-from gridedge.federation.privacy import DpSettings, composed_epsilon
+from gridedge.federation.privacy import DpSettings
 
 SPANS = ((1, 7), (8, 14))
 
@@ -126,7 +126,7 @@ def classifier(labelled, sums, rounds: int, dp_draws: int) -> None:
     Xte = np.vstack([s.Xte for s in splits])
     counts = sum(class_counts(s.ytr) for s in splits)  # what FedAvg of clf.class_w returns (relative)
     central = ce.central_models(splits, rounds, counts)
-    dp = DpSettings()
+    dp = ce.RECOMMENDED_DP
     prob = ce.model_probabilities
     rows: list[tuple[str, np.ndarray]] = [
         ("majority class guess", np.tile(np.eye(len(CLASSES))[int(np.argmax(counts))], (len(yte), 1))),
@@ -136,7 +136,7 @@ def classifier(labelled, sums, rounds: int, dp_draws: int) -> None:
         (f"central, same {rounds} steps (balanced)", prob(central["steps"], Xte)),
         (f"federated, fleet class counts, {rounds} rnd", prob(ce.federated(splits, rounds, counts, sums), Xte)),
         (f"federated, counts via clf.class_w, {rounds} rnd", prob(ce.federated(splits, rounds, None, sums), Xte)),
-        (f"federated DP, no noise (z=0, C={dp.clipping_norm:g})", prob(ce.dp_federated(splits, rounds, DpSettings(0.0, dp.clipping_norm, dp.delta), 0, counts), Xte)),
+        (f"federated DP, no noise (z=0, C={dp.clipping_norm:g}), {ce.DP_ROUNDS} rnd", prob(ce.dp_federated(splits, ce.DP_ROUNDS, DpSettings(0.0, dp.clipping_norm, dp.delta), 0, counts), Xte)),
     ]  # fmt: skip
     print(
         f"\nEvent classifier ({', '.join(CLASSES)}), {int(counts.sum())} training / {len(yte)} test labels over "
@@ -154,42 +154,19 @@ def classifier(labelled, sums, rounds: int, dp_draws: int) -> None:
             f"{name:46s} {v.balanced:9.1%} {rec:>22s} {v.covered:10.0%} {v.balanced_confident:9.1%} {v.ece:6.3f}"
         )
     dp_b = [
-        ce.evaluate(prob(ce.dp_federated(splits, rounds, dp, seed, counts), Xte), yte).balanced
+        ce.evaluate(prob(ce.dp_federated(splits, ce.DP_ROUNDS, dp, seed, counts), Xte), yte).balanced
         for seed in range(dp_draws)
     ]
     print(
-        f"{f'federated DP (z={dp.noise_multiplier:g}, C={dp.clipping_norm:g})':46s} {np.mean(dp_b):9.1%} ± {np.std(dp_b):.1%} over {dp_draws} noise draws"
+        f"{f'federated DP (z={dp.noise_multiplier:g}, C={dp.clipping_norm:g}), {ce.DP_ROUNDS} rnd':46s} {np.mean(dp_b):9.1%} ± {np.std(dp_b):.1%} over {dp_draws} noise draws"
     )
     fed = results[rows[5][0]].balanced
     cen = results[rows[3][0]].balanced
     print(
         f"federated (fleet counts) minus central (converged): {(fed - cen) * 100:+.1f} points (goal: within 3)"
     )
-    operating_points(splits, Xte, yte, counts, rounds, dp_draws)
-
-
-def operating_points(splits, Xte, yte, counts, rounds: int, draws: int) -> None:
-    """Part 3: ε per year of DP classifier runs (one site's ledger, dp-accounting) and the accuracy a run
-    reaches at that noise, for a few (z, C); the prior is not private (ε = ∞), so budgeted sites keep it."""
-    runs_per_year = (4, 12)
-    print(
-        f"\nPrivacy operating points (DP classifier runs of {rounds} rounds, {len(splits)} sites, delta=1e-5; "
-        f"balanced accuracy mean ± std over {draws} noise draws):"
-    )
-    print(f"{'z':>4s} {'C':>5s} {'noise std':>10s} {'eps/run':>8s} " + " ".join(f"{f'eps/yr@{r}':>11s}" for r in runs_per_year) + f" {'balanced':>16s}")  # fmt: skip
-    for z, c in ((0.0, 0.3), (1.0, 0.3), (1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (8.0, 1.0)):
-        dp = DpSettings(z, c, 1e-5)
-        acc = [
-            ce.evaluate(
-                ce.model_probabilities(ce.dp_federated(splits, rounds, dp, seed, counts), Xte), yte
-            ).balanced
-            for seed in range(draws if z > 0 else 1)
-        ]
-        eps = [composed_epsilon([(z, rounds * r)], 1e-5) for r in (1, *runs_per_year)]
-        cells = " ".join(f"{e:11.3g}" for e in eps[1:])
-        print(
-            f"{z:4g} {c:5g} {dp.noise_std(len(splits)):10.4f} {eps[0]:8.3g} {cells} {np.mean(acc):9.1%} ± {np.std(acc):4.1%}"
-        )
+    for r in dict.fromkeys((ce.DP_ROUNDS, rounds)):
+        ce.operating_points(splits, Xte, yte, counts, r, dp_draws, baseline=fed)
 
 
 def main() -> int:
