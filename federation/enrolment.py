@@ -123,14 +123,22 @@ def _flwr(
                              env={**os.environ, **_OFFLINE_ENV})  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EnrolmentError(f"{' '.join(argv[:3])}: {exc}") from exc
+    data, reason = flwr_reply(out)
+    if reason is not None:
+        raise EnrolmentError(f"flwr supernode {args[0]} failed (exit {out.returncode}): {reason}")
+    return data
+
+
+def flwr_reply(out: subprocess.CompletedProcess[str]) -> tuple[dict[str, Any], str | None]:
+    """The JSON of a ``flwr … --format json`` call and, when it failed, why (else None): flwr prints
+    failures as ``"success": false`` and may still exit 0, and may print other lines before the JSON."""
     try:
         data = json.loads(out.stdout[out.stdout.index("{") :]) if "{" in out.stdout else {}
     except ValueError:
         data = {}
     if out.returncode != 0 or not data.get("success", False):
-        reason = data.get("error-message") or (out.stderr or out.stdout).strip()[-500:]
-        raise EnrolmentError(f"flwr supernode {args[0]} failed (exit {out.returncode}): {reason}")
-    return data
+        return data, data.get("error-message") or (out.stderr or out.stdout).strip()[-500:]
+    return data, None
 
 
 def _now() -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gridedge.config.units import parse_duration
+from gridedge.federation.enrolment import flwr_reply
 
 __all__ = [
     "DEFAULT_APP",
@@ -79,12 +80,8 @@ def _flwr_json(flwr: str, args: list[str], env: dict[str, str], cwd: str, timeou
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RoundError(f"flwr {args[0]}: {exc}") from exc
-    try:
-        data = json.loads(out.stdout[out.stdout.index("{") :]) if "{" in out.stdout else {}
-    except ValueError:
-        data = {}
-    if out.returncode != 0 or not data.get("success", False):
-        reason = data.get("error-message") or (out.stderr or out.stdout).strip()[-500:]
+    data, reason = flwr_reply(out)
+    if reason is not None:
         raise RoundError(f"flwr {args[0]} failed (exit {out.returncode}): {reason}")
     return data
 
