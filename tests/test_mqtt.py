@@ -110,6 +110,13 @@ def test_topics_and_payloads_match_schemas(tmp_path, broker):
         ev = sample_event()
         s1 = bridge.publish_alert(ev, severity="critical")
         ev.end = time.time()
+        ev.explanation["classifier"] = {  # the daemon's verdict at close, which alert/cleared carries
+            "label": "incident",
+            "probabilities": {"incident": 0.7, "sensor_fault": 0.2, "false_alarm": 0.1},
+            "model_version": "000003",
+            "stage": "close",
+            "at_dispatch": "unsure",
+        }
         s2 = bridge.publish_alert_cleared(ev)
         assert s2 == s1 + 1  # one gap-free alert stream
         bridge.publish_device_status("rtu1", state="down", last_error="timeout after 1.0s", backoff=2.0)
@@ -148,7 +155,9 @@ def test_topics_and_payloads_match_schemas(tmp_path, broker):
         f1 = alert["explanation"]["points"]["F1_I"]
         assert f1["z"] == 6.1 and f1["band"] == pytest.approx([250 - 3 * 26, 250 + 3 * 26])
         assert alert["explanation"]["rule"] == "group_composite" and alert["explanation"]["slot"] == 37
-        assert col.on(f"{ROOT}/alert/cleared")[0]["id"] == ev.id
+        cleared = col.on(f"{ROOT}/alert/cleared")[0]
+        assert cleared["id"] == ev.id
+        assert (cleared["classifier"]["stage"], cleared["classifier"]["label"]) == ("close", "incident")
         assert col.on(f"{ROOT}/group/F1/score")[0]["state"] == "elevated"
         assert bridge.stats()["outbox_depth"] == 0 and bridge.stats()["published"] >= 3
     finally:

@@ -77,3 +77,48 @@ def test_runtime_applies_pulled_fleet_models_and_annotates_events(tmp_path: Path
     assert {(a, t) for a, _, t, _ in audits} == {("federation", "prior"), ("federation", "classifier")}
     assert all(json.loads(d)["version"] == version for *_, d in audits)
     assert stored[0][0] == version and "classifier" in json.loads(stored[0][1])
+
+
+def test_runtime_reclassifies_an_event_at_close_as_training_sees_it(tmp_path: Path) -> None:
+    """Training rows are finished events; the close verdict is computed on the same features (duration known)."""
+    model_dir = tmp_path / "models"
+    version = save_global(model_dir, 4, _global_model(np.random.default_rng(9)))
+    devices = [{"name": "rtu", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 1, "points": [
+        {"name": "F1_I", "quantity": "current", "group": "F1", "register": 0, "type": "float32"}]}]  # fmt: skip
+    cfg = validate_text(
+        site_yaml(
+            str(tmp_path / "gw.db"), devices, federation={"enabled": True, "model_dir": str(model_dir)}
+        ),
+        "t.yaml",
+    )
+    rt = Runtime(cfg)
+    quantity_of = {"F1_I": "current"}
+
+    async def main() -> None:
+        rt._loop = asyncio.get_running_loop()
+        rt.prepare()
+        rt.apply_fleet_models()
+        ev = Event(EventKind.SENSOR_FAULT, "F1", ["F1_I"], start=1.7e9, score=8.0,
+                   explanation={"rule": "stuck", "points": {"F1_I": {"z": 0.0, "value": 5.0, "expected": 80.0}}})  # fmt: skip
+        rt._dispatch_event(ev)
+        at_dispatch = dict(ev.explanation["classifier"])
+        assert at_dispatch["stage"] == "dispatch"
+        ev.end = ev.start + 4 * 3600.0  # a four-hour stuck block: a frozen sensor, not an RTU glitch
+        rt._reclassify_closed(ev)
+        verdict = ev.explanation["classifier"]
+        assert verdict["stage"] == "close" and verdict["at_dispatch"] == at_dispatch["label"]
+        assert verdict["model_version"] == version
+        trained, _ = features_matrix([dict(ev.to_dict(), label="sensor_fault")], quantity_of)
+        served = event_features(ev.to_dict(), quantity_of, rt._event_history.before(ev.start))
+        np.testing.assert_allclose(served, trained[0])  # no train/serve skew at close
+        # the duration feature moved the probabilities: the dispatch verdict was provisional
+        assert verdict["probabilities"] != at_dispatch["probabilities"]
+        assert rt.store is not None
+        rt.store.add_events([ev])  # the upsert by id that _score does for ended events
+        rt._shutdown_components()
+
+    asyncio.run(main())
+    con = sqlite3.connect(tmp_path / "gw.db")
+    (expl,) = con.execute("SELECT explanation FROM events").fetchone()
+    con.close()
+    assert json.loads(expl)["classifier"]["stage"] == "close"

@@ -839,22 +839,26 @@ class MqttBridge:
         """Queue ``alert/cleared`` for an event whose condition ended; returns its sequence number."""
         end = event.end if event.end is not None else time.time()
 
+        # the classifier's verdict at close (duration known), which replaces the provisional one of `alert`
+        verdict = event.explanation.get("classifier") if isinstance(event.explanation, dict) else None
+
         def body(seq: int) -> bytes:
-            return _dumps(
-                {
-                    "id": event.id,
-                    "seq": seq,
-                    "site": self.site,
-                    "kind": str(event.kind),
-                    "group": event.group,
-                    "points": list(event.points),
-                    "start": event.start,
-                    "end": end,
-                    "duration": max(0.0, end - event.start),
-                    "score": event.score,
-                    "ts": time.time(),
-                }
-            )
+            msg: dict[str, Any] = {
+                "id": event.id,
+                "seq": seq,
+                "site": self.site,
+                "kind": str(event.kind),
+                "group": event.group,
+                "points": list(event.points),
+                "start": event.start,
+                "end": end,
+                "duration": max(0.0, end - event.start),
+                "score": event.score,
+                "ts": time.time(),
+            }
+            if verdict is not None:
+                msg["classifier"] = verdict
+            return _dumps(msg)
 
         seq = self.outbox.put("alert_cleared", f"{self.root}/alert/cleared", body, qos=1)
         self._wake.set()

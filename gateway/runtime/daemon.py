@@ -420,6 +420,8 @@ class Runtime:
         for ev in events:
             self._dispatch_event(ev)
         ended = self.detector.ended_events()
+        for ev in ended:
+            self._reclassify_closed(ev)
         if ended and self.store is not None:
             # the end time into the store (an upsert by id): `events.end` stayed NULL otherwise, so the
             # operators' history and the classifier's training rows had no durations
@@ -491,24 +493,42 @@ class Runtime:
             log.info(kv("compiler_pages_released", mib=round(advised / 2**20, 1)))
 
     def _annotate(self, ev: Event) -> None:
-        """The fleet's event classifier ranks the event (incident / sensor fault / false alarm)."""
+        """The fleet's event classifier ranks the event (incident / sensor fault / false alarm) at dispatch."""
         row = ev.to_dict()
-        if self._classifier is not None:
-            arrays, version = self._classifier
-            try:
-                if self._quantity_of is None:  # built once: 10,000 points per event was a loop stall
-                    self._quantity_of = {p.name: str(p.quantity) for p in self.points}
-                features = event_features(row, self._quantity_of, self._event_history.before(ev.start))
-                label, probs = classify(arrays["coef"], arrays["intercept"], features)
-                ev.explanation["classifier"] = {
-                    "label": label,
-                    "probabilities": probs,
-                    "model_version": version,
-                }
-                ev.model_version = ev.model_version or version
-            except Exception as exc:  # a model that does not fit this site must not stop alerting
-                log.error(kv("classifier_failed", version=version, error=exc))
+        self._classify_into(ev, row, stage="dispatch")
         self._event_history.add(row)  # kept without a model too: ready when the first one arrives
+
+    def _reclassify_closed(self, ev: Event) -> None:
+        """The verdict again once the event has closed, with its duration known.
+
+        Training rows are finished events (``events.end`` set), and duration is among the features the
+        model leans on most (a 20-minute stuck block is an RTU glitch, a 4-hour one a frozen sensor): the
+        dispatch verdict sees duration 0, so it is provisional and the close verdict replaces it.
+        """
+        self._classify_into(ev, ev.to_dict(), stage="close")
+
+    def _classify_into(self, ev: Event, row: dict[str, Any], *, stage: str) -> None:
+        if self._classifier is None:
+            return
+        arrays, version = self._classifier
+        try:
+            if self._quantity_of is None:  # built once: 10,000 points per event was a loop stall
+                self._quantity_of = {p.name: str(p.quantity) for p in self.points}
+            features = event_features(row, self._quantity_of, self._event_history.before(ev.start))
+            label, probs = classify(arrays["coef"], arrays["intercept"], features)
+        except Exception as exc:  # a model that does not fit this site must not stop alerting
+            log.error(kv("classifier_failed", version=version, error=exc))
+            return
+        previous = ev.explanation.get("classifier")
+        ev.explanation["classifier"] = {
+            "label": label,
+            "probabilities": probs,
+            "model_version": version,
+            "stage": stage,
+        }
+        if stage == "close" and isinstance(previous, dict) and "label" in previous:
+            ev.explanation["classifier"]["at_dispatch"] = previous["label"]
+        ev.model_version = ev.model_version or version
 
     def _dispatch_event(self, ev: Event) -> None:
         self._annotate(ev)
