@@ -16,6 +16,14 @@ of the loop thread (``/proc/thread-self/schedstat``: time on a CPU, time runnabl
 sample (interval plus lateness); what is left of a sample's wall time was sleeping — the intended 20 ms,
 or the GIL, a lock, I/O.
 
+Two things hold the GIL for long without ever yielding it, whatever the switch interval: a cyclic-GC
+collection (it runs on whichever thread allocated past the threshold, and a generation-2 pass traverses
+every tracked object) and numba taking its compiler lock (compiling, or loading a specialisation from its
+cache and linking it with LLVM). While :meth:`run` runs, the probe times both (``gc.callbacks`` and numba's
+``numba:compiler_lock`` event), on every thread: ``gc_ms`` / ``gc_max_ms`` / ``gc2`` (generation-2 passes)
+and ``numba_lock_ms`` per window, and one ``event=gc_pause`` / ``event=numba_compile`` line for each
+longer than ``log_over`` (with the thread it ran on and, for numba, the caller).
+
 ``report()`` returns the figures since the last report and starts a new window; the daemon logs them as
 ``event=loop_stall`` every 10 s (what ``bench/tb_compare.py`` reads). ``record`` may be called from other
 threads (the scorer thread times its batches here).
@@ -24,14 +32,23 @@ threads (the scorer thread times its batches here).
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import sysconfig
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
+from gridedge.gateway.logs import kv
+
 __all__ = ["LoopProbe"]
+
+log = logging.getLogger("gridedge.runtime")
 
 _SCHEDSTAT = "/proc/thread-self/schedstat"
 
@@ -49,18 +66,75 @@ def _sched_ns() -> tuple[int, int]:
 class LoopProbe:
     """Timer lateness (the loop's stalls) and per-stage maxima of the pipeline, per reporting window."""
 
-    def __init__(self, interval: float = 0.02):
+    def __init__(self, interval: float = 0.02, *, log_over: float = 0.005):
         self.interval = interval
+        self.log_over = log_over  # a GC pass or a numba compile longer than this gets its own log line
         self._late: list[float] = []
         self._cpu: list[float] = []  # the loop thread's CPU seconds over each sample's interval
         self._stage_max: dict[str, float] = {}
         self._stage_sum: dict[str, float] = {}
         self._late2 = [0, 0.0, 0.0, 0.0]  # samples > 2 ms: count, lateness, CPU, run-queue wait (s)
         self._lock = threading.Lock()  # record() comes from the scorer thread too
+        self._gc_t0: float | None = None  # the running collection's start (the GIL is held throughout)
+        self._gc = [0, 0.0, 0.0, 0]  # collections, seconds, longest, generation-2 passes
+        self._numba = [0, 0.0, 0.0]  # compiler-lock holds, seconds, longest
+        self._numba_listener: Any = None
+
+    # ------------------------------------------------------------------ GIL holders
+    def _gc_callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+            return
+        if self._gc_t0 is None:
+            return
+        dt, self._gc_t0 = time.perf_counter() - self._gc_t0, None
+        acc = self._gc
+        acc[0] += 1
+        acc[1] += dt
+        acc[2] = max(acc[2], dt)
+        gen = info.get("generation", -1)
+        if gen == 2:
+            acc[3] += 1
+        if dt > self.log_over:
+            log.warning(kv("gc_pause", generation=gen, ms=round(dt * 1e3, 2), collected=info.get("collected"),
+                           thread=threading.current_thread().name, frozen=gc.get_freeze_count()))  # fmt: skip
+
+    def _numba_done(self, dt: float, where: str) -> None:
+        with self._lock:
+            acc = self._numba
+            acc[0] += 1
+            acc[1] += dt
+            acc[2] = max(acc[2], dt)
+        if dt > self.log_over:
+            log.warning(kv("numba_compile", ms=round(dt * 1e3, 2), thread=threading.current_thread().name,
+                           caller=where))  # fmt: skip
+
+    def install(self) -> None:
+        """Start timing GC passes and numba's compiler lock (idempotent)."""
+        if self._gc_callback not in gc.callbacks:
+            gc.callbacks.append(self._gc_callback)
+        if self._numba_listener is None:
+            self._numba_listener = _numba_listener(self._numba_done)
+
+    def uninstall(self) -> None:
+        if self._gc_callback in gc.callbacks:
+            gc.callbacks.remove(self._gc_callback)
+        if self._numba_listener is not None:
+            from numba.core import event
+
+            event.unregister("numba:compiler_lock", self._numba_listener)
+            self._numba_listener = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """The sampling task: until ``stop``."""
         loop = asyncio.get_running_loop()
+        self.install()
+        try:
+            await self._sample(loop, stop)
+        finally:
+            self.uninstall()
+
+    async def _sample(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         while not stop.is_set():
             due = loop.time() + self.interval
             cpu0 = time.thread_time()
@@ -106,10 +180,72 @@ class LoopProbe:
         if n2:
             out |= {"late2_ms": round(late2 * 1e3, 1), "late2_cpu_ms": round(cpu2 * 1e3, 1),
                     "late2_runq_ms": round(runq2 * 1e3, 1)}  # fmt: skip
+        gcn, gcs, gcmax, gc2 = self._gc
+        self._gc = [0, 0.0, 0.0, 0]
+        if gcn:
+            out |= {"gc_n": gcn, "gc_ms": round(gcs * 1e3, 1), "gc_max_ms": round(gcmax * 1e3, 2), "gc2": gc2}
         with self._lock:
             stage_max, stage_sum, self._stage_max, self._stage_sum = self._stage_max, self._stage_sum, {}, {}
+            (nn, ns, nmax), self._numba = self._numba, [0, 0.0, 0.0]
+        if nn:
+            out |= {
+                "numba_locks": nn,
+                "numba_lock_ms": round(ns * 1e3, 1),
+                "numba_lock_max_ms": round(nmax * 1e3, 2),
+            }
         for name, v in stage_max.items():
             out[f"{name}_max_ms"] = round(v * 1e3, 2)
             out[f"{name}_total_ms"] = round(stage_sum[name] * 1e3, 1)
         self._late, self._cpu, self._late2 = [], [], [0, 0.0, 0.0, 0.0]
         return out
+
+
+_STDLIB = sysconfig.get_paths()["stdlib"]
+
+
+def _caller() -> str:
+    """The innermost frame outside numba, the standard library and this module: who asked for the compile."""
+    for fr in reversed(traceback.extract_stack(limit=60)):
+        name = fr.filename
+        if (
+            "/numba/" not in name
+            and "/llvmlite/" not in name
+            and name != __file__
+            and not name.startswith(_STDLIB)
+        ):
+            return f"{fr.filename.rsplit('/', 1)[-1]}:{fr.lineno}:{fr.name}"
+    return "?"
+
+
+def _numba_listener(done: Any) -> Any:
+    """A listener on numba's ``numba:compiler_lock`` event (taken by every compile and every cache load),
+    registered; None where numba is not importable."""
+    try:
+        from numba.core import event
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+
+    class _Timer(event.Listener):
+        """Times the outermost hold per thread (the lock is re-entrant: a compile takes it again inside)."""
+
+        def __init__(self) -> None:
+            self._t = threading.local()
+
+        def on_start(self, ev: Any) -> None:
+            t = self._t
+            t.depth = getattr(t, "depth", 0) + 1
+            if t.depth == 1:
+                t.t0, t.where = time.perf_counter(), _caller()
+
+        def on_end(self, ev: Any) -> None:
+            t = self._t
+            depth = getattr(t, "depth", 0)
+            if depth <= 0:
+                return
+            t.depth = depth - 1
+            if depth == 1:
+                done(time.perf_counter() - t.t0, t.where)
+
+    listener = _Timer()
+    event.register("numba:compiler_lock", listener)
+    return listener
