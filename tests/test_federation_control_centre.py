@@ -29,7 +29,14 @@ from cryptography.x509.oid import NameOID
 from fixtures_federation import FlowerFleet, _free_port, build_sites
 from fixtures_systemd import SystemdNamespace, SystemdUnavailable, ns_available
 from test_systemd_real import _service_python
-from test_systemd_units import _ensure_systemd_analyze, exposure, last, parse_unit
+from test_systemd_units import (
+    _ensure_systemd_analyze,
+    assert_units_verify,
+    exposure,
+    last,
+    parse_unit,
+    stub_copy,
+)
 
 from gridedge.federation.enrolment import EnrolmentError, Registry, enrol, key_fingerprint
 from gridedge.federation.models import list_models
@@ -72,15 +79,7 @@ def test_unit_hardening_and_contract(unit) -> None:
 
 def test_unit_verifies_and_exposure_at_most_2(tmp_path: Path) -> None:
     analyze = _ensure_systemd_analyze()
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "flower-superlink").write_text("#!/bin/sh\nexit 0\n")
-    (bindir / "flower-superlink").chmod(0o755)
-    (tmp_path / UNIT.name).write_text(UNIT.read_text().replace("/opt/gridedge/bin/", f"{bindir}/"))
-    proc = subprocess.run([analyze, "verify", "--man=no", UNIT.name], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=60)  # fmt: skip
-    problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "gridedge" in ln]
-    assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
+    assert_units_verify(analyze, stub_copy(tmp_path, [UNIT.name]), [UNIT.name])
     score = exposure(analyze, UNIT)
     assert score <= 2.0, score
 

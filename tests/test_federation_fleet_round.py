@@ -24,7 +24,14 @@ from fixtures_federation import APP_DIR, FlowerFleet, _free_port, build_sites
 from fixtures_systemd import SystemdNamespace, SystemdUnavailable, ns_available
 from test_federation_control_centre import _cli, _ec_keypair, _listening, _make_ca
 from test_systemd_real import _service_python
-from test_systemd_units import _ensure_systemd_analyze, exposure, last, parse_unit
+from test_systemd_units import (
+    _ensure_systemd_analyze,
+    assert_units_verify,
+    exposure,
+    last,
+    parse_unit,
+    stub_copy,
+)
 
 from gridedge.federation.fleet_round import connection_config
 from gridedge.federation.models import list_models
@@ -98,16 +105,8 @@ def test_timer_is_nightly_and_persistent() -> None:
 
 def test_units_verify_and_exposure_at_most_2(tmp_path: Path) -> None:
     analyze = _ensure_systemd_analyze()
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "gridedge").write_text("#!/bin/sh\nexit 0\n")
-    (bindir / "gridedge").chmod(0o755)
-    (tmp_path / SERVICE.name).write_text(SERVICE.read_text().replace("/opt/gridedge/bin/", f"{bindir}/"))
-    (tmp_path / TIMER.name).write_text(TIMER.read_text())
-    proc = subprocess.run([analyze, "verify", "--man=no", SERVICE.name, TIMER.name], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=60)  # fmt: skip
-    problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "gridedge" in ln]
-    assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
+    names = [SERVICE.name, TIMER.name]
+    assert_units_verify(analyze, stub_copy(tmp_path, names), names)
     score = exposure(analyze, SERVICE)
     assert score <= 2.0, score
 

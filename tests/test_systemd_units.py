@@ -177,11 +177,11 @@ def test_exposure_score_reacts_to_weakening(analyze: str, tmp_path: Path) -> Non
     assert exposure(analyze, tmp_path / "gridedge.service") > 5.0
 
 
-def _stub_copy(tmp_path: Path, names: list[str], extra: dict[str, str] | None = None) -> Path:
+def stub_copy(tmp_path: Path, names: list[str], extra: dict[str, str] | None = None) -> Path:
     """Copies of the units whose /opt/gridedge/bin commands are stubs (verify wants real executables)."""
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
-    for exe in ("gridedge", "flower-supernode"):
+    for exe in ("gridedge", "flower-supernode", "flower-superlink"):
         p = bindir / exe
         p.write_text("#!/bin/sh\nexit 0\n")
         p.chmod(0o755)
@@ -194,9 +194,8 @@ def _stub_copy(tmp_path: Path, names: list[str], extra: dict[str, str] | None = 
     return units
 
 
-def test_units_verify_without_warnings(analyze: str, tmp_path: Path) -> None:
-    names = ["gridedge.service", "gridedge-federation.service"]
-    units = _stub_copy(tmp_path, names)
+def assert_units_verify(analyze: str, units: Path, names: list[str]) -> None:
+    """``systemd-analyze verify`` of the copies in ``units``: exit 0 and no line naming them or gridedge."""
     proc = subprocess.run(
         [analyze, "verify", "--man=no", *names], capture_output=True, text=True, cwd=units, timeout=60
     )
@@ -204,9 +203,14 @@ def test_units_verify_without_warnings(analyze: str, tmp_path: Path) -> None:
     assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
 
 
+def test_units_verify_without_warnings(analyze: str, tmp_path: Path) -> None:
+    names = ["gridedge.service", "gridedge-federation.service"]
+    assert_units_verify(analyze, stub_copy(tmp_path, names), names)
+
+
 def test_verify_catches_a_broken_unit(analyze: str, tmp_path: Path) -> None:
     """The warning filter above would see a typo: prove it with one."""
-    units = _stub_copy(tmp_path, ["gridedge.service"])
+    units = stub_copy(tmp_path, ["gridedge.service"])
     p = units / "gridedge.service"
     p.write_text(p.read_text().replace("Type=notify", "Type=notifyy"))
     proc = subprocess.run(
@@ -223,7 +227,7 @@ def test_verify_catches_a_broken_unit(analyze: str, tmp_path: Path) -> None:
 def test_example_dropins_verify_and_keep_exposure(analyze: str, tmp_path: Path, dropin: str) -> None:
     # A drop-in applies like lines appended to the unit: check the combination.
     extra = {"gridedge.service": "\n" + (UNITS / "examples" / dropin).read_text()}
-    units = _stub_copy(tmp_path, ["gridedge.service"], extra)
+    units = stub_copy(tmp_path, ["gridedge.service"], extra)
     proc = subprocess.run(
         [analyze, "verify", "--man=no", "gridedge.service"],
         capture_output=True,
