@@ -8,6 +8,7 @@ on loopback, runs the app with ``flwr run`` and stops everything by PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,6 +267,17 @@ class FlowerFleet:
     def stop_all(self) -> None:
         for key in [k for k in self.procs if k.startswith("supernode")] + ["superlink"]:
             self.stop(key)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[FlowerFleet]:
+        """Every process this fleet started is stopped on the way out; their logs are printed if it failed."""
+        try:
+            yield self
+        except Exception:
+            print(self.log_text())
+            raise
+        finally:
+            self.stop_all()
 
     @staticmethod
     def _wait_port(port: int, timeout: float) -> None:

@@ -176,16 +176,11 @@ def test_fleet_rounds_weighted_mean_and_nothing_raw_crosses(sites: list[Site], t
     cap = tmp_path / "capture"
     fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites, capture_dir=cap)
     server_models = tmp_path / "server-models"
-    try:
+    with fleet.running():
         fleet.start_superlink()
         for i in range(3):
             fleet.start_supernode(i)
         fleet.run({"num-rounds": 2, "min-nodes": 3, "model-dir": str(server_models)})
-    except Exception:
-        print(fleet.log_text())
-        raise
-    finally:
-        fleet.stop_all()
 
     # -- rounds completed; every site holds the same versioned global model -------------------------
     models = list_models(server_models)

@@ -89,16 +89,11 @@ def test_fleet_round_with_a_site_that_keeps_its_centre_shapes(sites: list[Site],
     cap = tmp_path / "capture"
     fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites, capture_dir=cap)
     models = tmp_path / "models"
-    try:
+    with fleet.running():
         fleet.start_superlink()
         fleet.start_supernode(0)
         fleet.start_supernode(1, node_config='centre-shapes="false"')
         fleet.run({"num-rounds": 1, "min-nodes": 2, "model-dir": str(models)})
-    except Exception:
-        print(fleet.log_text())
-        raise
-    finally:
-        fleet.stop_all()
     rounds = list_models(models)
     assert [m["sites"] for m in rounds] == [2], rounds
     glob = dict(np.load(rounds[0]["path"]))

@@ -202,7 +202,7 @@ def test_enrolled_site_takes_part_revoked_site_is_refused(
     reg = str(tmp_path / "registry")
     common = ("--connection", "gridedge", "--registry", reg)
     models = tmp_path / "models"
-    try:
+    with fleet.running():
         fleet.start_superlink(extra_args=("--enable-supernode-auth",))
         for i in range(2):
             rc, out = _cli(capsys, "enrol", f"site{i}", "--key", str(keys[i][1]), *common)
@@ -224,11 +224,6 @@ def test_enrolled_site_takes_part_revoked_site_is_refused(
         site0_alive = fleet.procs["supernode0"].poll() is None
         log0 = fleet.logs["supernode0"].read_text(errors="replace")
         log1 = fleet.logs["supernode1"].read_text(errors="replace")
-    except Exception:
-        print(fleet.log_text())
-        raise
-    finally:
-        fleet.stop_all()
     assert [m["sites"] for m in round1] == [2]  # enrolled: both take part
     assert listed["site0"]["status"] == "online" and listed["site1"]["status"] == "unregistered", listed
     assert listed["site1"]["revoked_at"] and listed["site1"]["node_id"] != listed["site0"]["node_id"]

@@ -165,7 +165,7 @@ def test_round_stops_an_overrunning_run_and_completes_with_a_site(
     common = ("--superlink", f"127.0.0.1:{fleet.port}", "--root-certificates", str(tls["ca"]),
               "--app", str(APP_DIR), "--poll", "1", "--json",
               "--run-config", f"num-rounds=1 min-nodes=1 model-dir={json.dumps(str(models))}")  # fmt: skip
-    try:
+    with fleet.running():
         fleet.start_superlink()
         # no SuperNode: the run waits for its min-nodes site; the command stops it after --timeout
         rc1, out1, err1 = _round(capsys, *common, "--timeout", "20s")
@@ -173,11 +173,6 @@ def test_round_stops_an_overrunning_run_and_completes_with_a_site(
         fleet.start_supernode(0)
         rc2, out2, err2 = _round(capsys, *common, "--timeout", "10min")
         ls = fleet.flwr("ls", "gridedge", "--format", "json")
-    except Exception:
-        print(fleet.log_text())
-        raise
-    finally:
-        fleet.stop_all()
     first, second = json.loads(out1), json.loads(out2)
     assert rc1 == 1 and first["timed-out"] and first["status"] == "finished:stopped", (out1, err1)
     assert models_after_stop == []
@@ -219,7 +214,7 @@ def test_round_unit_completes_a_run_under_systemd(
     tls = _make_ca(tmp_path / "pki")
     ns = SystemdNamespace()
     fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites, tls=tls, port=port)
-    try:
+    with fleet.running():
         _, gid = ns.add_system_user("gridedge")
         ns.install_dev_venv(Path(sysconfig.get_paths()["purelib"]), python=python)
         opt = ns.base / "opt-up" / "gridedge"
@@ -265,11 +260,6 @@ def test_round_unit_completes_a_run_under_systemd(
         journal = ns.journal(SERVICE.name)
         models = ns.host_path("/var/lib/gridedge-fleet/models")
         written = sorted(p.name for p in models.glob("*.json")) if models.is_dir() else []
-    except Exception:
-        print(fleet.log_text())
-        raise
-    finally:
-        fleet.stop_all()
         try:
             if ns.pid is not None:
                 print(ns.journal(SERVICE.name)[-3000:])

@@ -74,16 +74,11 @@ def make_ca(d: Path) -> dict[str, Path]:
 def test_tls_round(sites: list[Site], tmp_path: Path) -> None:
     tls = make_ca(tmp_path / "pki")
     fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites, tls=tls)
-    try:
+    with fleet.running():
         fleet.start_superlink()
         for i in range(3):
             fleet.start_supernode(i)
         fleet.run({"num-rounds": 1, "min-nodes": 3, "model-dir": str(tmp_path / "models")})
-    except Exception:
-        print(fleet.log_text())
-        raise
-    finally:
-        fleet.stop_all()
     models = list_models(tmp_path / "models")
     assert [m["sites"] for m in models] == [3]
     assert "--insecure" not in " ".join(fleet.log_text().split("==== superlink")[0:1])
@@ -94,7 +89,7 @@ def test_offline_supernode_misses_a_round_and_catches_up(sites: list[Site], tmp_
         shutil.rmtree(s.model_dir, ignore_errors=True)
     fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites)
     models_dir = tmp_path / "models"
-    try:
+    with fleet.running():
         fleet.start_superlink()
         for i in range(2):
             fleet.start_supernode(i)
@@ -106,11 +101,6 @@ def test_offline_supernode_misses_a_round_and_catches_up(sites: list[Site], tmp_
         fleet.run({"num-rounds": 1, "min-nodes": 3, "model-dir": str(models_dir)})
         # next round: it is back, contributes, and receives the current global model
         fleet.stop("supernode0", signal.SIGTERM)
-    except Exception:
-        print(fleet.log_text())
-        raise
-    finally:
-        fleet.stop_all()
     models = list_models(models_dir)
     assert [(m["round"], m["sites"]) for m in models] == [(1, 2), (2, 3)]
     assert [m["version"] for m in list_models(sites[2].model_dir)] == [models[-1]["version"]]
@@ -124,17 +114,12 @@ def test_dp_run_adds_the_noise_its_settings_imply(
     z, C, delta = 2.0, 0.3, 1e-5
     fleet = FlowerFleet(home=tmp_path / "flwr", sites=sites)
     models_dir = tmp_path / "models"
-    try:
+    with fleet.running():
         fleet.start_superlink()
         for i in range(3):
             fleet.start_supernode(i, node_config="dp=true" if i == 0 else "")
         fleet.run({"num-rounds": 1, "min-nodes": 3, "model-dir": str(models_dir), "dp": True,
                    "dp-noise-multiplier": z, "dp-clipping-norm": C, "dp-delta": delta})  # fmt: skip
-    except Exception:
-        print(fleet.log_text())
-        raise
-    finally:
-        fleet.stop_all()
     models = list_models(models_dir)
     assert [(m["round"], m["sites"]) for m in models] == [(1, 3), (2, 3)], fleet.log_text()
     prior_round, dp_round = (dict(np.load(m["path"])) for m in models)
@@ -209,7 +194,7 @@ def test_supernode_auth_registered_joins_unregistered_is_refused(sites: list[Sit
     assert OFFLINE_ENV.items() <= env.items()
     assert "--auth-supernode-private-key" in argv and "--insecure" not in argv
     models_dir = tmp_path / "models"
-    try:
+    with fleet.running():
         fleet.start_superlink(extra_args=("--enable-supernode-auth",))
         reg = fleet.flwr("supernode", "register", str(ok_pub), "gridedge", "--format", "json")
         assert reg.returncode == 0 and json.loads(reg.stdout)["success"], reg.stdout + reg.stderr
@@ -219,11 +204,6 @@ def test_supernode_auth_registered_joins_unregistered_is_refused(sites: list[Sit
         time.sleep(3)  # the intruder has had the whole run to try
         listed = fleet.flwr("supernode", "list", "gridedge", "--format", "json")
         log1 = fleet.logs["supernode1"].read_text(errors="replace")
-    except Exception:
-        print(fleet.log_text())
-        raise
-    finally:
-        fleet.stop_all()
     assert [m["sites"] for m in list_models(models_dir)] == [1]
     assert list_models(tmp_path / "site0-models"), "the registered site received the global model"
     assert list_models(sites[1].model_dir) == [] or all(
