@@ -26,19 +26,24 @@ def _global_model(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return arrays
 
 
-def test_runtime_applies_pulled_fleet_models_and_annotates_events(tmp_path: Path) -> None:
+def _runtime_with_fleet_models(tmp_path: Path, model_round: int, seed: int, points: list[dict]) -> tuple[Runtime, str]:
+    """A runtime for one Modbus device with ``points`` and a pulled global model (prior + classifier)."""
     model_dir = tmp_path / "models"
-    version = save_global(model_dir, 3, _global_model(np.random.default_rng(5)))
-    devices = [{"name": "rtu", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 1, "points": [
-        {"name": "F1_I", "quantity": "current", "group": "F1", "register": 0, "type": "float32"},
-        {"name": "F1_P", "quantity": "active_power", "group": "F1", "register": 2, "type": "float32"}]}]  # fmt: skip
+    version = save_global(model_dir, model_round, _global_model(np.random.default_rng(seed)))
+    devices = [{"name": "rtu", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 1, "points": points}]
     cfg = validate_text(
         site_yaml(
             str(tmp_path / "gw.db"), devices, federation={"enabled": True, "model_dir": str(model_dir)}
         ),
         "t.yaml",
     )
-    rt = Runtime(cfg)
+    return Runtime(cfg), version
+
+
+def test_runtime_applies_pulled_fleet_models_and_annotates_events(tmp_path: Path) -> None:
+    rt, version = _runtime_with_fleet_models(tmp_path, 3, 5, [
+        {"name": "F1_I", "quantity": "current", "group": "F1", "register": 0, "type": "float32"},
+        {"name": "F1_P", "quantity": "active_power", "group": "F1", "register": 2, "type": "float32"}])  # fmt: skip
     quantity_of = {"F1_I": "current", "F1_P": "active_power"}
 
     async def main() -> None:
@@ -81,17 +86,8 @@ def test_runtime_applies_pulled_fleet_models_and_annotates_events(tmp_path: Path
 
 def test_runtime_reclassifies_an_event_at_close_as_training_sees_it(tmp_path: Path) -> None:
     """Training rows are finished events; the close verdict is computed on the same features (duration known)."""
-    model_dir = tmp_path / "models"
-    version = save_global(model_dir, 4, _global_model(np.random.default_rng(9)))
-    devices = [{"name": "rtu", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": 1, "points": [
-        {"name": "F1_I", "quantity": "current", "group": "F1", "register": 0, "type": "float32"}]}]  # fmt: skip
-    cfg = validate_text(
-        site_yaml(
-            str(tmp_path / "gw.db"), devices, federation={"enabled": True, "model_dir": str(model_dir)}
-        ),
-        "t.yaml",
-    )
-    rt = Runtime(cfg)
+    rt, version = _runtime_with_fleet_models(tmp_path, 4, 9, [
+        {"name": "F1_I", "quantity": "current", "group": "F1", "register": 0, "type": "float32"}])  # fmt: skip
     quantity_of = {"F1_I": "current"}
 
     async def main() -> None:
