@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import enrolment, fleet_round
+from .offline import OFFLINE_ENV
 
 __all__ = [
     "OFFLINE_ENV",
@@ -26,7 +27,6 @@ __all__ = [
 ]
 
 #: Set for every Flower process: no telemetry, no update check (the fleet is offline by design).
-OFFLINE_ENV: dict[str, str] = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
 class SupernodeConfigError(ValueError):

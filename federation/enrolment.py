@@ -35,6 +35,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gridedge.federation.offline import OFFLINE_ENV
+
 __all__ = [
     "DEFAULT_REGISTRY",
     "EnrolmentError",
@@ -48,7 +50,6 @@ __all__ = [
 
 DEFAULT_REGISTRY = Path("/etc/gridedge-fleet/nodes")
 DEFAULT_CONNECTION = "fleet"
-_OFFLINE_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 _SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Flower accepts node keys on these curves only (flwr.supercore.primitives.asymmetric.uses_nist_ec_curve)
 _NIST_CURVES = ("secp256r1", "secp384r1", "secp521r1")
@@ -120,7 +121,7 @@ def _flwr(
     argv = [exe, "supernode", *args, connection, "--format", "json"]
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                             env={**os.environ, **_OFFLINE_ENV})  # fmt: skip
+                             env={**os.environ, **OFFLINE_ENV})  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EnrolmentError(f"{' '.join(argv[:3])}: {exc}") from exc
     data, reason = flwr_reply(out)

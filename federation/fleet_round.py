@@ -27,6 +27,7 @@ from typing import Any
 
 from gridedge.config.units import parse_duration
 from gridedge.federation.enrolment import flwr_reply
+from gridedge.federation.offline import OFFLINE_ENV
 
 __all__ = [
     "DEFAULT_APP",
@@ -39,7 +40,6 @@ __all__ = [
 #: where the .deb puts federation/app (the FAB's pyproject.toml; the code is the installed package)
 DEFAULT_APP = Path("/usr/share/gridedge/fleet-app")
 CONNECTION = "gridedge-fleet"
-_OFFLINE_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 COMPLETED = "finished:completed"
 
 
@@ -110,7 +110,7 @@ def run_round(
         exe = shutil.which("flwr") or exe
     with tempfile.TemporaryDirectory(prefix="gridedge-round-") as home:
         Path(home, "config.toml").write_text(connection_config(superlink, root_certificates))
-        env = {**os.environ, **_OFFLINE_ENV, "FLWR_HOME": home}
+        env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": home}
         args = ["run", str(app), CONNECTION]
         for rc in run_config:
             args += ["--run-config", rc]

@@ -42,6 +42,7 @@ from gridedge.gateway.model import Event, EventKind, PointTable
 from gridedge.gateway.store.writer import Store
 
 from . import client_app, server_app
+from .offline import OFFLINE_ENV
 
 __all__ = [
     "CUSTOMER_TYPES",
@@ -299,8 +300,7 @@ def fleet_server_app(run_config: Mapping[str, Any]) -> ServerApp:
 #: Every process the simulation starts stays offline: no Flower telemetry or update check, no Ray usage
 #: statistics, no Ray dashboard.
 OFFLINE_SIM_ENV: dict[str, str] = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    **OFFLINE_ENV,
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DISABLE_USAGE_STATS": "1",
 }
