@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fixtures_process import stop_group
 
 from gridedge.gateway.model import Event, EventKind, PointTable
 from gridedge.gateway.store.writer import Store
@@ -252,17 +253,8 @@ class FlowerFleet:
 
     def stop(self, key: str, sig: int = signal.SIGTERM) -> None:
         p = self.procs.pop(key, None)
-        if p is None or p.poll() is not None:
-            return
-        try:
-            os.killpg(p.pid, sig)  # the process group we created (start_new_session)
-        except ProcessLookupError:
-            return
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        if p is not None:
+            stop_group(p, sig)  # the process group we created (start_new_session)
 
     def stop_all(self) -> None:
         for key in [k for k in self.procs if k.startswith("supernode")] + ["superlink"]:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fixtures_process import stop_group
+
 REPO = Path(__file__).resolve().parents[1]
 PROXY_CONF = REPO / "packaging" / "nginx" / "gridedge-fleet-proxy.conf"
 NGINX = "/usr/sbin/nginx"
@@ -106,14 +108,8 @@ class FleetProxy:
 
     def stop(self) -> None:
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        os.killpg(p.pid, signal.SIGQUIT)  # graceful shutdown of master and workers (our session)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        if p is not None:
+            stop_group(p, signal.SIGQUIT)  # graceful shutdown of master and workers (our session)
 
     def log_text(self) -> str:
         parts = [
