@@ -363,23 +363,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _splits(sites: Sequence[Site], validate: bool) -> tuple[list[Split], list[list[dict[str, Any]]]]:
-    """Per site: features split by time (70 % train / 30 % test) and the test events themselves; with
-    ``validate`` the training part is split again (70 / 30) and its later part is the "test"."""
-    splits, test_events = [], []
+def _splits(
+    sites: Sequence[Site], validate: bool
+) -> tuple[list[Split], list[list[dict[str, Any]]], list[np.ndarray]]:
+    """Per site: features split by time (70 % train / 30 % test), the test events themselves and their
+    features as the daemon sees them at dispatch (``end`` not known yet); with ``validate`` the training
+    part is split again (70 / 30) and its later part is the "test"."""
+    splits, test_events, at_dispatch = [], [], []
     for evs, qmap in sites:
         X, y = features_matrix(evs, qmap)
+        Xd, _ = features_matrix([dict(e, end=None) for e in evs], qmap)
         rows = [e for e in evs if e.get("label") in CLASSES]
         s = split_by_time(X, y)
         k = len(s.ytr)
         if validate:
             s = split_by_time(s.Xtr, s.ytr)
-            rows = rows[len(s.ytr) : k]
+            rows, Xd = rows[len(s.ytr) : k], Xd[len(s.ytr) : k]
         else:
-            rows = rows[k:]
+            rows, Xd = rows[k:], Xd[k:]
         splits.append(s)
         test_events.append(rows)
-    return splits, test_events
+        at_dispatch.append(Xd)
+    return splits, test_events, at_dispatch
 
 
 def _describe(e: dict[str, Any]) -> str:
@@ -396,7 +401,7 @@ def report(
     """The classifier table: majority, site alone, central (converged, same steps), federated; the
     confusion matrix of the federated model and a sample of its mistakes; with ``dp_draws`` the privacy
     operating points for DP runs of each of ``dp_rounds`` rounds."""
-    splits, test_events = _splits(sites, validate)
+    splits, test_events, at_dispatch = _splits(sites, validate)
     yte = np.concatenate([s.yte for s in splits])
     Xte = np.vstack([s.Xte for s in splits])
     counts = sum(class_counts(s.ytr) for s in splits)
@@ -408,6 +413,9 @@ def report(
         ("site alone (own labels, own balance)", site_alone_probabilities(splits)),
         ("central, converged (balanced)", model_probabilities(central["converged"], Xte)),
         (f"central, same {rounds} steps (balanced)", model_probabilities(central["steps"], Xte)),
+        # the daemon's provisional verdict: the same model on the features it has at dispatch (duration 0);
+        # the verdict it stores and sends in alert/cleared is the row below (the event closed)
+        ("federated, at dispatch (duration unknown)", model_probabilities(fed, np.vstack(at_dispatch))),
         (f"federated, {rounds} rounds", model_probabilities(fed, Xte)),
     ]
     what = "validation (later training labels)" if validate else "test (held-back later labels)"
