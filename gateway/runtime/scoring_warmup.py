@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from gridedge.gateway.logs import kv
 from gridedge.gateway.model import ReadingBatch
 
@@ -82,31 +84,106 @@ class ScoringGap:
         }
 
 
-class ScoringBacklog:
-    """Batches waiting for the kernels, in arrival order, bounded by readings (the oldest go first)."""
+#: Readings per packed block of the backlog: each column is then ≥ 128 KiB, which glibc serves with its own
+#: ``mmap`` (``malloc_tuning.MMAP_THRESHOLD``) and hands back to the kernel when the block is scored.
+BACKLOG_BLOCK_READINGS = 1 << 16
 
-    def __init__(self, max_readings: int = BACKLOG_MAX_READINGS):
+
+class _Block:
+    """Batches packed into one set of columns, in arrival order; ``first`` is the next one to hand out."""
+
+    __slots__ = ("bounds", "device", "first", "gateway_ts", "has_gw", "point_idx", "quality", "ts", "value")
+
+    def __init__(self, batches: list[ReadingBatch]) -> None:
+        self.point_idx = np.concatenate([b.point_idx for b in batches])
+        self.ts = np.concatenate([b.ts for b in batches])
+        self.value = np.concatenate([b.value for b in batches])
+        self.quality = np.concatenate([b.quality for b in batches])
+        self.has_gw = [b.gateway_ts is not None for b in batches]
+        self.gateway_ts = np.concatenate([b.received for b in batches]) if any(self.has_gw) else None
+        self.bounds = np.cumsum([0, *(len(b) for b in batches)]).tolist()
+        self.device = [b.device for b in batches]
+        self.first = 0
+
+    def __len__(self) -> int:
+        return len(self.device) - self.first
+
+    def readings(self, i: int) -> int:
+        return self.bounds[i + 1] - self.bounds[i]
+
+    def take(self) -> ReadingBatch:
+        i = self.first
+        self.first += 1
+        lo, hi = self.bounds[i], self.bounds[i + 1]
+        gw = self.gateway_ts[lo:hi] if self.has_gw[i] and self.gateway_ts is not None else None
+        return ReadingBatch(self.point_idx[lo:hi], self.ts[lo:hi], self.value[lo:hi], self.quality[lo:hi],
+                            gateway_ts=gw, device=self.device[i])  # fmt: skip
+
+
+class ScoringBacklog:
+    """Batches waiting for the kernels, in arrival order, bounded by readings (the oldest go first).
+
+    The waiting readings are packed, :data:`BACKLOG_BLOCK_READINGS` at a time, into blocks of large
+    columns instead of being held as the polls' own small arrays: those come from glibc's heap arenas,
+    and two million of them (a cold start's compile) held there for a minute or two while everything else
+    allocated around them left ≈ 56 MiB of free but fragmented heap behind once they were scored (it
+    stayed resident: docs/benchmarks.md). The blocks are ``mmap``-ed and go back to the kernel whole;
+    the poll's arrays are freed as soon as the store has them, as in steady state. :meth:`pop` returns
+    each batch as it arrived (views into its block), so the detector sees the same batches in the same
+    order.
+    """
+
+    def __init__(
+        self, max_readings: int = BACKLOG_MAX_READINGS, block_readings: int = BACKLOG_BLOCK_READINGS
+    ):
         self.max_readings = max_readings
-        self._batches: collections.deque[ReadingBatch] = collections.deque()
+        self.block_readings = block_readings
+        self._blocks: collections.deque[_Block] = collections.deque()
+        self._tail: collections.deque[ReadingBatch] = collections.deque()  # the newest, not packed yet
+        self._tail_readings = 0
         self.readings = 0
         self.dropped = 0  # readings pushed out by newer ones
 
     def __len__(self) -> int:
-        return len(self._batches)
+        return sum(len(b) for b in self._blocks) + len(self._tail)
 
     def add(self, batch: ReadingBatch) -> None:
-        self._batches.append(batch)
+        self._tail.append(batch)
+        self._tail_readings += len(batch)
         self.readings += len(batch)
+        if self._tail_readings >= self.block_readings:
+            self._blocks.append(_Block(list(self._tail)))
+            self._tail.clear()
+            self._tail_readings = 0
         # keep the newest: scoring state follows time, so a contiguous recent stretch is worth more
-        while self.readings > self.max_readings and len(self._batches) > 1:
-            old = self._batches.popleft()
-            self.readings -= len(old)
-            self.dropped += len(old)
+        while self.readings > self.max_readings and len(self) > 1:
+            n = self._drop_oldest()
+            self.readings -= n
+            self.dropped += n
+
+    def _drop_oldest(self) -> int:
+        if self._blocks:
+            blk = self._blocks[0]
+            n = blk.readings(blk.first)
+            blk.first += 1
+            if not len(blk):
+                self._blocks.popleft()
+            return n
+        old = self._tail.popleft()
+        self._tail_readings -= len(old)
+        return len(old)
 
     def pop(self) -> ReadingBatch | None:
-        if not self._batches:
+        if self._blocks:
+            blk = self._blocks[0]
+            batch = blk.take()
+            if not len(blk):
+                self._blocks.popleft()  # its columns go when the last batch taken from it is scored
+        elif self._tail:
+            batch = self._tail.popleft()
+            self._tail_readings -= len(batch)
+        else:
             return None
-        batch = self._batches.popleft()
         self.readings -= len(batch)
         return batch
 
