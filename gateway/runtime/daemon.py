@@ -892,9 +892,16 @@ class Runtime:
                 await self._on_scorer_async(self.apply_fleet_models)
             if now - last_trim >= HEAP_TRIM_INTERVAL:
                 last_trim = now
-                await asyncio.to_thread(trim_heap)  # the GIL is released inside: polls go on
+                await asyncio.to_thread(self._timed_trim)  # the GIL is released inside: polls go on
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+
+    def _timed_trim(self) -> None:
+        """``malloc_trim`` (in a worker thread), timed: it holds each arena's lock while it walks it, and a
+        thread that allocates meanwhile waits for it holding the GIL."""
+        t0 = time.perf_counter()
+        trim_heap()
+        self.probe.record("heap_trim", time.perf_counter() - t0)
 
     def _publish_group_scores(self) -> None:
         if self.mqtt is not None and self.detector is not None:
@@ -987,6 +994,7 @@ class Runtime:
             # Rebuild on the new config: scorer state is saved and reloaded by point name.
             self.save_scorer_state()
             self._shutdown_components()
+            gc.unfreeze()  # the old pipeline's objects can be collected again; _run_once freezes the new one
             self.__init__(
                 self.cfg,
                 config_path=self.config_path,
@@ -1015,6 +1023,12 @@ class Runtime:
         self._scorer = ScoringThread(self._score, on_scored=self._scored)
         self._scorer.start()
         self._install_signals()
+        # The config, point table, detector and store (≈ 500k tracked objects at 10,000 points) live as long
+        # as the run: out of the collector before the first poll. Otherwise each generation-2 pass
+        # traverses them with the GIL held, on whichever thread allocated last (113 ms on the store writer
+        # before scoring joined, docs/benchmarks.md); the catch-up freezes again what the join created.
+        gc.collect()
+        gc.freeze()
         enabled = [d for d in self.cfg.devices if d.enabled]
         for d in self.cfg.devices:
             self.devices[d.name] = DeviceStats(d.name, len(d.points))

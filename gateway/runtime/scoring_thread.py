@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 #: Batches waiting for the scorer at most: 2.5 s of polls at 10 devices × 10 polls/s.
 DEFAULT_DEPTH = 256
+#: A batch that takes longer than this (seconds) gets its own ``scorer_slow_batch`` log line.
+SLOW_BATCH = 0.05
 
 
 class ScoringThread:
@@ -115,14 +117,20 @@ class ScoringThread:
 
     # ------------------------------------------------------------------ worker
     def _score_one(self, batch: ReadingBatch) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             self._score(batch)
         finally:
             with self._count_lock:
                 self._batches -= 1
+            wall = time.perf_counter() - t0
+            if wall > SLOW_BATCH:
+                # this thread's CPU in it tells work (the kernel, events) from waiting (the GIL, a commit)
+                log.warning(kv("scorer_slow_batch", ms=round(wall * 1e3, 1),
+                               cpu_ms=round((time.thread_time() - c0) * 1e3, 1), readings=len(batch),
+                               device=batch.device, queued=self._batches))  # fmt: skip
             if self._on_scored is not None:
-                self._on_scored(time.perf_counter() - t0)
+                self._on_scored(wall)
 
     def _run(self) -> None:
         while True:
