@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import threading
+import time
 
 import numba
 import numpy as np
@@ -77,3 +78,26 @@ def test_run_installs_the_timers_only_while_it_samples():
     assert out["samples"] >= 3
     assert out["gc_n"] >= 1
     assert probe._gc_callback not in gc.callbacks
+
+
+def test_stall_tracer_logs_every_threads_frames_once_per_stall(caplog):
+    probe = LoopProbe(interval=0.005)
+    probe.trace_over = 0.03
+
+    def block_the_loop() -> None:
+        time.sleep(0.2)  # a callback that holds the loop (not the GIL) for 200 ms
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(probe.run(stop))
+        await asyncio.sleep(0.05)
+        block_the_loop()
+        await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    with caplog.at_level(logging.WARNING, logger="gridedge.runtime"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "event=loop_stall_trace" in r.getMessage()]
+    assert len(lines) == 1
+    assert "LOOP@test_loop_probe.py:" in lines[0] and "block_the_loop" in lines[0]

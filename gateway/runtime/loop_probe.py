@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import sys
 import sysconfig
 import threading
 import time
@@ -79,6 +81,10 @@ class LoopProbe:
         self._gc = [0, 0.0, 0.0, 0]  # collections, seconds, longest, generation-2 passes
         self._numba = [0, 0.0, 0.0]  # compiler-lock holds, seconds, longest
         self._numba_listener: Any = None
+        self._due = 0.0  # monotonic deadline of the sampling timer now pending (the stall tracer reads it)
+        #: GRIDEDGE_STALL_TRACE=S (a diagnostic, off by default): a thread logs every thread's stack once the
+        #: loop is S seconds late, i.e. who runs while the loop waits (see _trace_stalls)
+        self.trace_over = float(os.environ.get("GRIDEDGE_STALL_TRACE", "0") or 0)
 
     # ------------------------------------------------------------------ GIL holders
     def _gc_callback(self, phase: str, info: dict[str, int]) -> None:
@@ -129,14 +135,44 @@ class LoopProbe:
         """The sampling task: until ``stop``."""
         loop = asyncio.get_running_loop()
         self.install()
+        if self.trace_over > 0:
+            tracer = threading.Thread(target=self._trace_stalls, args=(stop, threading.get_ident()),
+                                      name="gridedge-stall-trace", daemon=True)  # fmt: skip
+            tracer.start()
         try:
             await self._sample(loop, stop)
         finally:
             self.uninstall()
 
+    def _trace_stalls(self, stop: asyncio.Event, loop_ident: int) -> None:
+        """Every 20 ms: when the sampling timer is more than ``trace_over`` late, log (once per stall) the
+        innermost frames of every thread. This thread needs the GIL too, so it sees the others as they are
+        when it gets it — the holder just past what held it, the loop thread where it waits or works."""
+        reported = 0.0
+        while not stop.is_set():
+            time.sleep(0.02)
+            due = self._due
+            late = time.monotonic() - due
+            if due == reported or late < self.trace_over:
+                continue
+            reported = due
+            names = {t.ident: t.name for t in threading.enumerate()}
+            me = threading.get_ident()
+            parts = []
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                stack = traceback.extract_stack(frame)[-3:]
+                where = "<".join(
+                    f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}" for f in reversed(stack)
+                )
+                parts.append(f"{'LOOP' if ident == loop_ident else names.get(ident, ident)}@{where}")
+            log.warning(kv("loop_stall_trace", late_ms=round(late * 1e3, 1), threads=" | ".join(parts)))
+
     async def _sample(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         while not stop.is_set():
             due = loop.time() + self.interval
+            self._due = time.monotonic() + self.interval
             cpu0 = time.thread_time()
             run0, wait0 = _sched_ns()
             await asyncio.sleep(self.interval)
