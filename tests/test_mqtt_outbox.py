@@ -87,3 +87,30 @@ def test_put_many_one_transaction_same_quota_rules(tmp_path):
     assert [r.payload for r in ob.peek()] == [b"a0", b"v2:3", b"v3:4", b"v4:5", b"v5:6"]
     assert ob.put("value", "t/point/p", b"x") == 7  # the stream continues
     ob.close()
+
+
+def test_depth_and_oldest_age_do_not_wait_for_another_writers_transaction(tmp_path):
+    """The event loop asks for both every second; a write of the outbox waiting for the store writer's
+    transaction (a compaction, an fsync) holds the outbox's lock, and the loop must not wait with it."""
+    import threading
+    import time
+
+    ob = Outbox(tmp_path / "o.db")
+    ob.put("alert", "t/a", b"{}", qos=1)
+    other = sqlite3.connect(str(tmp_path / "o.db"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the store writer's transaction on the same file
+    writer = threading.Thread(target=ob.write_meta, args=("k", "v"))  # waits for it, holding the lock
+    writer.start()
+    time.sleep(0.2)
+    assert writer.is_alive()
+    t0 = time.perf_counter()
+    assert ob.depth() == 1
+    age = ob.oldest_age()
+    took = time.perf_counter() - t0
+    other.execute("COMMIT")
+    writer.join(timeout=10)
+    assert not writer.is_alive()
+    assert age is not None and age >= 0.2
+    assert took < 0.1
+    assert ob.read_meta("k") == "v"
+    ob.close()
