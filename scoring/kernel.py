@@ -171,7 +171,8 @@ def run_batch(
         # 2c: common modes; oil temperatures with a thermal model (once warm) are scored against it instead
         cm = _common_load_mode(i, j, t, seg, pidx, pf, pi, gi, sf, qcode, floor_abs, gidx, gleaf, cm_buf)
         _temperatures_loo(i, j, t, pidx, pf, pi, qcode)
-        _trends(i, j, t, pidx, slot, pf, pi, gi, qcode, gidx, floor_abs, cm, tvar, th, th_of_pt, prm)
+        _trends(i, j, t, pidx, slot, frac, mean, n, pf, pi, gi, qcode, gidx, floor_abs, cm, tvar, th, th_of_pt,
+                prm)  # fmt: skip
         if H > 0:
             _thermal_segment(t, seg, th, th_grp, th_pt, th_rat, th_ok, th_x, th_list, pf, pi, gi, gf, qcode,
                              grp_ptr, grp_pts, gparent, floor_abs, prm)  # fmt: skip

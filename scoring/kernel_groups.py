@@ -34,7 +34,9 @@ from .kernel_layout import (
     PF_SUPP,
     PF_TDC,
     PF_TRF,
+    PF_TRM,
     PF_TRN,
+    PF_TRR,
     PF_TRZ,
     PF_VAL,
     PF_ZADJ,
@@ -85,7 +87,15 @@ from .kernel_layout import (
     TH_LATCH,
 )
 from .kernel_records import _record, _snap, _suppressed, _th_snap
-from .kernel_trend import TREND_DROP_D, TREND_DROP_H
+from .kernel_trend import (
+    TREND_DROP_D,
+    TREND_DROP_H,
+    TREND_FAST_D,
+    TREND_FAST_N,
+    TREND_FAST_S,
+    TREND_FAST_Z,
+    TREND_FAST_ZS,
+)
 
 
 @njit(cache=True, inline="always")
@@ -175,6 +185,18 @@ def _groups(
                 if qc == Q_CURRENT or qc == Q_P:
                     tr_n += 1
                     u = min(tz / prm[PR_TR_Z], pf[p, PF_TRF] / prm[PR_TR_D])
+                    # or a fast rise that has held: smaller, but climbing and already off its slot
+                    trf = pf[p, PF_TRF]
+                    fast = (
+                        tz >= TREND_FAST_Z
+                        and trf >= TREND_FAST_D
+                        and trf - pf[p, PF_TRM] >= TREND_FAST_S
+                        and math.isfinite(z)
+                        and z >= TREND_FAST_ZS
+                    )
+                    pf[p, PF_TRR] = pf[p, PF_TRR] + 1.0 if fast else 0.0
+                    if pf[p, PF_TRR] >= TREND_FAST_N:
+                        u = max(u, 1.0)
                     # a drop needs more evidence than a rise: processes stop, shops close early —
                     # and a rise is the one that ends in a trip
                     dn = min(-tz / (1.25 * prm[PR_TR_Z]), -pf[p, PF_TRF] / prm[PR_TR_DDROP])

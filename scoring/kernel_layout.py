@@ -96,7 +96,9 @@ PF_SPKB = 36  # value before the open spike candidate's jump
 PF_HKR = 37  # z² outside the first HOUR_CHANGE_MIN minutes
 PF_HK0 = 38  # z² in minutes 0–4 after the full hour (PF_HK0 + 1: 4–8, PF_HK0 + 2: 8–15)
 PF_TDC = 41  # loads: CUSUM of the trend z below −TREND_DROP_K per minute (a drop that holds)
-NPF = 42
+PF_TRM = 42  # deviation smoothed over TREND_TM (9 min): PF_TRF − PF_TRM is the deviation's recent climb
+PF_TRR = 43  # loads: consecutive evaluations of a fast rise (kernel_groups; kernel_trend resets it)
+NPF = 44
 
 # ---- per-point int state pi[P, NPI] -------------------------------------------------------------------
 PI_STUCK = 0  # run of exactly repeated good readings

@@ -11,6 +11,7 @@ from datetime import date
 import numpy as np
 import pytest
 
+from bench import realprofile
 from bench.detection_eval import run_gridedge
 from bench.scenarios import generate
 from gridedge.config.models import AlertsSection, ScoringSection
@@ -43,6 +44,30 @@ def test_overload_below_rating_warned_ten_minutes_before_the_trip(seed2) -> None
     lead = (t["trip"] - early[0].start) / 60.0
     assert lead >= 10.0, lead
     assert set(early[0].points) <= {f"{t['group']}_{q}" for q in ("I", "P", "Q")}  # only the bay's loads
+
+
+def test_overload_on_a_slot_not_yet_warm_is_warned_ten_minutes_before_the_trip() -> None:
+    """Real-profile tuning seed 7015: F2 ramps to 1.53 x normal over 45 min on Tuesday 28 Oct 2025, in slots
+    whose weight is below the two-visit warmth a z needs (the slot z is NaN for most of the hour: neither the
+    composite nor, before session 12, the early warning saw it; the trip was its first alert). The trend runs
+    on slots with one visit's weight (kernel_trend: TREND_MIN_VISITS) and raises load_rise in time."""
+    sc = realprofile.generate(7015, days=42)
+    alerts = run_gridedge(sc)[0]
+    ramps = [t for t in sc.test_truth() if t["kind"] == "overload_trip" and t["group"] == "F2"]
+    t = max(ramps, key=lambda r: r["start"])  # the second F2 overload of the scored window
+    i = sc.col("F2_I")
+    sel = (sc.ts >= t["start"]) & (sc.ts < t["trip"])
+    assert np.nanmax(sc.values[sel, i]) < sc.points[i]["rating"]  # below the rating all the way
+    early = [
+        a
+        for a in alerts
+        if a.kind == EventKind.GRID_ANOMALY
+        and a.group == "F2"
+        and a.explanation["rule"] == "load_rise"
+        and t["start"] - 600 <= a.start < t["trip"]
+    ]
+    assert early, [(a.group, a.explanation.get("rule")) for a in alerts if abs(a.start - t["trip"]) < 7200]
+    assert (t["trip"] - early[0].start) / 60.0 >= 10.0
 
 
 def test_reads_zero_names_only_the_point() -> None:
