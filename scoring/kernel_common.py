@@ -56,6 +56,20 @@ def _interp_mean(mean, n, s, p, u, need):
 
 
 @njit(cache=True)
+def _interp_var(var, n, s, p, u, need):
+    """The slot variance for the z: never below its blend with the neighbouring slot's (weights as in
+    ``_interp_mean``). A slot's spread is one number for its hour, so at the full hour the spread jumped
+    to the next hour's; where that one is narrower, a load running a little high all along read as a
+    step at :00 (a composite at minute 0 of the hour)."""
+    v = var[s, p]
+    nb = (s + 167) % 168 if u < 0.5 else (s + 1) % 168
+    wnb = 0.5 - u if u < 0.5 else u - 0.5
+    if n[s, p] >= need and n[nb, p] >= need:
+        v = max(v, (1.0 - wnb) * v + wnb * var[nb, p])
+    return v
+
+
+@njit(cache=True)
 def _ridge3_solve(m, r, a0, v0c, b0c, ridge):
     """Ridge-regularised 3×3 normal equations by Cramer's rule, in place on row ``r`` of ``m``: the
     symmetric matrix at columns ``a0..a0+5`` (A00, A01, A02, A11, A12, A22), the right-hand side at

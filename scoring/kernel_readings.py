@@ -9,7 +9,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .kernel_common import _interp_mean, _is_load, _scored, _warm_n
+from .kernel_common import _interp_mean, _interp_var, _is_load, _scored, _warm_n
 from .kernel_layout import (
     B_ERRATIC,
     B_RANGE,
@@ -155,7 +155,7 @@ def _score_readings(
             own = mean[s, p]
             m = min(max(x, min(own, mi)), max(own, mi))
         f = floor_abs[p] + floor_rel[p] * abs(m)
-        sd = math.sqrt(var[s, p] + f * f)
+        sd = math.sqrt(_interp_var(var, n, s, p, frac[k], wn_need) + f * f)
         if w >= wn_need:
             sd = _hour_change_sd(pf, pi, p, x, m, sd, frac[k])
         pf[p, PF_MEAN] = m
