@@ -298,7 +298,8 @@ class Outbox:
 
         Read without the lock: the lock is held across ``BEGIN IMMEDIATE``, which waits for the store
         writer's transaction (a compaction, a FULL fsync), and the event loop asks for the depth every
-        second (metrics, status): it waited with it, up to 70 ms in the session-12 soak's stall traces.
+        second (metrics, status): it waited with it — the two worst stalls (92.6 and 137.5 ms) of a session-12
+        soak at 100k points/s, caught by the stall tracer.
         """
         return self._depth
 
