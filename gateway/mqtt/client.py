@@ -840,7 +840,7 @@ class MqttBridge:
         end = event.end if event.end is not None else time.time()
 
         # the classifier's verdict at close (duration known), which replaces the provisional one of `alert`
-        verdict = event.explanation.get("classifier") if isinstance(event.explanation, dict) else None
+        verdict = event.explanation.get("classifier")
 
         def body(seq: int) -> bytes:
             msg: dict[str, Any] = {
