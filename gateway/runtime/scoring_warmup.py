@@ -108,9 +108,6 @@ class _Block:
     def __len__(self) -> int:
         return len(self.device) - self.first
 
-    def readings(self, i: int) -> int:
-        return self.bounds[i + 1] - self.bounds[i]
-
     def take(self) -> ReadingBatch:
         i = self.first
         self.first += 1
@@ -157,21 +154,8 @@ class ScoringBacklog:
             self._tail_readings = 0
         # keep the newest: scoring state follows time, so a contiguous recent stretch is worth more
         while self.readings > self.max_readings and len(self) > 1:
-            n = self._drop_oldest()
-            self.readings -= n
-            self.dropped += n
-
-    def _drop_oldest(self) -> int:
-        if self._blocks:
-            blk = self._blocks[0]
-            n = blk.readings(blk.first)
-            blk.first += 1
-            if not len(blk):
-                self._blocks.popleft()
-            return n
-        old = self._tail.popleft()
-        self._tail_readings -= len(old)
-        return len(old)
+            old = self.pop()  # the oldest, counted as dropped instead of scored
+            self.dropped += len(old) if old is not None else 0
 
     def pop(self) -> ReadingBatch | None:
         if self._blocks:
